@@ -1,0 +1,40 @@
+# Everything a newcomer needs: `make demo` and `make test` (both create .venv and are idempotent).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck layers unit bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Reinstall only when the project's metadata changes; the install is editable, so code edits need none.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/crawler demo
+
+test: lint typecheck layers unit
+
+lint: $(STAMP)
+	$(BIN)/ruff check crawler tests benchmarks migrations
+	$(BIN)/ruff format --check crawler tests benchmarks migrations
+
+typecheck: $(STAMP)
+	$(BIN)/mypy --strict crawler
+
+layers: $(STAMP)
+	$(BIN)/lint-imports
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/crawl_throughput.py
+
+clean:
+	rm -rf $(VENV) demo.db demo.db-* .pytest_cache .mypy_cache .ruff_cache

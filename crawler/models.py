@@ -1,0 +1,82 @@
+"""Frozen values passed between layers."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+JsonObject = dict[str, Any]
+Row = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Target:
+    """One (region, image) pair to crawl."""
+
+    region_id: str
+    image_id: str
+
+
+class Outcome(enum.StrEnum):
+    """How a target ended in one run."""
+
+    FETCHED = "fetched"
+    MISSING = "missing"
+    FAILED = "failed"
+
+
+class RunStatus(enum.StrEnum):
+    """The status column of `crawl_runs`."""
+
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    PARTIAL = "partial"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+
+
+@dataclass(frozen=True, slots=True)
+class ImageResponse:
+    """A successful describeImage: the `image` object exactly as parsed."""
+
+    image: JsonObject
+    request_id: str | None
+    http_status: int = 200
+    remaining_minute: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ImagesPage:
+    """A successful describeImages page."""
+
+    images: list[JsonObject]
+    total_count: int
+    request_id: str | None
+    remaining_minute: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRows:
+    """One image normalised into rows keyed by column name, ready for the store."""
+
+    image: Row
+    disks: list[Row] = field(default_factory=list)
+    attachments: list[Row] = field(default_factory=list)
+    tags: list[Row] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class TargetResult:
+    """The outcome of one target in one run, with the rows to write when fetched."""
+
+    target: Target
+    outcome: Outcome
+    attempts: int
+    finished_at: datetime
+    http_status: int | None = None
+    error_status: str | None = None
+    error_message: str | None = None
+    request_id: str | None = None
+    rows: ImageRows | None = None
