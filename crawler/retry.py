@@ -1,0 +1,109 @@
+"""The retry policy of CONTRACT.md §5, built on tenacity.
+
+Which errors are retried is decided by type alone: `TransientApiError` (and so `RateLimitedError`)
+is retried, everything else is final. Waits are exponential with full jitter, capped, and never
+shorter than the server's `Retry-After`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import tenacity
+
+from crawler.errors import ApiError, TransientApiError
+
+T = TypeVar("T")
+Sleep = Callable[[float], Awaitable[None]]
+RetryHook = Callable[[ApiError, int, float], None]
+
+# A Retry-After beyond this is treated as this: a gateway asking for an hour would otherwise park a
+# worker for the whole run.
+RETRY_AFTER_CAP_S = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How often and how patiently one target is retried."""
+
+    max_attempts: int = 6
+    initial_backoff_s: float = 0.5
+    max_backoff_s: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Attempted(Generic[T]):
+    """What came of retrying one call: a value or the last error, and the attempts it took."""
+
+    value: T | None
+    error: ApiError | None
+    attempts: int
+
+
+def backoff_s(policy: RetryPolicy, attempt: int, error: ApiError, rng: random.Random) -> float:
+    """The wait before attempt `attempt + 1`: full jitter, but at least the server's Retry-After."""
+    ceiling_s = min(policy.max_backoff_s, policy.initial_backoff_s * 2.0 ** (attempt - 1))
+    wait_s = rng.uniform(0.0, ceiling_s)
+    if error.retry_after_s is not None:
+        wait_s = max(wait_s, min(error.retry_after_s, RETRY_AFTER_CAP_S))
+    return wait_s
+
+
+class Retrier:
+    """Runs a coroutine factory under the policy, reporting each retry to `on_retry`."""
+
+    def __init__(
+        self,
+        policy: RetryPolicy,
+        *,
+        sleep: Sleep = asyncio.sleep,
+        rng: random.Random | None = None,
+        on_retry: RetryHook | None = None,
+    ) -> None:
+        self.policy = policy
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        self._on_retry = on_retry
+
+    async def call(self, attempt: Callable[[], Awaitable[T]]) -> Attempted[T]:
+        """Call `attempt` until it succeeds, fails for good, or attempts run out."""
+        attempts = 0
+
+        async def counted() -> T:
+            nonlocal attempts
+            attempts += 1
+            return await attempt()
+
+        # A fresh AsyncRetrying per call: tenacity keeps per-call state on the instance.
+        retrying = tenacity.AsyncRetrying(
+            stop=tenacity.stop_after_attempt(self.policy.max_attempts),
+            retry=tenacity.retry_if_exception_type(TransientApiError),
+            wait=self._wait,
+            sleep=self._sleep,
+            before_sleep=self._report,
+            reraise=True,
+        )
+        try:
+            value: T = await retrying(counted)
+        except ApiError as error:
+            return Attempted(None, error, attempts)
+        return Attempted(value, None, attempts)
+
+    def _wait(self, state: tenacity.RetryCallState) -> float:
+        return backoff_s(self.policy, state.attempt_number, _error_of(state), self._rng)
+
+    def _report(self, state: tenacity.RetryCallState) -> None:
+        if self._on_retry is not None:
+            wait_s = state.upcoming_sleep
+            self._on_retry(_error_of(state), state.attempt_number, wait_s)
+
+
+def _error_of(state: tenacity.RetryCallState) -> ApiError:
+    assert state.outcome is not None  # tenacity only waits after an attempt has an outcome
+    error = state.outcome.exception()
+    assert isinstance(error, ApiError)  # only TransientApiError is retried
+    return error

@@ -1,0 +1,122 @@
+"""The retry policy: what is retried, how long it waits, how attempts are counted."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from crawler.errors import (
+    ApiError,
+    AuthError,
+    ImageNotFoundError,
+    PermanentApiError,
+    RateLimitedError,
+    TransientApiError,
+)
+from crawler.retry import RETRY_AFTER_CAP_S, Retrier, RetryPolicy, backoff_s
+
+
+class Sleeps:
+    """An injected sleep that records instead of waiting."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+
+class Script:
+    """An attempt that raises the scripted errors in turn, then returns 'ok'."""
+
+    def __init__(self, *errors: ApiError) -> None:
+        self.errors = list(errors)
+        self.calls = 0
+
+    async def __call__(self) -> str:
+        self.calls += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        return "ok"
+
+
+def transient(**fields: object) -> TransientApiError:
+    return TransientApiError("503 from upstream", http_status=503, **fields)  # type: ignore[arg-type]
+
+
+async def test_transient_errors_are_retried_until_success() -> None:
+    sleeps, script = Sleeps(), Script(transient(), transient())
+    attempted = await Retrier(RetryPolicy(6, 0.5, 60.0), sleep=sleeps).call(script)
+    assert (attempted.value, attempted.error, attempted.attempts) == ("ok", None, 3)
+    assert len(sleeps.waits) == 2
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        PermanentApiError("400", http_status=400),
+        ImageNotFoundError("404", http_status=404),
+        AuthError("401", http_status=401),
+    ],
+)
+async def test_permanent_errors_are_not_retried(error: ApiError) -> None:
+    sleeps, script = Sleeps(), Script(error)
+    attempted = await Retrier(RetryPolicy(), sleep=sleeps).call(script)
+    assert attempted.error is error
+    assert attempted.attempts == 1
+    assert sleeps.waits == []
+
+
+async def test_attempts_stop_at_max_attempts_with_the_last_error() -> None:
+    errors = [transient(request_id=f"r{n}") for n in range(10)]
+    sleeps, script = Sleeps(), Script(*errors)
+    attempted = await Retrier(RetryPolicy(4, 0.5, 60.0), sleep=sleeps).call(script)
+    assert script.calls == 4
+    assert attempted.attempts == 4
+    assert attempted.error is errors[3]
+    assert len(sleeps.waits) == 3
+
+
+async def test_waits_are_full_jitter_under_an_exponential_cap() -> None:
+    sleeps = Sleeps()
+    policy = RetryPolicy(8, 0.5, 4.0)
+    retrier = Retrier(policy, sleep=sleeps, rng=random.Random(1))
+    await retrier.call(Script(*[transient() for _ in range(7)]))
+    ceilings = [0.5, 1.0, 2.0, 4.0, 4.0, 4.0, 4.0]
+    assert len(sleeps.waits) == len(ceilings)
+    for wait, ceiling in zip(sleeps.waits, ceilings, strict=True):
+        assert 0.0 <= wait <= ceiling
+
+
+def test_full_jitter_spreads_over_the_whole_range() -> None:
+    rng = random.Random(3)
+    waits = [backoff_s(RetryPolicy(6, 1.0, 60.0), 3, transient(), rng) for _ in range(2000)]
+    assert min(waits) < 0.2
+    assert max(waits) > 3.8
+    assert all(0 <= wait <= 4.0 for wait in waits)
+
+
+async def test_retry_after_is_a_floor_on_the_wait() -> None:
+    sleeps = Sleeps()
+    limited = RateLimitedError("429", http_status=429, retry_after_s=7.5)
+    await Retrier(RetryPolicy(3, 0.1, 1.0), sleep=sleeps).call(Script(limited))
+    assert sleeps.waits == [7.5]
+
+
+def test_an_absurd_retry_after_is_capped() -> None:
+    error = RateLimitedError("429", http_status=429, retry_after_s=86400.0)
+    assert backoff_s(RetryPolicy(), 1, error, random.Random(0)) == RETRY_AFTER_CAP_S
+
+
+async def test_each_retry_is_reported_with_its_wait() -> None:
+    seen: list[tuple[int, float]] = []
+    sleeps = Sleeps()
+    retrier = Retrier(
+        RetryPolicy(3, 0.5, 60.0),
+        sleep=sleeps,
+        on_retry=lambda error, attempt, wait_s: seen.append((attempt, wait_s)),
+    )
+    await retrier.call(Script(transient(), transient()))
+    assert [attempt for attempt, _ in seen] == [1, 2]
+    assert [wait for _, wait in seen] == sleeps.waits
