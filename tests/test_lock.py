@@ -1,0 +1,83 @@
+"""The per-database lock: exclusive, names its holder, taken over from a dead process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from crawler.errors import LockHeldError
+from crawler.lock import DatabaseLock, lock_for_url
+
+HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from crawler.lock import DatabaseLock
+lock = DatabaseLock(Path(sys.argv[1]))
+lock.acquire()
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def hold_in_child(db: Path) -> subprocess.Popen[str]:
+    child = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(db)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+    )
+    assert child.stdout is not None
+    assert child.stdout.readline().strip() == "held"
+    child.stdout.close()
+    return child
+
+
+def test_a_second_holder_is_refused_with_the_holder_named(tmp_path: Path) -> None:
+    db = tmp_path / "inventory.db"
+    child = hold_in_child(db)
+    try:
+        with pytest.raises(LockHeldError) as caught:
+            DatabaseLock(db).acquire()
+        assert f"pid {child.pid}" in str(caught.value)
+        assert str(db) in str(caught.value)
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path: Path) -> None:
+    db = tmp_path / "inventory.db"
+    child = hold_in_child(db)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    with DatabaseLock(db) as lock:
+        assert lock.path.exists()
+        assert str(os.getpid()) in lock.path.read_text()
+
+
+def test_release_lets_the_next_crawl_in(tmp_path: Path) -> None:
+    db = tmp_path / "inventory.db"
+    with DatabaseLock(db):
+        pass
+    with DatabaseLock(db):
+        pass
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("sqlite+aiosqlite:///inventory.db", "inventory.db.lock"),
+        ("sqlite+aiosqlite:////var/lib/crawler/x.db?mode=rwc", "/var/lib/crawler/x.db.lock"),
+        ("sqlite+aiosqlite://", None),
+        ("sqlite+aiosqlite:///:memory:", None),
+        ("postgresql+asyncpg://host/db", None),
+    ],
+)
+def test_lock_path_follows_the_database_file(url: str, expected: str | None) -> None:
+    lock = lock_for_url(url)
+    assert (str(lock.path) if lock else None) == expected
