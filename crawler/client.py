@@ -1,0 +1,533 @@
+"""One HTTP attempt against the JD Cloud VM API, classified into the error tree.
+
+`ApiClient` sends exactly one signed GET per call and either returns the parsed result or raises
+one `ApiError` subclass (CONTRACT.md §5, jdcloud-api.md §6):
+
+    2xx with result.image / result.images     -> ImageResponse / ImagesPage
+    2xx with a body that is not that          -> TransientApiError  BAD_BODY
+    401, 403                                  -> AuthError
+    404 NOT_FOUND/RESOURCE_NOT_EXIST (image)  -> ImageNotFoundError
+    404 "no route"/"no API", or no envelope   -> RouteNotFoundError
+    429 QUOTA_EXCEEDED                        -> PermanentApiError
+    429 otherwise                             -> RateLimitedError
+    500, 502, 503, 504                        -> TransientApiError
+    any other status                          -> PermanentApiError
+    body over max_response_bytes              -> PermanentApiError  RESPONSE_TOO_LARGE
+    timeout                                   -> TransientApiError  TIMEOUT
+    connection error                          -> TransientApiError  CONNECTION_ERROR
+    body cut short or undecodable             -> TransientApiError  PAYLOAD_ERROR
+
+Retrying is somebody else's job (`retry`); this module only decides what kind of failure it was.
+aiohttp lives here and in `simulator` only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import aiohttp
+from yarl import URL
+
+from crawler.errors import (
+    ApiError,
+    AuthError,
+    ConfigError,
+    ImageNotFoundError,
+    PermanentApiError,
+    RateLimitedError,
+    RouteNotFoundError,
+    TransientApiError,
+)
+from crawler.models import ImageResponse, ImagesPage, JsonObject
+from crawler.signer import Signer
+from crawler.targets import is_valid_image_id, is_valid_region_id
+
+USER_AGENT = "crawler/0.1"
+API_VERSION = "v1"
+MAX_IDS_PER_CALL = 100
+MAX_PAGE_SIZE = 100
+
+REQUEST_ID_HEADER = "x-jdcloud-request-id"
+REMAINING_MINUTE_HEADER = "x-jdcloud-remaining-minute"
+
+_TRANSIENT_STATUSES = frozenset({500, 502, 503, 504})
+_IMAGE_NOT_FOUND_STATUSES = frozenset({"NOT_FOUND", "RESOURCE_NOT_EXIST"})
+_NO_ROUTE_RE = re.compile(r"no route|no api", re.IGNORECASE)
+_IMAGE_SOURCE_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# A gateway message is shown to people and stored; it should never carry a signature or a
+# secret-looking hex string, even if a misbehaving server echoed one back.
+_SECRET_LIKE_RE = re.compile(r"(?i)signature=[^,\s]*|\b[0-9a-f]{32,}\b")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]+")
+_MESSAGE_MAX_CHARS = 300
+_RAW_VALUE_MAX_CHARS = 80
+
+Clock = Callable[[], datetime]
+NonceFactory = Callable[[], str]
+_Reply = tuple[int, Mapping[str, str], bytes]
+
+
+def open_session(*, concurrency: int) -> aiohttp.ClientSession:
+    """Open the run's one HTTP session: a keep-alive pool sized to the crawl's concurrency.
+
+    The caller owns the session and closes it (with its connector).
+
+    Args:
+        concurrency: requests in flight at most, all hosts together.
+
+    Returns:
+        A session with no cookie jar and the crawler's User-Agent.
+
+    Raises:
+        ValueError: when `concurrency` is below 1.
+    """
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be at least 1, not {concurrency}")
+    connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=0)
+    return aiohttp.ClientSession(
+        connector=connector,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        headers={"User-Agent": USER_AGENT},
+    )
+
+
+def utc_now() -> datetime:
+    """The current time, timezone-aware in UTC."""
+    return datetime.now(UTC)
+
+
+def new_nonce() -> str:
+    """A fresh `x-jdcloud-nonce`: a random uuid4, as the official SDK sends."""
+    return str(uuid.uuid4())
+
+
+class ApiClient:
+    """Signed describeImage / describeImages calls, one HTTP attempt each.
+
+    Attributes:
+        requests_sent: how many HTTP requests this client has started.
+    """
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        endpoint: str,
+        signer: Signer,
+        *,
+        timeout_s: float,
+        max_response_bytes: int,
+        clock: Clock = utc_now,
+        nonce: NonceFactory = new_nonce,
+    ) -> None:
+        """Bind the client to a session, an endpoint and a signer.
+
+        Args:
+            session: an open session, usually from `open_session`; not closed here.
+            endpoint: `https://host[:port]` (or `http://` for loopback and internal hosts).
+            signer: signs each request with the run's credentials.
+            timeout_s: the whole attempt (connect, send, read) must finish within this.
+            max_response_bytes: a body larger than this is refused without being read.
+            clock: gives the signing time (UTC); also used to read a Retry-After date.
+            nonce: gives each request's `x-jdcloud-nonce`.
+
+        Raises:
+            ConfigError: when the endpoint is not a bare http(s) origin or a limit is not positive.
+        """
+        if not timeout_s > 0 or max_response_bytes < 1:
+            raise ConfigError("timeout_s and max_response_bytes must be positive")
+        self._session = session
+        self._scheme, self._authority, self._host = _parse_endpoint(endpoint)
+        self._signer = signer
+        self._timeout_s = timeout_s
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._max_bytes = max_response_bytes
+        self._clock = clock
+        self._nonce = nonce
+        self.requests_sent = 0
+
+    def __repr__(self) -> str:
+        return f"ApiClient({self._scheme}://{self._authority}, requests_sent={self.requests_sent})"
+
+    async def describe_image(self, region_id: str, image_id: str) -> ImageResponse:
+        """Fetch one image: `GET /v1/regions/{region_id}/images/{image_id}`.
+
+        Raises:
+            PermanentApiError: for an invalid id (before any request) or a final error status;
+                its subclasses ImageNotFoundError, RouteNotFoundError and AuthError as above.
+            TransientApiError: for a failure worth retrying (RateLimitedError for a 429).
+        """
+        _check_region("describeImage", region_id)
+        _check_image("describeImage", "image id", image_id)
+        what = f"describeImage {region_id}/{image_id}"
+        path = f"/{API_VERSION}/regions/{region_id}/images/{image_id}"
+        status, headers, body = await self._get(path, "", region_id, what)
+        if 200 <= status < 300:
+            return self._image_response(headers, body, what, status)
+        raise self._error(status, headers, body, what, image_call=True)
+
+    async def describe_images(
+        self,
+        region_id: str,
+        *,
+        ids: Sequence[str] = (),
+        image_source: str | None = None,
+        page_number: int = 1,
+        page_size: int = 100,
+    ) -> ImagesPage:
+        """Fetch one page of images: `GET /v1/regions/{region_id}/images?...`.
+
+        Args:
+            region_id: the region to list.
+            ids: image ids to ask for (`ids.1`, `ids.2`, ...), at most 100; ids that do not
+                exist are simply absent from the page.
+            image_source: `public`, `private`, ...; the API requires it unless `ids` is given.
+            page_number: 1-based page.
+            page_size: images per page, 1 to 100.
+
+        Raises:
+            PermanentApiError: for invalid arguments (before any request) or a final error status.
+            TransientApiError: for a failure worth retrying (RateLimitedError for a 429).
+        """
+        _check_region("describeImages", region_id)
+        query = _images_query(ids, image_source, page_number, page_size)
+        what = f"describeImages {region_id} ({len(ids)} ids, page {page_number})"
+        path = f"/{API_VERSION}/regions/{region_id}/images"
+        status, headers, body = await self._get(path, query, region_id, what)
+        if 200 <= status < 300:
+            return self._images_page(headers, body, what, status)
+        raise self._error(status, headers, body, what, image_call=False)
+
+    async def _get(self, path: str, query: str, region_id: str, what: str) -> _Reply:
+        """Send one signed GET and read its body under the size cap."""
+        headers = self._signer.sign(
+            method="GET",
+            host=self._host,
+            path=path,
+            query=query,
+            region=region_id,
+            at=self._clock(),
+            nonce=self._nonce(),
+        )
+        # The Host on the wire must be the one that was signed, whatever aiohttp would pick.
+        headers["Host"] = self._host
+        url = URL.build(
+            scheme=self._scheme,
+            authority=self._authority,
+            path=path,
+            query_string=query,
+            encoded=True,
+        )
+        self.requests_sent += 1
+        resp: aiohttp.ClientResponse | None = None
+        try:
+            async with self._session.get(
+                url, headers=headers, timeout=self._timeout, allow_redirects=False
+            ) as resp:
+                body = await self._read_body(resp, what)
+                return resp.status, resp.headers, body
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise self._transport_error(exc, what, resp) from exc
+
+    async def _read_body(self, resp: aiohttp.ClientResponse, what: str) -> bytes:
+        """The whole body, or RESPONSE_TOO_LARGE before more than cap + 1 bytes are held."""
+        length = resp.content_length
+        if length is not None:
+            if length > self._max_bytes:
+                raise self._too_large(resp, what, f"declares {length} bytes")
+            # A compressed body can inflate past its Content-Length; only a plain one is safe to
+            # read in one go.
+            if aiohttp.hdrs.CONTENT_ENCODING not in resp.headers:
+                return await resp.read()
+        return await self._read_capped(resp, what)
+
+    async def _read_capped(self, resp: aiohttp.ClientResponse, what: str) -> bytes:
+        limit = self._max_bytes + 1
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            chunk = await resp.content.read(limit - size)
+            if not chunk:
+                return b"".join(parts)
+            size += len(chunk)
+            if size >= limit:
+                raise self._too_large(resp, what, f"sent more than {self._max_bytes} bytes")
+            parts.append(chunk)
+
+    def _too_large(self, resp: aiohttp.ClientResponse, what: str, detail: str) -> PermanentApiError:
+        # Drop the connection rather than drain a body nobody will read.
+        resp.close()
+        return PermanentApiError(
+            f"{what}: the response is too large: it {detail}, the limit is {self._max_bytes}",
+            http_status=resp.status,
+            error_status="RESPONSE_TOO_LARGE",
+            request_id=resp.headers.get(REQUEST_ID_HEADER),
+            remaining_minute=_remaining_minute(resp.headers),
+        )
+
+    def _transport_error(
+        self, exc: BaseException, what: str, resp: aiohttp.ClientResponse | None
+    ) -> TransientApiError:
+        """A failure below HTTP; `resp` is set when the status line and headers had arrived."""
+        if isinstance(exc, TimeoutError):
+            label, text = "TIMEOUT", f"no complete response within {self._timeout_s:g} s"
+        elif isinstance(exc, aiohttp.ClientPayloadError):
+            label, text = "PAYLOAD_ERROR", "the response body was cut short or malformed"
+        elif isinstance(exc, aiohttp.ClientConnectionError):
+            label, text = "CONNECTION_ERROR", "the connection failed"
+        else:
+            label, text = "HTTP_ERROR", "the HTTP exchange failed"
+        detail = _clean_message(str(exc))
+        suffix = f": {type(exc).__name__}: {detail}" if detail else f": {type(exc).__name__}"
+        if resp is None:
+            return TransientApiError(f"{what}: {text}{suffix}", error_status=label)
+        return TransientApiError(
+            f"{what}: {text}{suffix}",
+            http_status=resp.status,
+            error_status=label,
+            request_id=resp.headers.get(REQUEST_ID_HEADER),
+            remaining_minute=_remaining_minute(resp.headers),
+        )
+
+    def _image_response(
+        self, headers: Mapping[str, str], body: bytes, what: str, status: int
+    ) -> ImageResponse:
+        doc = _json_object(body)
+        result = doc.get("result") if doc is not None else None
+        image = result.get("image") if isinstance(result, dict) else None
+        if not isinstance(image, dict):
+            raise _bad_body(doc, headers, what, status, "no result.image object")
+        return ImageResponse(image, _request_id(doc, headers), status, _remaining_minute(headers))
+
+    def _images_page(
+        self, headers: Mapping[str, str], body: bytes, what: str, status: int
+    ) -> ImagesPage:
+        doc = _json_object(body)
+        result = doc.get("result") if doc is not None else None
+        if not isinstance(result, dict):
+            raise _bad_body(doc, headers, what, status, "no result object")
+        # A Go server writes an empty list as null.
+        images = result.get("images")
+        if images is None:
+            images = []
+        if not isinstance(images, list) or not all(isinstance(i, dict) for i in images):
+            raise _bad_body(doc, headers, what, status, "result.images is not a list of objects")
+        total = result.get("totalCount", len(images))
+        if not isinstance(total, int) or isinstance(total, bool):
+            raise _bad_body(doc, headers, what, status, "result.totalCount is not an integer")
+        return ImagesPage(images, total, _request_id(doc, headers), _remaining_minute(headers))
+
+    def _error(
+        self,
+        status: int,
+        headers: Mapping[str, str],
+        body: bytes,
+        what: str,
+        *,
+        image_call: bool,
+    ) -> ApiError:
+        """The error for a non-2xx response, classified by status and envelope."""
+        doc = _json_object(body)
+        envelope = doc.get("error") if doc is not None else None
+        if not isinstance(envelope, dict):
+            envelope = None
+        error_status = _envelope_text(envelope, "status")
+        gateway = _envelope_text(envelope, "message")
+        cls, summary = _classify(status, error_status, gateway, envelope is not None, image_call)
+        label = error_status or f"HTTP_{status}"
+        if envelope is None:
+            detail = f"HTTP {status} without a JSON error envelope"
+        else:
+            detail = f"HTTP {status} {label}: {gateway or '(no message)'}"
+        return cls(
+            f"{what}: {summary} ({detail})",
+            http_status=status,
+            error_status=label,
+            request_id=_request_id(doc, headers),
+            retry_after_s=_retry_after_s(headers.get("Retry-After"), self._clock),
+            remaining_minute=_remaining_minute(headers),
+        )
+
+
+def _classify(
+    status: int, error_status: str | None, gateway: str, has_envelope: bool, image_call: bool
+) -> tuple[type[ApiError], str]:
+    """The error class for a non-2xx status, and a short summary for the message."""
+    if status in (401, 403):
+        return AuthError, "the credentials were rejected"
+    if status == 429:
+        if error_status == "QUOTA_EXCEEDED":
+            return PermanentApiError, "a resource quota is exceeded"
+        return RateLimitedError, "rate limited"
+    if status == 404:
+        return _classify_not_found(error_status, gateway, has_envelope, image_call)
+    if status in _TRANSIENT_STATUSES:
+        return TransientApiError, "the server failed"
+    return PermanentApiError, "the request was refused"
+
+
+def _classify_not_found(
+    error_status: str | None, gateway: str, has_envelope: bool, image_call: bool
+) -> tuple[type[ApiError], str]:
+    # Only a well-formed "this resource does not exist" marks an image missing: a wrong endpoint
+    # or path must never make the whole inventory look deleted.
+    definitive = (
+        has_envelope
+        and error_status in _IMAGE_NOT_FOUND_STATUSES
+        and _NO_ROUTE_RE.search(gateway) is None
+    )
+    if not definitive:
+        return RouteNotFoundError, "the gateway has no route for this request (check the endpoint)"
+    if image_call:
+        return ImageNotFoundError, "the image does not exist"
+    return PermanentApiError, "not found"
+
+
+def _parse_endpoint(endpoint: str) -> tuple[str, str, str]:
+    """(scheme, authority on the wire, canonical host signed and sent as Host)."""
+    try:
+        url = URL(endpoint)
+        port = url.explicit_port
+    except ValueError as exc:
+        raise ConfigError(f"api endpoint {endpoint!r} is not a valid URL") from exc
+    bare = url.path in ("", "/") and not (url.query_string or url.fragment or url.user)
+    if url.scheme not in ("http", "https") or not url.raw_host or not bare:
+        raise ConfigError(
+            f"api endpoint {endpoint!r} must be an http(s) origin such as "
+            "https://vm.jdcloud-api.com, with no path, query or user"
+        )
+    host = f"[{url.raw_host}]" if ":" in url.raw_host else url.raw_host
+    authority = host if port is None else f"{host}:{port}"
+    # As the SDK signs it: the port is part of the host unless it is 80 or 443.
+    canonical = host if port in (None, 80, 443) else authority
+    return url.scheme, authority, canonical
+
+
+def _check_region(api: str, region_id: str) -> None:
+    if not isinstance(region_id, str) or not is_valid_region_id(region_id):
+        raise _invalid(api, "region id", region_id)
+
+
+def _check_image(api: str, what: str, image_id: str) -> None:
+    if not isinstance(image_id, str) or not is_valid_image_id(image_id):
+        raise _invalid(api, what, image_id)
+
+
+def _images_query(
+    ids: Sequence[str], image_source: str | None, page_number: int, page_size: int
+) -> str:
+    """The describeImages query string; every value is checked, so none needs encoding."""
+    api = "describeImages"
+    if isinstance(ids, str):
+        raise _invalid(api, "ids (a single string, not a sequence of ids)", ids)
+    if len(ids) > MAX_IDS_PER_CALL:
+        raise PermanentApiError(
+            f"{api}: at most {MAX_IDS_PER_CALL} ids per call, not {len(ids)}; no request was sent"
+        )
+    parts = []
+    for n, image_id in enumerate(ids, start=1):
+        _check_image(api, f"image id (ids.{n})", image_id)
+        parts.append(f"ids.{n}={image_id}")
+    if image_source is not None:
+        if not isinstance(image_source, str) or not _IMAGE_SOURCE_RE.fullmatch(image_source):
+            raise _invalid(api, "image source", image_source)
+        parts.append(f"imageSource={image_source}")
+    if not _is_int(page_number) or page_number < 1:
+        raise _invalid(api, "page number (an integer from 1)", page_number)
+    if not _is_int(page_size) or not 1 <= page_size <= MAX_PAGE_SIZE:
+        raise _invalid(api, f"page size (an integer from 1 to {MAX_PAGE_SIZE})", page_size)
+    parts.append(f"pageNumber={page_number}")
+    parts.append(f"pageSize={page_size}")
+    return "&".join(parts)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _invalid(api: str, what: str, value: object) -> PermanentApiError:
+    shown = repr(value)
+    if len(shown) > _RAW_VALUE_MAX_CHARS:
+        shown = shown[:_RAW_VALUE_MAX_CHARS] + "..."
+    return PermanentApiError(f"{api}: invalid {what} {shown}; no request was sent")
+
+
+def _bad_body(
+    doc: JsonObject | None, headers: Mapping[str, str], what: str, status: int, why: str
+) -> TransientApiError:
+    problem = "the body is not a JSON object" if doc is None else why
+    return TransientApiError(
+        f"{what}: HTTP {status} with an unusable body: {problem}",
+        http_status=status,
+        error_status="BAD_BODY",
+        request_id=_request_id(doc, headers),
+        remaining_minute=_remaining_minute(headers),
+    )
+
+
+def _json_object(body: bytes) -> JsonObject | None:
+    """The body as a JSON object, or None when it is anything else."""
+    try:
+        doc = json.loads(body)
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _envelope_text(envelope: JsonObject | None, key: str) -> str:
+    value: Any = envelope.get(key) if envelope is not None else None
+    return _clean_message(value) if isinstance(value, str) else ""
+
+
+def _clean_message(text: str) -> str:
+    """A server-supplied text made safe to show and store: one line, short, nothing secret."""
+    text = _SECRET_LIKE_RE.sub("[redacted]", _CONTROL_RE.sub(" ", text)).strip()
+    if len(text) > _MESSAGE_MAX_CHARS:
+        text = text[:_MESSAGE_MAX_CHARS] + "..."
+    return text
+
+
+def _request_id(doc: JsonObject | None, headers: Mapping[str, str]) -> str | None:
+    value = doc.get("requestId") if doc is not None else None
+    if isinstance(value, str) and value:
+        return value
+    return headers.get(REQUEST_ID_HEADER) or None
+
+
+def _remaining_minute(headers: Mapping[str, str]) -> int | None:
+    value = headers.get(REMAINING_MINUTE_HEADER)
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return None
+
+
+def _retry_after_s(value: str | None, clock: Clock) -> float | None:
+    """Retry-After as seconds from now: either delay-seconds or an HTTP date."""
+    if value is None:
+        return None
+    seconds: float | None
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = _seconds_until(value, clock)
+    if seconds is None or not math.isfinite(seconds):
+        return None
+    return max(0.0, seconds)
+
+
+def _seconds_until(http_date: str, clock: Clock) -> float | None:
+    try:
+        at = parsedate_to_datetime(http_date)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if at.tzinfo is None:  # an HTTP date is always GMT
+        at = at.replace(tzinfo=UTC)
+    return (at - clock()).total_seconds()
