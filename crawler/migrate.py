@@ -1,0 +1,286 @@
+"""Bringing a database's schema to the newest migration (the only module that drives Alembic).
+
+The migrations live in the `migrations/` directory of the repository, installed as the package
+`crawler.migrations`; `script_location()` finds them in either place. Upgrading an existing SQLite
+file that is behind head first copies it beside itself as `NAME.bak-YYYYMMDDTHHMMSSZ`.
+
+Migrations run on a synchronous connection (an async URL such as `sqlite+aiosqlite:///x.db` is
+migrated through the sync `sqlite` driver), inside one transaction: SQLite runs DDL
+transactionally once BEGIN is ours to send, so a failed upgrade leaves the database as it was.
+The functions block; call them from async code with `asyncio.to_thread`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.script.revision import RevisionError
+from alembic.util import CommandError
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.pool import NullPool
+
+from crawler.errors import StoreError
+
+logger = logging.getLogger(__name__)
+
+# Async drivers and the sync driver that migrates the same database.
+_SYNC_DRIVERS = {"sqlite+aiosqlite": "sqlite"}
+
+# Library failures that mean "this database cannot be migrated", translated to StoreError once.
+_FAILURES = (SQLAlchemyError, CommandError, RevisionError, sqlite3.Error, OSError)
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class _Database:
+    """A database URL resolved once: the sync URL, a printable name, the SQLite file if any."""
+
+    url: URL
+    name: str
+    path: Path | None
+
+
+def sync_url(url: str | URL) -> URL:
+    """The URL with its async driver swapped for the sync one that migrations run on.
+
+    Raises:
+        StoreError: `url` is not a database URL.
+    """
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise StoreError(f"not a database URL: {exc}") from exc
+    driver = _SYNC_DRIVERS.get(parsed.drivername)
+    return parsed if driver is None else parsed.set(drivername=driver)
+
+
+def _sqlite_file(url: URL) -> Path | None:
+    database = url.database
+    if url.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return None
+    if url.query.get("uri") == "true" or database.startswith("file:"):
+        return None  # a URI filename (mode=memory, ...): not a plain file to back up
+    return Path(database)
+
+
+def _resolve(url: str | URL) -> _Database:
+    parsed = sync_url(url)
+    path = _sqlite_file(parsed)
+    name = str(path) if path is not None else parsed.render_as_string(hide_password=True)
+    return _Database(parsed, name, path)
+
+
+def _own_sqlite_begin(dbapi_connection: Any, _record: Any) -> None:
+    # The sqlite3 module's legacy mode never BEGINs before DDL, so each CREATE would commit on
+    # its own; taking BEGIN over (see `_begin_immediate`) makes a whole upgrade one transaction.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    # Foreign keys stay off while migrating: a batch table rebuild drops the old table, which
+    # with them on would cascade-delete every child row.
+    cursor.execute("PRAGMA foreign_keys=OFF")
+    cursor.close()
+
+
+def _begin_immediate(connection: Connection) -> None:
+    # IMMEDIATE takes the write lock up front, so two migrators queue instead of deadlocking.
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def migration_engine(url: str | URL) -> Engine:
+    """A sync engine for migrating `url`; on SQLite, DDL runs inside real transactions.
+
+    The caller disposes of it.
+    """
+    engine = create_engine(sync_url(url), poolclass=NullPool)
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _own_sqlite_begin)
+        event.listen(engine, "begin", _begin_immediate)
+    return engine
+
+
+def script_location() -> str:
+    """The directory holding `env.py` and `versions/`: installed package, else the repository.
+
+    Raises:
+        StoreError: neither is there.
+    """
+    spec = importlib.util.find_spec("crawler.migrations")
+    if spec is not None and spec.submodule_search_locations:
+        return str(next(iter(spec.submodule_search_locations)))
+    # Running from a checkout: `migrations/` sits beside the `crawler/` package.
+    checkout = Path(__file__).resolve().parent.parent / "migrations"
+    if (checkout / "env.py").is_file():
+        return str(checkout)
+    raise StoreError("the crawler's migrations are not installed (no crawler.migrations)")
+
+
+def alembic_config() -> Config:
+    """An Alembic config for the crawler's migrations, built without any ini file."""
+    config = Config()
+    # `%` would start a configparser interpolation.
+    config.set_main_option("script_location", script_location().replace("%", "%%"))
+    return config
+
+
+def head_revision() -> str:
+    """The newest migration's revision id.
+
+    Raises:
+        StoreError: the migrations cannot be read or have no single head.
+    """
+    try:
+        head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    except _FAILURES as exc:
+        raise StoreError(f"cannot read the crawler's migrations: {exc}") from exc
+    if head is None:
+        raise StoreError("the crawler's migrations have no revisions")
+    return head
+
+
+def _known_revisions() -> set[str]:
+    script = ScriptDirectory.from_config(alembic_config())
+    return {revision.revision for revision in script.walk_revisions()}
+
+
+@contextmanager
+def _translated(database: _Database, doing: str) -> Iterator[None]:
+    try:
+        yield
+    except _FAILURES as exc:
+        raise StoreError(f"cannot {doing} database {database.name}: {exc}") from exc
+
+
+def _read_revision(database: _Database) -> str | None:
+    if database.path is not None and not database.path.exists():
+        return None  # connecting would create the file
+    engine = create_engine(database.url, poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+    finally:
+        engine.dispose()
+
+
+def current_revision(url: str) -> str | None:
+    """The revision `url` is at, or None for a new or unmigrated database.
+
+    Raises:
+        StoreError: the database cannot be read.
+    """
+    database = _resolve(url)
+    with _translated(database, "read the revision of"):
+        return _read_revision(database)
+
+
+def _free_backup_path(path: Path, at: datetime, backup_dir: Path | None) -> Path:
+    stamp = at.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+    candidate = (backup_dir or path.parent) / f"{path.name}.bak-{stamp}"
+    suffix = 1
+    while candidate.exists():  # never overwrite an earlier backup from the same second
+        candidate = candidate.with_name(f"{path.name}.bak-{stamp}-{suffix}")
+        suffix += 1
+    return candidate
+
+
+def _backup(path: Path, target: Path) -> None:
+    # SQLite's online backup, not a file copy: it is consistent even with a WAL file beside it.
+    source_uri = f"{path.resolve().as_uri()}?mode=ro"
+    with (
+        closing(sqlite3.connect(source_uri, uri=True)) as source,
+        closing(sqlite3.connect(target)) as copy,
+    ):
+        source.backup(copy)
+
+
+def _backup_if_behind(
+    database: _Database, current: str | None, clock: Callable[[], datetime], backup_dir: Path | None
+) -> Path | None:
+    path = database.path
+    if path is None or not path.is_file() or path.stat().st_size == 0:
+        return None  # nothing there yet worth keeping
+    if current == head_revision():
+        return None
+    target = _free_backup_path(path, clock(), backup_dir)
+    _backup(path, target)
+    logger.info("backed up %s (revision %s) to %s before migrating", path, current, target)
+    return target
+
+
+def _check_known(database: _Database, current: str | None) -> None:
+    if current is not None and current not in _known_revisions():
+        raise StoreError(
+            f"database {database.name} is at revision {current}, which this crawler does not"
+            f" know (head is {head_revision()}); was it migrated by a newer version?"
+        )
+
+
+def _run(database: _Database, action: Callable[[Config], None]) -> None:
+    config = alembic_config()
+    engine = migration_engine(database.url)
+    try:
+        with engine.begin() as connection:
+            # env.py migrates on this connection, inside this transaction.
+            config.attributes["connection"] = connection
+            action(config)
+    finally:
+        engine.dispose()
+
+
+def upgrade(
+    url: str,
+    *,
+    clock: Callable[[], datetime] = _utc_now,
+    backup_dir: Path | None = None,
+) -> Path | None:
+    """Bring the database at `url` to the newest migration.
+
+    An existing SQLite file behind head is first backed up as `NAME.bak-YYYYMMDDTHHMMSSZ`
+    (time from `clock`, in UTC) in `backup_dir`, by default beside the file.
+
+    Args:
+        url: an SQLAlchemy URL; async drivers are accepted.
+        clock: the time for the backup's name.
+        backup_dir: where backups go instead of beside the database.
+
+    Returns:
+        The backup's path, or None when none was needed (new, non-file or up-to-date database).
+
+    Raises:
+        StoreError: the database cannot be opened, backed up or migrated, or is at a revision
+            this crawler does not know.
+    """
+    database = _resolve(url)
+    with _translated(database, "upgrade"):
+        current = _read_revision(database)
+        _check_known(database, current)
+        backup = _backup_if_behind(database, current, clock, backup_dir)
+        _run(database, lambda config: command.upgrade(config, "head"))
+    return backup
+
+
+def downgrade(url: str, revision: str) -> None:
+    """Take the database at `url` down to `revision` (`base` removes every table).
+
+    Raises:
+        StoreError: the database cannot be migrated or `revision` is unknown.
+    """
+    database = _resolve(url)
+    with _translated(database, f"downgrade to {revision}"):
+        _run(database, lambda config: command.downgrade(config, revision))

@@ -1,0 +1,332 @@
+"""An API `image` object to database rows (pure, and lean: it runs for every image crawled).
+
+Each record kind has a table of (column, API field, converter). A converter returns None for a
+missing value or one of the wrong type that cannot be converted without loss: `"40"` and `40.0`
+become 40, but `"abc"` and `40.5` give NULL in an integer column; `true`, `"true"`, 1 and `"1"`
+become 1 in a boolean column; a bool is not a number. Times become UTC `YYYY-MM-DD HH:MM:SS`
+(see `parse_api_time`). The whole object is kept in `images.raw`, so nothing is lost: fields
+without a column (`chargeInfo`, `serviceCode`, `snapshotPolicies`, new ones) stay there.
+
+A malformed part (a `systemDisk` or `dataDisks` entry that is not an object, `tags` that are not
+a list) is skipped; only an image without a usable `imageId` is rejected.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, tzinfo
+from types import MappingProxyType
+from typing import Any
+
+from crawler.errors import NormaliseError
+from crawler.models import ImageRows, Row
+
+Converter = Callable[[Any], Any]
+Fields = tuple[tuple[str, str, Converter], ...]
+TimeFields = tuple[tuple[str, str], ...]
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+# ASCII digits only: int() alone would also take " 4_0" or Arabic-Indic digits; at most 19 digits
+# keeps int() away from its digit limit (larger values do not fit SQLite's INTEGER anyway).
+_INT_TEXT = re.compile(r"[+-]?[0-9]{1,19}")
+_FLAG_TEXT = {"true": 1, "false": 0, "1": 1, "0": 0}
+# What datetime.fromisoformat would accept, minus its ISO week dates, ordinals and bare dates.
+_TIME_TEXT = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?"
+    r"(Z|[+-][0-9]{2}(:?[0-9]{2})?)?"
+)
+
+DISK_KEY_COLUMNS = ("region_id", "image_id", "slot", "position")
+
+
+def to_text(value: Any) -> str | None:
+    """A string as is; a number (not a bool) as its decimal text; anything else None."""
+    if value is None or type(value) is str:  # the common cases first: this runs per field
+        return value
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def to_int(value: Any) -> int | None:
+    """An integer that fits SQLite's INTEGER, from an int, an integral float or decimal text."""
+    if value is None or isinstance(value, bool):
+        return None  # JSON true is not the number 1
+    if isinstance(value, str):
+        if _INT_TEXT.fullmatch(value := value.strip()) is None:
+            return None
+        value = int(value)
+    elif isinstance(value, float):
+        if not value.is_integer():
+            return None
+        value = int(value)
+    elif not isinstance(value, int):
+        return None
+    return value if _INT64_MIN <= value <= _INT64_MAX else None
+
+
+def to_flag(value: Any) -> int | None:
+    """1 or 0 from a bool, the numbers 1 and 0, or the text true/false/1/0 (any case)."""
+    if value is None or isinstance(value, bool):
+        return value if value is None else int(value)
+    if isinstance(value, int | float) and value in (0, 1):
+        return int(value)
+    if isinstance(value, str):
+        return _FLAG_TEXT.get(value.strip().lower())
+    return None
+
+
+def parse_api_time(value: Any, naive_tz: tzinfo) -> str | None:
+    """An API time as UTC `YYYY-MM-DD HH:MM:SS` (fractions of a second dropped).
+
+    Accepts ISO-8601 with `Z` or an offset, and `YYYY-MM-DD HH:MM:SS` without one, which is read
+    in `naive_tz` (JD Cloud writes `createTime` in Beijing time). Anything else, the empty
+    string included, gives None.
+    """
+    if value is None or not isinstance(value, str):
+        return None
+    if not _TIME_TEXT.fullmatch(value := value.strip()):
+        return None
+    try:
+        at = datetime.fromisoformat(value)
+        if at.tzinfo is None:
+            at = at.replace(tzinfo=naive_tz)
+        return at.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "seconds")
+    except (ValueError, OverflowError):  # 2021-02-30, 24:00, or beyond year 1..9999 in UTC
+        return None
+
+
+_IMAGE_FIELDS: Fields = (
+    ("name", "name", to_text),
+    ("description", "desc", to_text),
+    ("architecture", "architecture", to_text),
+    ("os_type", "osType", to_text),
+    ("platform", "platform", to_text),
+    ("os_version", "osVersion", to_text),
+    ("image_source", "imageSource", to_text),
+    ("status", "status", to_text),
+    ("progress", "progress", to_int),
+    ("root_device_type", "rootDeviceType", to_text),
+    ("size_mb", "sizeMB", to_int),
+    ("system_disk_size_gb", "systemDiskSizeGB", to_int),
+    ("snapshot_id", "snapshotId", to_text),
+    ("launch_permission", "launchPermission", to_text),
+    ("owner_pin", "ownerPin", to_text),
+    ("login_name", "loginName", to_text),
+    ("offline", "offline", to_flag),
+    ("uefi_support", "uefiSupport", to_flag),
+    ("imported", "imported", to_flag),
+    ("boot_mode", "bootMode", to_text),
+    ("instance_id", "instanceId", to_text),
+)
+_IMAGE_TIMES: TimeFields = (("created_at", "createTime"), ("expired_at", "expiredTime"))
+
+# InstanceDiskAttachment: the image's disk mapping itself.
+_MAPPING_FIELDS: Fields = (
+    ("device_name", "deviceName", to_text),
+    ("disk_category", "diskCategory", to_text),
+    ("auto_delete", "autoDelete", to_flag),
+    ("mapping_status", "status", to_text),
+)
+# Both localDisk and cloudDisk carry these.
+_SIZE_FIELDS: Fields = (("disk_type", "diskType", to_text), ("disk_size_gb", "diskSizeGB", to_int))
+_CLOUD_FIELDS: Fields = (
+    ("disk_id", "diskId", to_text),
+    ("az", "az", to_text),
+    ("name", "name", to_text),
+    ("description", "description", to_text),
+    ("status", "status", to_text),
+    ("snapshot_id", "snapshotId", to_text),
+    ("multi_attachable", "multiAttachable", to_flag),
+    ("iops", "iops", to_int),
+    ("throughput", "throughput", to_int),
+)
+_CLOUD_TIMES: TimeFields = (("created_at", "createTime"),)
+_CHARGE_FIELDS: Fields = (
+    ("charge_mode", "chargeMode", to_text),
+    ("charge_status", "chargeStatus", to_text),
+)
+_CHARGE_TIMES: TimeFields = (
+    ("charge_start_at", "chargeStartTime"),
+    ("charge_expired_at", "chargeExpiredTime"),
+    ("charge_retire_at", "chargeRetireTime"),
+)
+# Flags the API has spelt two ways: the documented name first, then the one seen in examples.
+_CLOUD_FLAGS = (("encrypted", ("encrypted", "encrypt")), ("enabled", ("enabled", "enable")))
+_ATTACHMENT_FIELDS: Fields = (
+    ("attachment_id", "attachmentId", to_text),
+    ("disk_id", "diskId", to_text),
+    ("instance_id", "instanceId", to_text),
+    ("instance_type", "instanceType", to_text),
+    ("status", "status", to_text),
+)
+_ATTACHMENT_TIMES: TimeFields = (("attached_at", "attachTime"),)
+
+
+def _columns(*tables: Fields | TimeFields) -> tuple[str, ...]:
+    return tuple(entry[0] for table in tables for entry in table)
+
+
+IMAGE_COLUMNS: tuple[str, ...] = (
+    "region_id",
+    "image_id",
+    *_columns(_IMAGE_FIELDS, _IMAGE_TIMES),
+    "raw",
+)
+"""The images columns `normalise_image` fills; the store adds first/last seen, run, missing."""
+DISK_COLUMNS: tuple[str, ...] = (
+    DISK_KEY_COLUMNS
+    + _columns(
+        _MAPPING_FIELDS, _SIZE_FIELDS, _CLOUD_FIELDS, _CLOUD_TIMES, _CHARGE_FIELDS, _CHARGE_TIMES
+    )
+    + tuple(column for column, _ in _CLOUD_FLAGS)
+)
+ATTACHMENT_COLUMNS: tuple[str, ...] = (
+    *DISK_KEY_COLUMNS,
+    "seq",
+    *_columns(_ATTACHMENT_FIELDS, _ATTACHMENT_TIMES),
+)
+TAG_COLUMNS: tuple[str, ...] = (*DISK_KEY_COLUMNS, "key", "value")
+
+
+def _fill(row: Row, source: Mapping[str, Any], fields: Fields) -> None:
+    get = source.get
+    row.update({column: convert(get(field)) for column, field, convert in fields})
+
+
+def _fill_times(row: Row, source: Mapping[str, Any], fields: TimeFields, tz: tzinfo) -> None:
+    get = source.get
+    for column, field in fields:
+        row[column] = parse_api_time(get(field), tz)
+
+
+def _object(value: Any) -> Mapping[str, Any] | None:
+    return value if isinstance(value, Mapping) else None
+
+
+def _sized(
+    category: Any, local: Mapping[str, Any] | None, cloud: Mapping[str, Any] | None
+) -> Mapping[str, Any]:
+    """The disk object holding type and size: the one present; with both, the one the mapping's
+    diskCategory names (cloud unless it says local)."""
+    if local is not None and (cloud is None or category == "local"):
+        return local
+    return cloud or _EMPTY
+
+
+def _first_flag(source: Mapping[str, Any], fields: tuple[str, ...]) -> int | None:
+    for field in fields:
+        flag = to_flag(source.get(field))
+        if flag is not None:
+            return flag
+    return None
+
+
+def _disk_row(key: Row, mapping: Mapping[str, Any], tz: tzinfo) -> tuple[Row, Mapping[str, Any]]:
+    """The disks row of one mapping, and its cloud disk (empty when it has none)."""
+    local = _object(mapping.get("localDisk"))
+    cloud = _object(mapping.get("cloudDisk"))
+    row = dict(key)
+    _fill(row, mapping, _MAPPING_FIELDS)
+    _fill(row, _sized(mapping.get("diskCategory"), local, cloud), _SIZE_FIELDS)
+    cloud = cloud or _EMPTY
+    _fill(row, cloud, _CLOUD_FIELDS)
+    _fill_times(row, cloud, _CLOUD_TIMES, tz)
+    charge = _object(cloud.get("charge")) or _EMPTY
+    _fill(row, charge, _CHARGE_FIELDS)
+    _fill_times(row, charge, _CHARGE_TIMES, tz)
+    for column, fields in _CLOUD_FLAGS:
+        row[column] = _first_flag(cloud, fields)
+    return row, cloud
+
+
+def _attachment_rows(key: Row, cloud: Mapping[str, Any], tz: tzinfo) -> list[Row]:
+    entries = cloud.get("attachments")
+    if not isinstance(entries, list):
+        return []
+    rows = []
+    for seq, entry in enumerate(entries):
+        if isinstance(entry, Mapping):
+            row = {**key, "seq": seq}
+            _fill(row, entry, _ATTACHMENT_FIELDS)
+            _fill_times(row, entry, _ATTACHMENT_TIMES, tz)
+            rows.append(row)
+    return rows
+
+
+def _tag_rows(key: Row, cloud: Mapping[str, Any]) -> list[Row]:
+    entries = cloud.get("tags")
+    if not isinstance(entries, list):
+        return []
+    values: dict[str, str | None] = {}
+    for entry in entries:
+        if isinstance(entry, Mapping) and (name := to_text(entry.get("key"))) is not None:
+            values.pop(name, None)  # a repeated key keeps the last value, in its last place
+            values[name] = to_text(entry.get("value"))
+    return [{**key, "key": name, "value": value} for name, value in values.items()]
+
+
+def _disk_mappings(image: Mapping[str, Any]) -> list[tuple[str, int, Mapping[str, Any]]]:
+    """(slot, position, mapping) of every disk mapping that is an object."""
+    found: list[tuple[str, int, Mapping[str, Any]]] = []
+    system = _object(image.get("systemDisk"))
+    if system is not None:
+        found.append(("system", 0, system))
+    data = image.get("dataDisks")
+    if isinstance(data, list):
+        found.extend(
+            ("data", index, entry) for index, entry in enumerate(data) if isinstance(entry, Mapping)
+        )
+    return found
+
+
+def _raw(region_id: str, image_id: str, image: Mapping[str, Any]) -> str:
+    try:
+        return json.dumps(image, ensure_ascii=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise NormaliseError(f"image {region_id}/{image_id} is not JSON: {exc}") from exc
+
+
+def _image_id(region_id: str, image: Any) -> str:
+    if not isinstance(image, Mapping):
+        raise NormaliseError(f"an image in {region_id} is a {type(image).__name__}, not an object")
+    image_id = image.get("imageId")
+    if not isinstance(image_id, str) or not image_id:
+        got = type(image_id).__name__ if image_id != "" else "empty string"
+        raise NormaliseError(f"an image in {region_id} has no usable imageId (got {got})")
+    return image_id
+
+
+def normalise_image(region_id: str, image: Mapping[str, Any], *, naive_tz: tzinfo) -> ImageRows:
+    """Turn one API `image` object into rows for images, disks, attachments and tags.
+
+    Args:
+        region_id: the region the image was fetched from.
+        image: the `image` object exactly as parsed from the response.
+        naive_tz: the zone of API times written without an offset.
+
+    Returns:
+        Rows keyed by column name: every row of a kind has exactly the keys of `IMAGE_COLUMNS`,
+        `DISK_COLUMNS`, `ATTACHMENT_COLUMNS` or `TAG_COLUMNS`.
+
+    Raises:
+        NormaliseError: `image` is not an object or has no usable `imageId`.
+    """
+    image_id = _image_id(region_id, image)
+    row: Row = {"region_id": region_id, "image_id": image_id}
+    _fill(row, image, _IMAGE_FIELDS)
+    _fill_times(row, image, _IMAGE_TIMES, naive_tz)
+    row["raw"] = _raw(region_id, image_id, image)
+    rows = ImageRows(image=row)
+    for slot, position, mapping in _disk_mappings(image):
+        key = {"region_id": region_id, "image_id": image_id, "slot": slot, "position": position}
+        disk, cloud = _disk_row(key, mapping, naive_tz)
+        rows.disks.append(disk)
+        rows.attachments.extend(_attachment_rows(key, cloud, naive_tz))
+        rows.tags.extend(_tag_rows(key, cloud))
+    return rows

@@ -1,0 +1,251 @@
+"""The inventory database's tables, as SQLAlchemy Core definitions.
+
+The migrations under `migrations/` own the real schema; these definitions are what the store
+writes through and what a test compares the migrations against (they must agree exactly).
+
+Conventions (CONTRACT.md §6): timestamps are TEXT in UTC, `YYYY-MM-DD HH:MM:SS` for API times
+and `YYYY-MM-DD HH:MM:SS.ffffff` for the crawler's own clock, so SQLite's `datetime(col)` gives the
+instant; booleans are INTEGER 0/1; anything unknown or unconvertible is NULL.
+
+Tables:
+    images         one row per (region_id, image_id) ever fetched; `raw` keeps the API object.
+    disks          the image's disk mappings: slot `system` (position 0) or `data` (array index).
+    attachments    a cloud disk's `attachments[seq]`.
+    tags           a cloud disk's tags, one row per key.
+    crawl_runs     one row per crawl.
+    crawl_targets  the targets of a run, so it can be resumed and audited.
+    crawl_results  the outcome of each target of a run.
+
+Children cascade: deleting an images row deletes its disks, and a disks row its attachments and
+tags (with `PRAGMA foreign_keys=ON`); deleting a crawl_runs row deletes its targets and results.
+The views the migrations add for audit queries are listed in `VIEW_NAMES`.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    CheckConstraint,
+    Column,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    Table,
+    Text,
+    text,
+)
+
+from crawler.models import Outcome, RunStatus
+
+metadata = MetaData()
+
+# Audit views created by the migrations (documented in migrations/versions/0001_initial.py).
+VIEW_NAMES: tuple[str, ...] = (
+    "image_summary",
+    "images_by_region_os",
+    "images_not_ready",
+    "shared_or_marketplace_images",
+    "missing_images",
+    "newly_missing_images",
+    "data_disks_by_type",
+    "attached_disks",
+    "tag_keys",
+    "latest_run",
+    "latest_run_failures",
+)
+
+
+def _text(name: str, *, nullable: bool = True) -> Column[str]:
+    return Column(name, Text, nullable=nullable)
+
+
+def _int(name: str, *, nullable: bool = True) -> Column[int]:
+    return Column(name, Integer, nullable=nullable)
+
+
+def _count(name: str) -> Column[int]:
+    return Column(name, Integer, nullable=False, server_default=text("0"))
+
+
+def _one_of(column: str, values: tuple[str, ...], name: str) -> CheckConstraint:
+    listed = ", ".join(f"'{value}'" for value in values)
+    return CheckConstraint(f"{column} IN ({listed})", name=name)
+
+
+images = Table(
+    "images",
+    metadata,
+    _text("region_id", nullable=False),
+    _text("image_id", nullable=False),
+    _text("name"),
+    _text("description"),
+    _text("architecture"),
+    _text("os_type"),
+    _text("platform"),
+    _text("os_version"),
+    _text("image_source"),
+    _text("status"),
+    _int("progress"),
+    _text("root_device_type"),
+    _int("size_mb"),
+    _int("system_disk_size_gb"),
+    _text("snapshot_id"),
+    _text("created_at"),
+    _text("launch_permission"),
+    _text("owner_pin"),
+    _text("login_name"),
+    _int("offline"),
+    _int("uefi_support"),
+    _int("imported"),
+    _text("boot_mode"),
+    _text("instance_id"),
+    _text("expired_at"),
+    _text("first_seen_at"),
+    _text("last_seen_at"),
+    _int("last_run_id"),
+    _text("missing_since"),
+    _text("raw", nullable=False),
+    PrimaryKeyConstraint("region_id", "image_id", name="pk_images"),
+)
+Index("ix_images_image_id", images.c.image_id)
+Index("ix_images_image_source", images.c.image_source)
+Index("ix_images_status", images.c.status)
+Index("ix_images_os_type_platform", images.c.os_type, images.c.platform)
+Index("ix_images_missing_since", images.c.missing_since)
+Index("ix_images_last_run_id", images.c.last_run_id)
+
+disks = Table(
+    "disks",
+    metadata,
+    _text("region_id", nullable=False),
+    _text("image_id", nullable=False),
+    _text("slot", nullable=False),
+    _int("position", nullable=False),
+    _text("device_name"),
+    _text("disk_category"),
+    _int("auto_delete"),
+    _text("mapping_status"),
+    _text("disk_type"),
+    _int("disk_size_gb"),
+    _text("disk_id"),
+    _text("az"),
+    _text("name"),
+    _text("description"),
+    _text("status"),
+    _text("snapshot_id"),
+    _int("multi_attachable"),
+    _int("encrypted"),
+    _int("enabled"),
+    _int("iops"),
+    _int("throughput"),
+    _text("created_at"),
+    _text("charge_mode"),
+    _text("charge_status"),
+    _text("charge_start_at"),
+    _text("charge_expired_at"),
+    _text("charge_retire_at"),
+    PrimaryKeyConstraint("region_id", "image_id", "slot", "position", name="pk_disks"),
+    ForeignKeyConstraint(
+        ["region_id", "image_id"],
+        ["images.region_id", "images.image_id"],
+        name="fk_disks_images",
+        ondelete="CASCADE",
+    ),
+    _one_of("slot", ("system", "data"), "ck_disks_slot"),
+)
+Index("ix_disks_disk_type", disks.c.disk_type)
+Index("ix_disks_disk_id", disks.c.disk_id)
+
+_DISK_KEY = ("region_id", "image_id", "slot", "position")
+_DISK_REFERENCE = [f"disks.{column}" for column in _DISK_KEY]
+
+attachments = Table(
+    "attachments",
+    metadata,
+    _text("region_id", nullable=False),
+    _text("image_id", nullable=False),
+    _text("slot", nullable=False),
+    _int("position", nullable=False),
+    _int("seq", nullable=False),
+    _text("attachment_id"),
+    _text("disk_id"),
+    _text("instance_id"),
+    _text("instance_type"),
+    _text("status"),
+    _text("attached_at"),
+    PrimaryKeyConstraint(*_DISK_KEY, "seq", name="pk_attachments"),
+    ForeignKeyConstraint(
+        list(_DISK_KEY), _DISK_REFERENCE, name="fk_attachments_disks", ondelete="CASCADE"
+    ),
+)
+Index("ix_attachments_instance_id", attachments.c.instance_id)
+
+tags = Table(
+    "tags",
+    metadata,
+    _text("region_id", nullable=False),
+    _text("image_id", nullable=False),
+    _text("slot", nullable=False),
+    _int("position", nullable=False),
+    _text("key", nullable=False),
+    _text("value"),
+    PrimaryKeyConstraint(*_DISK_KEY, "key", name="pk_tags"),
+    ForeignKeyConstraint(
+        list(_DISK_KEY), _DISK_REFERENCE, name="fk_tags_disks", ondelete="CASCADE"
+    ),
+)
+Index("ix_tags_key_value", tags.c.key, tags.c.value)
+
+crawl_runs = Table(
+    "crawl_runs",
+    metadata,
+    Column("run_id", Integer, primary_key=True, autoincrement=True),
+    _text("started_at", nullable=False),
+    _text("finished_at"),
+    _text("status", nullable=False),
+    _count("targets_total"),
+    _count("fetched"),
+    _count("missing"),
+    _count("failed"),
+    _count("requests"),
+    _count("retries"),
+    _text("strategy"),
+    _text("message"),
+    _one_of("status", tuple(RunStatus), "ck_crawl_runs_status"),
+    # AUTOINCREMENT: run ids only ever increase, even after the newest run is deleted.
+    sqlite_autoincrement=True,
+)
+
+crawl_targets = Table(
+    "crawl_targets",
+    metadata,
+    _int("run_id", nullable=False),
+    _text("region_id", nullable=False),
+    _text("image_id", nullable=False),
+    PrimaryKeyConstraint("run_id", "region_id", "image_id", name="pk_crawl_targets"),
+    ForeignKeyConstraint(
+        ["run_id"], ["crawl_runs.run_id"], name="fk_crawl_targets_crawl_runs", ondelete="CASCADE"
+    ),
+)
+
+crawl_results = Table(
+    "crawl_results",
+    metadata,
+    _int("run_id", nullable=False),
+    _text("region_id", nullable=False),
+    _text("image_id", nullable=False),
+    _text("outcome", nullable=False),
+    _int("http_status"),
+    _text("error_status"),
+    _text("error_message"),
+    _int("attempts", nullable=False),
+    _text("request_id"),
+    _text("finished_at", nullable=False),
+    PrimaryKeyConstraint("run_id", "region_id", "image_id", name="pk_crawl_results"),
+    ForeignKeyConstraint(
+        ["run_id"], ["crawl_runs.run_id"], name="fk_crawl_results_crawl_runs", ondelete="CASCADE"
+    ),
+    _one_of("outcome", tuple(Outcome), "ck_crawl_results_outcome"),
+)
+Index("ix_crawl_results_run_id_outcome", crawl_results.c.run_id, crawl_results.c.outcome)

@@ -1,0 +1,1 @@
+"""The crawler's Alembic migrations (installed as `crawler.migrations`; see `crawler.migrate`)."""
