@@ -1,0 +1,259 @@
+"""How fast images are normalised and committed to SQLite by `crawler.store`.
+
+Builds N real-shaped `Image` objects (from `crawler.inventory`, the simulator's own generator, so
+with the same mix of disks, attachments and tags as a crawl of the simulator), then times, each
+into a fresh SQLite file under a temporary directory:
+
+- normalise: `normalise_image` alone;
+- store: `Store.write_results` alone, in batches of already-normalised rows (first crawl);
+- rewrite: the same batches written again (a re-crawl: children are replaced);
+- both: normalise plus write, batch by batch, one after the other in one thread (the crawl does
+  the same work on one event loop; SQLite releases the GIL only per row, so the two hardly
+  overlap even when they run in different tasks).
+
+Prints one JSON line (machine-readable) then one human line. Optionally (`--targets N`) also
+times `create_run` over N streamed targets and reports how much peak memory grew meanwhile.
+Run from the repository root once the package is installed (or with `PYTHONPATH=.`):
+
+    .venv/bin/python benchmarks/store_throughput.py --images 20000 --batch 500
+    .venv/bin/python benchmarks/store_throughput.py --shape rich --targets 1000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import resource
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from crawler.inventory import build_inventory
+from crawler.models import ImageRows, JsonObject, Outcome, Target, TargetResult
+from crawler.normalise import normalise_image
+from crawler.store import Store
+
+REGIONS = ("cn-north-1", "cn-east-1", "cn-east-2", "cn-south-1")
+BEIJING = ZoneInfo("Asia/Shanghai")
+
+
+def build_images(
+    count: int, seed: int, *, shape: str = "inventory"
+) -> list[tuple[str, JsonObject]]:
+    """`count` (region, image) pairs from the deterministic inventory; `rich` gives each image
+    three full cloud data disks, each attached once and tagged twice."""
+    per_region = math.ceil(count / len(REGIONS))
+    inventory = build_inventory(REGIONS, per_region, seed)
+    pairs = [(region, image) for region in REGIONS for image in inventory.images[region]]
+    if shape == "rich":
+        pairs = [(region, enrich(region, image)) for region, image in pairs]
+    return pairs[:count]
+
+
+def enrich(region: str, image: JsonObject) -> JsonObject:
+    """`image` with three full cloud data disks in the documented `Disk` shape."""
+    image_id = str(image["imageId"])
+    disks = []
+    for index in range(3):
+        disk_id = f"vol-{image_id[4:]}{index}"
+        cloud = {
+            "diskId": disk_id,
+            "az": f"{region}a",
+            "name": f"data-{index}",
+            "description": "数据盘",
+            "diskType": ("ssd.gp1", "ssd.io1", "hdd.std1")[index],
+            "diskSizeGB": 100 * (index + 1),
+            "iops": 3000,
+            "throughput": 150,
+            "status": "in-use",
+            "multiAttachable": False,
+            "encrypted": index == 1,
+            "enabled": True,
+            "snapshotId": "",
+            "createTime": "2023-03-01 10:00:00",
+            "charge": {
+                "chargeMode": "postpaid_by_duration",
+                "chargeStatus": "normal",
+                "chargeStartTime": "2023-03-01T02:00:00Z",
+                "chargeExpiredTime": "",
+            },
+            "tags": [{"key": "env", "value": "prod"}, {"key": "team", "value": "infra"}],
+            "attachments": [
+                {
+                    "attachmentId": f"attach-{image_id[4:]}{index}",
+                    "diskId": disk_id,
+                    "instanceType": "vm",
+                    "instanceId": f"i-{image_id[4:]}",
+                    "status": "attached",
+                    "attachTime": "2023-03-02 09:30:00",
+                }
+            ],
+        }
+        mapping = {"diskCategory": "cloud", "autoDelete": True, "deviceName": f"vd{'bcd'[index]}"}
+        disks.append({**mapping, "status": "attached", "cloudDisk": cloud})
+    return {**image, "dataDisks": disks}
+
+
+def normalise_all(images: Sequence[tuple[str, JsonObject]]) -> list[ImageRows]:
+    return [normalise_image(region, image, naive_tz=BEIJING) for region, image in images]
+
+
+def fetched(rows: Sequence[ImageRows], at: datetime) -> list[TargetResult]:
+    return [
+        TargetResult(
+            Target(row.image["region_id"], row.image["image_id"]),
+            Outcome.FETCHED,
+            1,
+            at,
+            http_status=200,
+            request_id="c2hmmaan8w06w19qcdfuic4w03f7ft2d",
+            rows=row,
+        )
+        for row in rows
+    ]
+
+
+def batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+async def open_run(directory: Path, name: str, targets: Sequence[Target]) -> tuple[Store, int]:
+    store = await Store.open(f"sqlite+aiosqlite:///{directory / name}")
+    return store, await store.create_run(targets, strategy="single")
+
+
+async def time_store(directory: Path, rows: Sequence[ImageRows], batch: int) -> tuple[float, float]:
+    """Seconds for the first write of every image, then for rewriting them all."""
+    results = fetched(rows, datetime.now(UTC))
+    store, run_id = await open_run(directory, "store.db", [r.target for r in results])
+    try:
+        timings = []
+        for _ in range(2):
+            started = time.perf_counter()
+            for chunk in batches(results, batch):
+                await store.write_results(run_id, chunk)
+            timings.append(time.perf_counter() - started)
+    finally:
+        await store.close()
+    return timings[0], timings[1]
+
+
+async def time_both(directory: Path, images: Sequence[tuple[str, JsonObject]], batch: int) -> float:
+    """Seconds to normalise and write every image, batch by batch."""
+    targets = [Target(region, str(image["imageId"])) for region, image in images]
+    store, run_id = await open_run(directory, "both.db", targets)
+    try:
+        started = time.perf_counter()
+        for chunk in batches(images, batch):
+            results = fetched(normalise_all(chunk), datetime.now(UTC))
+            await store.write_results(run_id, results)
+        return time.perf_counter() - started
+    finally:
+        await store.close()
+
+
+def synthetic_targets(count: int) -> Iterator[Target]:
+    """`count` distinct targets, generated lazily."""
+    for index in range(count):
+        yield Target(REGIONS[index % len(REGIONS)], f"img-{index:010d}")
+
+
+async def time_create_run(directory: Path, count: int) -> tuple[float, float]:
+    """Seconds for create_run over `count` streamed targets, and how much the process's peak
+    resident memory grew meanwhile (MiB; run first, so earlier phases do not mask it)."""
+    before_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    store = await Store.open(f"sqlite+aiosqlite:///{directory / 'targets.db'}")
+    try:
+        started = time.perf_counter()
+        await store.create_run(synthetic_targets(count), strategy="single")
+        elapsed = time.perf_counter() - started
+    finally:
+        await store.close()
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before_kib
+    return elapsed, grown_kib / 1024
+
+
+def rate(count: int, seconds: float) -> float:
+    return round(count / seconds, 1) if seconds > 0 else 0.0
+
+
+async def measure(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
+    figures: dict[str, Any] = {"benchmark": "store_throughput"}
+    if args.targets:
+        create_s, grown_mib = await time_create_run(directory, args.targets)
+        figures["create_run_targets"] = args.targets
+        figures["create_run_targets_per_s"] = rate(args.targets, create_s)
+        figures["create_run_peak_rss_growth_mib"] = round(grown_mib, 1)
+    images = build_images(args.images, args.seed, shape=args.shape)
+    started = time.perf_counter()
+    rows = normalise_all(images)
+    normalise_s = time.perf_counter() - started
+    store_s, rewrite_s = await time_store(directory, rows, args.batch)
+    both_s = await time_both(directory, images, args.batch)
+    figures |= {
+        "images": len(images),
+        "batch": args.batch,
+        "shape": args.shape,
+        "disks_per_image": round(sum(len(r.disks) for r in rows) / len(rows), 2),
+        "attachments_per_image": round(sum(len(r.attachments) for r in rows) / len(rows), 2),
+        "tags_per_image": round(sum(len(r.tags) for r in rows) / len(rows), 2),
+        "normalise_images_per_s": rate(len(rows), normalise_s),
+        "store_images_per_s": rate(len(rows), store_s),
+        "rewrite_images_per_s": rate(len(rows), rewrite_s),
+        "both_images_per_s": rate(len(rows), both_s),
+    }
+    return figures
+
+
+def describe(figures: dict[str, Any]) -> str:
+    line = (
+        f"{figures['images']:,} images ({figures['disks_per_image']} disks,"
+        f" {figures['attachments_per_image']} attachments, {figures['tags_per_image']} tags"
+        f" each), batches of {figures['batch']}: normalise {figures['normalise_images_per_s']:,.0f}"
+        f"/s, store {figures['store_images_per_s']:,.0f}/s, rewrite"
+        f" {figures['rewrite_images_per_s']:,.0f}/s, normalise+store"
+        f" {figures['both_images_per_s']:,.0f} images/s"
+    )
+    if "create_run_targets" in figures:
+        line += (
+            f"; create_run {figures['create_run_targets']:,} targets at"
+            f" {figures['create_run_targets_per_s']:,.0f}/s, peak memory grew"
+            f" {figures['create_run_peak_rss_growth_mib']} MiB"
+        )
+    return line
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=20_000, help="images to write")
+    parser.add_argument("--batch", type=int, default=500, help="results per write_results call")
+    parser.add_argument("--seed", type=int, default=0, help="inventory seed")
+    parser.add_argument(
+        "--shape",
+        choices=("inventory", "rich"),
+        default="inventory",
+        help="inventory: the simulator's mix; rich: three attached, tagged data disks per image",
+    )
+    parser.add_argument(
+        "--targets", type=int, default=0, help="also time create_run over this many targets"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="store-bench-") as directory:
+        figures = asyncio.run(measure(args, Path(directory)))
+    print(json.dumps(figures))
+    print(describe(figures))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,730 @@
+"""The store against real, migrated SQLite files under tmp_path, filled with real normalised images.
+
+Images come from `crawler.inventory` (the simulator's generator) through `normalise_image`; the
+tests read the files back with the standard library's sqlite3, independently of the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sqlite3
+import threading
+import tracemalloc
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import closing
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from crawler.errors import StoreError, TargetsError
+from crawler.inventory import Inventory, build_inventory
+from crawler.migrate import head_revision
+from crawler.models import ImageRows, JsonObject, Outcome, RunStatus, Target, TargetResult
+from crawler.normalise import normalise_image
+from crawler.store import RunSummary, Store, format_utc, parse_utc, query_readonly, recent_runs
+
+NAIVE_TZ = ZoneInfo("Asia/Shanghai")
+REGIONS = ("cn-north-1", "cn-east-2")
+START = datetime(2024, 5, 1, 8, 0, tzinfo=UTC)
+COOKBOOK = Path(__file__).resolve().parent.parent / "docs" / "schema-and-cookbook.md"
+CHILD_TABLES = ("disks", "attachments", "tags")
+IMAGE_TABLES = ("images", *CHILD_TABLES)
+
+
+class Clock:
+    """A UTC clock that moves one second per reading."""
+
+    def __init__(self, start: datetime = START) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        self.now += timedelta(seconds=1)
+        return self.now
+
+
+def url_of(path: Path) -> str:
+    return f"sqlite+aiosqlite:///{path}"
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "inventory.db"
+
+
+@pytest.fixture
+async def store(db_path: Path) -> AsyncIterator[Store]:
+    opened = await Store.open(url_of(db_path), clock=Clock())
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+@pytest.fixture(scope="module")
+def inventory() -> Inventory:
+    return build_inventory(REGIONS, 30, seed=11, missing_rate=0.1)
+
+
+# --- building results ---------------------------------------------------------------------------
+
+
+def at(minutes: float) -> datetime:
+    return START + timedelta(minutes=minutes)
+
+
+def normalised(region_id: str, image: JsonObject) -> ImageRows:
+    return normalise_image(region_id, image, naive_tz=NAIVE_TZ)
+
+
+def fetched(region_id: str, image: JsonObject, finished_at: datetime) -> TargetResult:
+    target = Target(region_id, str(image["imageId"]))
+    rows = normalised(region_id, image)
+    return TargetResult(target, Outcome.FETCHED, 1, finished_at, http_status=200, rows=rows)
+
+
+def missing(target: Target, finished_at: datetime) -> TargetResult:
+    return TargetResult(
+        target, Outcome.MISSING, 1, finished_at, http_status=404, error_status="NOT_FOUND",
+        error_message=f"image {target.image_id} not found", request_id="req-404",
+    )  # fmt: skip
+
+
+def failed(target: Target, finished_at: datetime, *, attempts: int = 6) -> TargetResult:
+    return TargetResult(
+        target, Outcome.FAILED, attempts, finished_at, http_status=503,
+        error_status="SERVICE_UNAVAILABLE", error_message="retries exhausted",
+        request_id="req-503",
+    )  # fmt: skip
+
+
+def existing(inventory: Inventory) -> list[tuple[str, JsonObject]]:
+    return [(region, image) for region in REGIONS for image in inventory.images[region]]
+
+
+def target_of(region_id: str, image: JsonObject) -> Target:
+    return Target(region_id, str(image["imageId"]))
+
+
+def rich_image(inventory: Inventory) -> tuple[str, JsonObject]:
+    """An inventory image with the most attachments and tags on its data disks."""
+
+    def children(pair: tuple[str, JsonObject]) -> int:
+        rows = normalised(*pair)
+        return len(rows.disks) + len(rows.attachments) + len(rows.tags)
+
+    return max(existing(inventory), key=children)
+
+
+# --- reading the file back, independently of the store -------------------------------------------
+
+
+def query(path: Path, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    with closing(sqlite3.connect(path)) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def dump(path: Path, table: str, *, timestamps: bool = False) -> list[tuple[Any, ...]]:
+    """Every row of `table`, sorted; without the `*_at` columns unless `timestamps`."""
+    with closing(sqlite3.connect(path)) as conn:
+        columns = [row[1] for row in conn.execute(f"PRAGMA table_info({table})")]
+        kept = [c for c in columns if timestamps or not c.endswith("_at")]
+        rows = conn.execute(f"SELECT {', '.join(kept)} FROM {table}").fetchall()
+    return sorted(rows, key=repr)
+
+
+def dump_all(path: Path, tables: Sequence[str], **options: bool) -> dict[str, list[Any]]:
+    return {table: dump(path, table, **options) for table in tables}
+
+
+def image_row(path: Path, target: Target) -> dict[str, Any]:
+    with closing(sqlite3.connect(path)) as conn:
+        conn.row_factory = sqlite3.Row
+        row = conn.execute(
+            "SELECT * FROM images WHERE region_id = ? AND image_id = ?",
+            (target.region_id, target.image_id),
+        ).fetchone()
+    assert row is not None, f"no images row for {target}"
+    return dict(row)
+
+
+def count(path: Path, table: str, target: Target) -> int:
+    sql = f"SELECT COUNT(*) FROM {table} WHERE region_id = ? AND image_id = ?"
+    return int(query(path, sql, (target.region_id, target.image_id))[0][0])
+
+
+# --- timestamps ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        datetime(2024, 5, 1, 8, 0, 0, 120, tzinfo=UTC),
+        datetime(2024, 5, 1, 16, 0, 0, 120, tzinfo=NAIVE_TZ),
+        datetime(2024, 5, 1, 8, 0, 0, 120),  # naive: taken as UTC
+    ],
+)
+def test_the_crawlers_timestamps_are_utc_text_sqlite_can_read(moment: datetime) -> None:
+    text = format_utc(moment)
+    assert text == "2024-05-01 08:00:00.000120"
+    assert parse_utc(text) == datetime(2024, 5, 1, 8, 0, 0, 120, tzinfo=UTC)
+    with closing(sqlite3.connect(":memory:")) as conn:
+        assert conn.execute("SELECT datetime(?)", (text,)).fetchone() == ("2024-05-01 08:00:00",)
+
+
+# --- opening ------------------------------------------------------------------------------------
+
+
+async def test_open_migrates_a_new_file_and_sets_the_pragmas(db_path: Path) -> None:
+    store = await Store.open(url_of(db_path))
+    try:
+        pragmas = await store.pragmas()
+    finally:
+        await store.close()
+    assert query(db_path, "SELECT version_num FROM alembic_version") == [(head_revision(),)]
+    tables = {name for (name,) in query(db_path, "SELECT name FROM sqlite_master")}
+    assert {"images", *CHILD_TABLES, "crawl_runs", "crawl_targets", "crawl_results"} <= tables
+    assert pragmas["journal_mode"] == "wal"
+    assert pragmas["foreign_keys"] == 1
+    assert pragmas["synchronous"] == 1  # NORMAL
+    assert pragmas["busy_timeout"] > 0
+
+
+async def test_open_reports_an_unusable_database_as_store_error(tmp_path: Path) -> None:
+    not_sqlite = tmp_path / "notes.db"
+    not_sqlite.write_text("this is not an SQLite database, just text " * 100)
+    with pytest.raises(StoreError, match=r"notes\.db"):
+        await Store.open(url_of(not_sqlite))
+
+
+async def test_a_write_the_database_refuses_is_a_store_error_naming_it(
+    store: Store, inventory: Inventory, db_path: Path
+) -> None:
+    region, image = existing(inventory)[0]
+    # No crawl_runs row 999: the foreign key (on in every store connection) refuses the results.
+    with pytest.raises(StoreError, match=re.escape(str(db_path))) as raised:
+        await store.write_results(999, [fetched(region, image, at(1))])
+    assert "FOREIGN KEY" in str(raised.value)
+    assert dump(db_path, "images") == []
+
+
+# --- writing images -----------------------------------------------------------------------------
+
+
+async def test_rewriting_the_same_image_changes_nothing_but_timestamps(
+    store: Store, inventory: Inventory, db_path: Path
+) -> None:
+    region, image = rich_image(inventory)
+    run_id = await store.create_run([target_of(region, image)], strategy="single")
+    await store.write_results(run_id, [fetched(region, image, at(1))])
+    before = dump_all(db_path, (*IMAGE_TABLES, "crawl_results"))
+    first = image_row(db_path, target_of(region, image))
+
+    await store.write_results(run_id, [fetched(region, image, at(2))])
+
+    assert dump_all(db_path, (*IMAGE_TABLES, "crawl_results")) == before
+    assert all(before[table] for table in IMAGE_TABLES)  # the image really has every kind of row
+    again = image_row(db_path, target_of(region, image))
+    assert again["first_seen_at"] == first["first_seen_at"] == "2024-05-01 08:01:00.000000"
+    assert again["last_seen_at"] == "2024-05-01 08:02:00.000000"
+
+
+async def test_fetched_rows_hold_what_normalise_produced(
+    store: Store, inventory: Inventory, db_path: Path
+) -> None:
+    region, image = rich_image(inventory)
+    target = target_of(region, image)
+    run_id = await store.create_run([target], strategy="single")
+    await store.write_results(run_id, [fetched(region, image, at(1))])
+
+    rows = normalised(region, image)
+    stored = image_row(db_path, target)
+    assert {column: stored[column] for column in rows.image} == rows.image
+    assert stored["last_run_id"] == run_id
+    assert stored["missing_since"] is None
+    assert count(db_path, "disks", target) == len(rows.disks)
+    assert count(db_path, "attachments", target) == len(rows.attachments)
+    assert count(db_path, "tags", target) == len(rows.tags)
+
+
+async def test_a_rewrite_replaces_the_children(
+    store: Store, inventory: Inventory, db_path: Path
+) -> None:
+    region, image = rich_image(inventory)
+    target = target_of(region, image)
+    run_id = await store.create_run([target], strategy="single")
+    await store.write_results(run_id, [fetched(region, image, at(1))])
+    assert count(db_path, "attachments", target) + count(db_path, "tags", target) > 0
+
+    await store.write_results(run_id, [fetched(region, variant(image, 0), at(2))])
+    assert [count(db_path, table, target) for table in CHILD_TABLES] == [1, 0, 0]
+
+    await store.write_results(run_id, [fetched(region, variant(image, 3), at(3))])
+    assert [count(db_path, table, target) for table in CHILD_TABLES] == [4, 3, 6]
+
+
+async def test_missing_marks_without_deleting_and_a_later_fetch_clears_it(
+    store: Store, inventory: Inventory, db_path: Path
+) -> None:
+    region, image = rich_image(inventory)
+    target = target_of(region, image)
+    run_id = await store.create_run([target], strategy="single")
+    await store.write_results(run_id, [fetched(region, image, at(1))])
+    children = dump_all(db_path, CHILD_TABLES, timestamps=True)
+
+    await store.write_results(run_id, [missing(target, at(2))])
+    await store.write_results(run_id, [missing(target, at(3))])  # still missing: first time kept
+
+    row = image_row(db_path, target)
+    assert row["missing_since"] == "2024-05-01 08:02:00.000000"
+    assert row["last_seen_at"] == "2024-05-01 08:01:00.000000"
+    assert dump_all(db_path, CHILD_TABLES, timestamps=True) == children
+
+    await store.write_results(run_id, [fetched(region, image, at(4))])
+    row = image_row(db_path, target)
+    assert row["missing_since"] is None
+    assert row["first_seen_at"] == "2024-05-01 08:01:00.000000"
+    assert row["last_seen_at"] == "2024-05-01 08:04:00.000000"
+
+
+async def test_missing_for_a_never_seen_image_records_only_the_result(
+    store: Store, db_path: Path
+) -> None:
+    target = Target("cn-north-1", "img-neverseen01")
+    run_id = await store.create_run([target], strategy="single")
+    await store.write_results(run_id, [missing(target, at(1))])
+    assert dump(db_path, "images") == []
+    assert query(db_path, "SELECT outcome, http_status, error_status FROM crawl_results") == [
+        ("missing", 404, "NOT_FOUND")
+    ]
+
+
+async def test_failed_leaves_the_image_rows_untouched(
+    store: Store, inventory: Inventory, db_path: Path
+) -> None:
+    region, image = rich_image(inventory)
+    target = target_of(region, image)
+    first = await store.create_run([target], strategy="single")
+    await store.write_results(first, [fetched(region, image, at(1))])
+    before = dump_all(db_path, IMAGE_TABLES, timestamps=True)
+
+    second = await store.create_run([target], strategy="single")
+    await store.write_results(second, [failed(target, at(2))])
+
+    assert dump_all(db_path, IMAGE_TABLES, timestamps=True) == before
+    assert query(db_path, "SELECT run_id, outcome, attempts FROM crawl_results ORDER BY 1") == [
+        (first, "fetched", 1),
+        (second, "failed", 6),
+    ]
+
+
+async def test_a_batch_mixes_outcomes_and_the_last_result_for_a_target_wins(
+    store: Store, inventory: Inventory, db_path: Path
+) -> None:
+    pairs = existing(inventory)[:3]
+    targets = [target_of(*pair) for pair in pairs]
+    run_id = await store.create_run(targets, strategy="single")
+    await store.write_results(run_id, [fetched(*pairs[2], at(0))])
+    batch = [
+        fetched(*pairs[0], at(1)),
+        failed(targets[1], at(1)),
+        fetched(*pairs[1], at(2)),  # a retried target later in the same batch
+        missing(targets[2], at(2)),
+        fetched(*pairs[0], at(3)),  # the same image twice: no duplicate children
+    ]
+    await store.write_results(run_id, batch)
+
+    outcomes = query(db_path, "SELECT image_id, outcome FROM crawl_results ORDER BY image_id")
+    expected = {targets[0].image_id: "fetched", targets[1].image_id: "fetched"}
+    expected[targets[2].image_id] = "missing"
+    assert dict(outcomes) == expected
+    assert image_row(db_path, targets[0])["last_seen_at"] == "2024-05-01 08:03:00.000000"
+    assert count(db_path, "disks", targets[0]) == len(normalised(*pairs[0]).disks)
+    assert image_row(db_path, targets[2])["missing_since"] == "2024-05-01 08:02:00.000000"
+
+
+async def test_children_follow_the_rows_key_even_if_two_targets_return_one_image(
+    store: Store, inventory: Inventory, db_path: Path
+) -> None:
+    region, image = rich_image(inventory)
+    alias = Target(region, "img-alias0000")  # say a batch answer mapped to the wrong target
+    run_id = await store.create_run([target_of(region, image), alias], strategy="batch")
+    result = fetched(region, image, at(1))
+    await store.write_results(run_id, [result, replace(result, target=alias)])
+    await store.write_results(run_id, [replace(result, target=alias, finished_at=at(2))])
+
+    assert query(db_path, "SELECT image_id FROM images") == [(image["imageId"],)]
+    assert count(db_path, "disks", target_of(region, image)) == len(normalised(region, image).disks)
+
+
+# --- atomicity against a concurrent reader -------------------------------------------------------
+
+
+def variant(image: JsonObject, data_disks: int) -> JsonObject:
+    """`image` with a local system disk and `data_disks` cloud data disks, each attached to one
+    instance and carrying two tags, so children counts follow from `raw` alone."""
+    disks = [
+        {
+            "diskCategory": "cloud",
+            "deviceName": f"vd{chr(ord('b') + index)}",
+            "status": "attached",
+            "cloudDisk": {
+                "diskId": f"vol-variant{index}",
+                "diskType": "ssd.gp1",
+                "diskSizeGB": 100 * (index + 1),
+                "tags": [{"key": "env", "value": "prod"}, {"key": "slot", "value": str(index)}],
+                "attachments": [
+                    {
+                        "attachmentId": f"attach-v{index}",
+                        "instanceId": "i-variant",
+                        "status": "attached",
+                    }
+                ],
+            },
+        }
+        for index in range(data_disks)
+    ]
+    system = {"diskCategory": "local", "localDisk": {"diskType": "ssd", "diskSizeGB": 40}}
+    return {**image, "systemDisk": system, "dataDisks": disks}
+
+
+# One statement, so one snapshot: per image, the data-disk count its raw JSON promises, and the
+# children rows actually there.
+CONSISTENCY_SQL = """
+SELECT json_array_length(i.raw, '$.dataDisks'),
+       (SELECT COUNT(*) FROM disks AS d WHERE d.region_id = i.region_id
+           AND d.image_id = i.image_id AND d.slot = 'data'),
+       (SELECT COUNT(*) FROM disks AS d WHERE d.region_id = i.region_id
+           AND d.image_id = i.image_id AND d.slot = 'system'),
+       (SELECT COUNT(*) FROM attachments AS a WHERE a.region_id = i.region_id
+           AND a.image_id = i.image_id),
+       (SELECT COUNT(*) FROM tags AS t WHERE t.region_id = i.region_id
+           AND t.image_id = i.image_id)
+  FROM images AS i
+"""
+
+
+@dataclass
+class Reader:
+    """Polls the database from another thread until told to stop, recording what it saw."""
+
+    path: Path
+    stop: threading.Event = field(default_factory=threading.Event)
+    looked: threading.Condition = field(default_factory=threading.Condition)
+    snapshots: int = 0
+    states: set[tuple[int, ...]] = field(default_factory=set)
+    torn: tuple[Any, ...] | None = None
+
+    def run(self) -> None:
+        with closing(sqlite3.connect(self.path, isolation_level=None)) as conn:
+            while not self.stop.is_set():
+                self.check(conn.execute(CONSISTENCY_SQL).fetchall())
+                with self.looked:
+                    self.snapshots += 1
+                    self.looked.notify_all()
+
+    def check(self, rows: list[tuple[Any, ...]]) -> None:
+        for row in rows:
+            expected, data, system, attachments, tags = row
+            if (data, system, attachments, tags) != (expected, 1, expected, 2 * expected):
+                self.torn = row
+        self.states.add(tuple(sorted({row[0] for row in rows})))
+
+    def wait_for_snapshots(self, total: int) -> None:
+        with self.looked:
+            self.looked.wait_for(lambda: self.snapshots >= total or self.stop.is_set(), 30)
+
+
+async def test_a_concurrent_reader_never_sees_half_of_an_images_children(
+    store: Store, inventory: Inventory, db_path: Path
+) -> None:
+    pairs = existing(inventory)[:40]
+    run_id = await store.create_run([target_of(*pair) for pair in pairs], strategy="single")
+    sizes = [3, 0, 5, 1, 4, 2]
+    await store.write_results(run_id, [fetched(r, variant(i, sizes[-1]), at(0)) for r, i in pairs])
+    reader = Reader(db_path)
+    polling = asyncio.create_task(asyncio.to_thread(reader.run))
+    try:
+        for round_no in range(36):
+            size = sizes[round_no % len(sizes)]
+            await store.write_results(
+                run_id, [fetched(r, variant(i, size), at(round_no)) for r, i in pairs]
+            )
+            # Two more snapshots: at least one of them began after the commit.
+            await asyncio.to_thread(reader.wait_for_snapshots, reader.snapshots + 2)
+    finally:
+        reader.stop.set()
+        await polling
+    assert reader.torn is None, (
+        f"torn read (expected, data, system, attachments, tags): {reader.torn}"
+    )
+    # Every snapshot showed one batch entirely: all images at the same size.
+    assert all(len(state) == 1 for state in reader.states)
+    assert len(reader.states) == len(sizes)  # it saw every state, so it could have seen a tear
+
+
+# --- runs ---------------------------------------------------------------------------------------
+
+
+async def test_create_run_folds_duplicate_targets(store: Store, db_path: Path) -> None:
+    targets = [Target("cn-north-1", f"img-{n:04d}") for n in range(5)]
+    run_id = await store.create_run([*targets, *targets[:3], targets[0]], strategy="batch")
+    summary = await store.run_summary(run_id)
+    assert summary.targets_total == 5
+    assert summary.status is RunStatus.RUNNING
+    assert summary.strategy == "batch"
+    assert summary.started_at == START + timedelta(seconds=1)
+    assert summary.finished_at is None
+    assert len(query(db_path, "SELECT * FROM crawl_targets WHERE run_id = ?", (run_id,))) == 5
+
+
+async def test_create_run_leaves_nothing_when_the_targets_raise(
+    store: Store, db_path: Path
+) -> None:
+    def targets() -> Iterator[Target]:
+        for n in range(25_000):  # past the first chunks, which are already inserted
+            yield Target("cn-east-2", f"img-{n:06d}")
+        raise TargetsError("targets.csv line 25002: bad image id 'IMG-1'")
+
+    with pytest.raises(TargetsError, match="line 25002"):
+        await store.create_run(targets(), strategy="single")
+    assert dump(db_path, "crawl_runs") == []
+    assert dump(db_path, "crawl_targets") == []
+    run_id = await store.create_run([Target("cn-east-2", "img-1")], strategy="single")
+    assert (await store.run_summary(run_id)).targets_total == 1
+
+
+async def test_create_run_streams_targets_without_holding_them(store: Store) -> None:
+    total = 150_000
+
+    def targets() -> Iterator[Target]:
+        for n in range(total):
+            yield Target(REGIONS[n % 2], f"img-{n:010d}")
+
+    tracemalloc.start()
+    try:
+        run_id = await store.create_run(targets(), strategy="single")
+        _, peak_bytes = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert (await store.run_summary(run_id)).targets_total == total
+    # Holding them would take over 20 MiB (Target, id string and row tuple each).
+    assert peak_bytes < 8 * 2**20
+
+
+async def test_pending_targets_pages_through_what_has_no_result(
+    store: Store, inventory: Inventory
+) -> None:
+    pairs = existing(inventory)
+    extra = [
+        Target(region, image_id) for region in REGIONS for image_id in inventory.missing[region]
+    ]
+    run_id = await store.create_run([*(target_of(*p) for p in pairs), *extra], strategy="single")
+    done = [fetched(*pair, at(1)) for pair in pairs[::3]]
+    await store.write_results(run_id, [*done, missing(extra[0], at(1))])
+    finished = {result.target for result in [*done, missing(extra[0], at(1))]}
+    everything = {target_of(*p) for p in pairs} | set(extra)
+    expected = sorted(everything - finished)
+
+    counts = await store.pending_counts(run_id)
+    assert counts == {r: sum(t.region_id == r for t in expected) for r in REGIONS}
+    paged: list[Target] = []
+    for region in REGIONS:
+        after: str | None = None
+        while page := await store.pending_targets(run_id, region, after_image_id=after, limit=7):
+            assert len(page) <= 7
+            paged += page
+            after = page[-1].image_id
+    assert sorted(paged) == expected
+    assert paged == sorted(paged, key=lambda t: (REGIONS.index(t.region_id), t.image_id))
+
+
+async def test_finish_run_counts_outcomes_and_a_resume_adds_up_requests(
+    store: Store, inventory: Inventory
+) -> None:
+    pairs = existing(inventory)[:6]
+    targets = [target_of(*pair) for pair in pairs]
+    run_id = await store.create_run(targets, strategy="single")
+    await store.write_results(run_id, [fetched(*pairs[0], at(1)), failed(targets[1], at(1))])
+    stopped = await store.finish_run(
+        run_id, RunStatus.INTERRUPTED, requests=10, retries=4, message="stopped by SIGINT"
+    )
+    assert (stopped.fetched, stopped.missing, stopped.failed) == (1, 0, 1)
+    assert stopped.finished_at == START + timedelta(seconds=2)
+    assert await store.latest_unfinished_run() == run_id
+
+    await store.reopen_run(run_id)
+    reopened = await store.run_summary(run_id)
+    assert (reopened.status, reopened.finished_at, reopened.message) == ("running", None, None)
+    assert await store.pending_counts(run_id) == {targets[2].region_id: 4}
+    retried = [fetched(*pairs[1], at(2)), missing(targets[2], at(2))]
+    await store.write_results(run_id, [*retried, *(fetched(*p, at(2)) for p in pairs[3:])])
+    done = await store.finish_run(run_id, RunStatus.SUCCEEDED, requests=5, retries=1)
+
+    assert done == await store.run_summary(run_id)
+    assert (done.status, done.requests, done.retries, done.message) == ("succeeded", 15, 5, None)
+    assert (done.targets_total, done.fetched, done.missing, done.failed) == (6, 5, 1, 0)
+    assert await store.latest_unfinished_run() is None
+
+
+async def test_unknown_runs_are_store_errors(store: Store) -> None:
+    with pytest.raises(StoreError, match="no run 42"):
+        await store.reopen_run(42)
+    with pytest.raises(StoreError, match="no run 42"):
+        await store.finish_run(42, RunStatus.SUCCEEDED, requests=0, retries=0)
+    with pytest.raises(StoreError, match="no run 42"):
+        await store.run_summary(42)
+    assert await store.latest_unfinished_run() is None
+
+
+# --- read-only access ---------------------------------------------------------------------------
+
+
+async def filled(db_path: Path, inventory: Inventory) -> list[RunSummary]:
+    """Two finished runs over the inventory: the second finds some images gone and fails others.
+
+    Returns:
+        The two runs' summaries.
+    """
+    pairs = existing(inventory)
+    gone = {target_of(*pair) for pair in pairs[1::6]}  # 10 images deleted before run 2
+    flaky = {target_of(*pair) for pair in pairs[4::10]}  # 6 images run 2 cannot fetch
+    absent = [
+        Target(region, image_id) for region in REGIONS for image_id in inventory.missing[region]
+    ]
+    targets = [*(target_of(*p) for p in pairs), *absent]
+    store = await Store.open(url_of(db_path), clock=Clock())
+    try:
+        summaries = []
+        for run_no in (1, 2):
+            run_id = await store.create_run(targets, strategy="single")
+            results = [missing(t, at(run_no * 60)) for t in absent]
+            for region, image in pairs:
+                target = target_of(region, image)
+                if run_no == 2 and target in gone:
+                    results.append(missing(target, at(run_no * 60 + 1)))
+                elif run_no == 2 and target in flaky:
+                    results.append(failed(target, at(run_no * 60 + 1)))
+                else:
+                    results.append(fetched(region, image, at(run_no * 60 + 1)))
+            for start in range(0, len(results), 25):
+                await store.write_results(run_id, results[start : start + 25])
+            status = RunStatus.PARTIAL if run_no == 2 else RunStatus.SUCCEEDED
+            summaries.append(await store.finish_run(run_id, status, requests=100, retries=3))
+    finally:
+        await store.close()
+    return summaries
+
+
+async def test_query_readonly_returns_columns_and_rows(db_path: Path, inventory: Inventory) -> None:
+    await filled(db_path, inventory)
+    columns, rows = await query_readonly(
+        url_of(db_path), "SELECT region_id, COUNT(*) AS images FROM images GROUP BY 1 ORDER BY 1"
+    )
+    assert columns == ["region_id", "images"]
+    assert rows == [(region, 30) for region in sorted(REGIONS)]
+    assert await query_readonly(url_of(db_path), "PRAGMA foreign_keys=ON") == ([], [])
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "INSERT INTO crawl_runs (started_at, status) VALUES ('2024-01-01', 'running')",
+        "UPDATE images SET name = 'x'",
+        "DELETE FROM tags",
+        "DROP TABLE attachments",
+        "CREATE TABLE notes (body TEXT)",
+        "CREATE INDEX ix_notes ON images (name)",
+        "ALTER TABLE images ADD COLUMN note TEXT",
+        "ATTACH DATABASE '{tmp}/other.db' AS other",
+    ],
+)
+async def test_query_readonly_refuses_writes_and_changes_nothing(
+    sql: str, db_path: Path, inventory: Inventory, tmp_path: Path
+) -> None:
+    await filled(db_path, inventory)
+    before = dump_all(db_path, (*IMAGE_TABLES, "crawl_runs", "crawl_results"), timestamps=True)
+    schema_before = query(db_path, "SELECT sql FROM sqlite_master ORDER BY name")
+
+    with pytest.raises(StoreError, match=r"^crawler sql is read-only: "):
+        await query_readonly(url_of(db_path), sql.format(tmp=tmp_path))
+
+    after = dump_all(db_path, (*IMAGE_TABLES, "crawl_runs", "crawl_results"), timestamps=True)
+    assert after == before
+    assert query(db_path, "SELECT sql FROM sqlite_master ORDER BY name") == schema_before
+    assert not (tmp_path / "other.db").exists()
+
+
+async def test_query_readonly_reports_sqlites_syntax_error(
+    db_path: Path, inventory: Inventory
+) -> None:
+    await filled(db_path, inventory)
+    with pytest.raises(StoreError, match='near "SELEC": syntax error'):
+        await query_readonly(url_of(db_path), "SELEC * FROM images")
+    with pytest.raises(StoreError, match="no such table: imagez"):
+        await query_readonly(url_of(db_path), "SELECT * FROM imagez")
+
+
+async def test_query_readonly_does_not_create_a_missing_database(tmp_path: Path) -> None:
+    absent = tmp_path / "absent.db"
+    with pytest.raises(StoreError, match=re.escape(f"database {absent} does not exist")):
+        await query_readonly(url_of(absent), "SELECT 1")
+    with pytest.raises(StoreError, match="does not exist"):
+        await recent_runs(url_of(absent), limit=5)
+    assert not absent.exists()
+
+
+async def test_recent_runs_lists_the_newest_first(db_path: Path, inventory: Inventory) -> None:
+    first, second = await filled(db_path, inventory)
+    runs = await recent_runs(url_of(db_path), limit=10)
+    assert runs == [second, first]
+    assert await recent_runs(url_of(db_path), limit=1) == [second]
+    assert (second.status, second.missing, second.failed) == ("partial", 6 + 10, 6)
+    assert second.targets_total == first.targets_total == 66
+
+
+# --- the cookbook -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CookbookQuery:
+    title: str
+    sql: str
+    columns: list[str]
+
+
+def cookbook_queries() -> list[CookbookQuery]:
+    """Every ```sql block of the cookbook, with its section title and the columns it declares."""
+    text = COOKBOOK.read_text(encoding="utf-8")
+    found = []
+    for section in re.split(r"^### ", text, flags=re.M)[1:]:
+        title = section.splitlines()[0]
+        for sql in re.findall(r"^```sql\n(.*?)^```", section, flags=re.M | re.S):
+            declared = re.match(r"-- columns: (.+)\n", sql)
+            assert declared, f"cookbook query {title!r} does not start with '-- columns: ...'"
+            found.append(CookbookQuery(title, sql, [c.strip() for c in declared[1].split(",")]))
+    assert text.count("```sql") == len(found)
+    return found
+
+
+def test_the_cookbook_has_the_audit_questions() -> None:
+    titles = " | ".join(query.title.lower() for query in cookbook_queries())
+    for topic in ("region and os", "not ready", "shared", "data disks", "attached", "tag keys"):
+        assert topic in titles
+    for topic in ("missing since the previous run", "failed in the last run"):
+        assert topic in titles
+    assert len(cookbook_queries()) >= 8
+
+
+@pytest.mark.parametrize("recipe", cookbook_queries(), ids=lambda recipe: recipe.title)
+async def test_every_cookbook_query_runs_and_finds_rows(
+    recipe: CookbookQuery, db_path: Path, inventory: Inventory
+) -> None:
+    await filled(db_path, inventory)
+    columns, rows = await query_readonly(url_of(db_path), recipe.sql)
+    assert columns == recipe.columns
+    assert rows, f"{recipe.title}: no rows"
