@@ -90,9 +90,10 @@ class MinuteBudget:
     """Spends the access key's per-minute budget (`x-jdcloud-remaining-minute`) without overdrawing.
 
     While the last answer says requests remain, requests flow. Once the budget is spent (the
-    remaining count is no larger than what is already in flight, or a rate-limit 429 came back), new
+    remaining count is no larger than what is already in flight), new
     requests wait and one probe is let through at growing intervals until an answer shows a fresh
-    window; so a limit is used fully but never hammered.
+    window; so a limit is used fully but never hammered. A rate-limit 429 carries the header
+    with 0, which spends the budget the same way.
     """
 
     def __init__(
@@ -101,7 +102,7 @@ class MinuteBudget:
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
         first_probe_s: float = 1.0,
-        max_probe_s: float = 16.0,
+        max_probe_s: float = 4.0,
     ) -> None:
         self._clock = clock
         self._sleep = sleep
@@ -128,12 +129,14 @@ class MinuteBudget:
             await self._sleep(max(0.01, self._probe_at - now))
         self._in_flight += 1
 
-    def observe(self, remaining: int | None, *, rate_limited: bool = False) -> None:
-        """Record one answer: its remaining-minute header, or that it was rate limited."""
+    def observe(self, remaining: int | None) -> None:
+        """Record one answer's `x-jdcloud-remaining-minute` (None when it had none).
+
+        Only the header counts: a 429 without it (a throttle with `Retry-After`) is the retry
+        policy's and the region limit's business, not a sign that the key's minute is spent.
+        """
         self._in_flight -= 1
         self._probing = False
-        if rate_limited:
-            remaining = 0
         if remaining is None:
             return
         self._remaining = remaining

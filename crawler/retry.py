@@ -15,7 +15,7 @@ from typing import Generic, TypeVar
 
 import tenacity
 
-from crawler.errors import ApiError, TransientApiError
+from crawler.errors import ApiError, RateLimitedError, TransientApiError
 
 T = TypeVar("T")
 Sleep = Callable[[float], Awaitable[None]]
@@ -46,11 +46,24 @@ class Attempted(Generic[T]):
 
 def backoff_s(policy: RetryPolicy, attempt: int, error: ApiError, rng: random.Random) -> float:
     """The wait before attempt `attempt + 1`: full jitter, but at least the server's Retry-After."""
+    if _minute_spent(error):
+        # The key's per-minute budget is spent; the scheduler's budget gate holds every request
+        # until a new window opens, so backing off on top of it would only add idle time.
+        return rng.uniform(0.0, policy.initial_backoff_s)
     ceiling_s = min(policy.max_backoff_s, policy.initial_backoff_s * 2.0 ** (attempt - 1))
     wait_s = rng.uniform(0.0, ceiling_s)
     if error.retry_after_s is not None:
         wait_s = max(wait_s, min(error.retry_after_s, RETRY_AFTER_CAP_S))
     return wait_s
+
+
+def _minute_spent(error: ApiError) -> bool:
+    return (
+        isinstance(error, RateLimitedError)
+        and error.retry_after_s is None
+        and error.remaining_minute is not None
+        and error.remaining_minute <= 0
+    )
 
 
 class Retrier:

@@ -79,7 +79,7 @@ async def test_a_spent_budget_holds_requests_and_probes_at_growing_intervals() -
     for _ in range(4):
         await budget.acquire()
         probe_times.append(time.now)
-        budget.observe(None, rate_limited=True)  # the probe is refused: still spent
+        budget.observe(0)  # the probe is refused by a 429 saying 0 remain: still spent
     assert probe_times == [1.0, 3.0, 7.0, 11.0]  # waits of 1, 2, 4, then capped at 4
     await budget.acquire()
     budget.observe(600)  # a new window
@@ -92,7 +92,7 @@ async def test_a_spent_budget_holds_requests_and_probes_at_growing_intervals() -
 async def test_an_answer_without_the_header_changes_nothing() -> None:
     budget = MinuteBudget()
     await budget.acquire()
-    budget.observe(None)
+    budget.observe(None)  # e.g. a throttling 429 with only a Retry-After
     assert not budget.exhausted
 
 

@@ -120,3 +120,9 @@ async def test_each_retry_is_reported_with_its_wait() -> None:
     await retrier.call(Script(transient(), transient()))
     assert [attempt for attempt, _ in seen] == [1, 2]
     assert [wait for _, wait in seen] == sleeps.waits
+
+
+def test_a_spent_minute_budget_gets_only_a_short_wait() -> None:
+    spent = RateLimitedError("429 minute limit", http_status=429, remaining_minute=0)
+    waits = [backoff_s(RetryPolicy(6, 0.5, 60.0), 5, spent, random.Random(n)) for n in range(50)]
+    assert max(waits) <= 0.5  # the budget gate, not the backoff, waits for the next window

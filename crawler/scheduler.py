@@ -1,0 +1,451 @@
+"""Bounded fan-out of one run's pending targets over a fixed set of workers.
+
+Shape of a run:
+
+    feeder ──pages──▶ a lane per region ──▶ N workers ──▶ results queue ──▶ writer
+    (store)            (round-robin pick,     (retry,       (bounded)         (one transaction
+                        adaptive limit)        pacing)                         per batch)
+
+Workers never outnumber `concurrency`, lanes hold at most a few pages, and the results queue is
+bounded, so memory does not grow with the number of targets. The scheduler sees the API client
+and the store only through the small Protocols below.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Protocol, TypeVar
+
+from crawler.errors import (
+    ApiError,
+    AuthError,
+    CrawlerError,
+    ImageNotFoundError,
+    NormaliseError,
+    RateLimitedError,
+    TransientApiError,
+)
+from crawler.models import (
+    ImageResponse,
+    ImageRows,
+    ImagesPage,
+    JsonObject,
+    Outcome,
+    Target,
+    TargetResult,
+)
+from crawler.pacing import AdaptiveLimit, MinuteBudget, TokenBucket, Waiters
+from crawler.retry import Retrier, RetryPolicy
+
+log = logging.getLogger(__name__)
+
+PAGE_SIZE = 512
+# describeImages takes at most 100 ids, and the gateway refuses URLs over 8 KB (414): the ids'
+# share of the query is kept under this, leaving room for the endpoint, path and pageSize.
+BATCH_MAX_IDS = 100
+BATCH_QUERY_BUDGET_BYTES = 7000
+RESULTS_QUEUE_SIZE = 2048
+WRITE_BATCH_MAX = 1000
+
+
+class ImageApi(Protocol):
+    """What the scheduler needs of the API client."""
+
+    async def describe_image(self, region_id: str, image_id: str) -> ImageResponse: ...
+
+    async def describe_images(
+        self, region_id: str, *, ids: Sequence[str], page_size: int
+    ) -> ImagesPage: ...
+
+
+class RunStore(Protocol):
+    """What the scheduler needs of the store."""
+
+    async def pending_targets(
+        self, run_id: int, region_id: str, *, after_image_id: str | None, limit: int
+    ) -> list[Target]: ...
+
+    async def write_results(self, run_id: int, results: Sequence[TargetResult]) -> None: ...
+
+
+Normaliser = Callable[[str, JsonObject], ImageRows]
+
+
+class Metered(Protocol):
+    """An answer that may carry the key's remaining per-minute budget."""
+
+    @property
+    def remaining_minute(self) -> int | None: ...
+
+
+AnswerT = TypeVar("AnswerT", bound=Metered)
+UtcClock = Callable[[], datetime]
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerConfig:
+    """The knobs of one run's fan-out."""
+
+    concurrency: int = 64
+    per_region_concurrency: int = 32
+    rate_limit_per_s: float = 0.0
+    strategy: str = "single"  # or "batch": describeImages with up to 100 ids per call
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+
+@dataclass(slots=True)
+class CrawlStats:
+    """Live counters, read by the progress display and the summary."""
+
+    total: int = 0
+    fetched: int = 0
+    missing: int = 0
+    failed: int = 0
+    requests: int = 0
+    retries: int = 0
+
+    @property
+    def done(self) -> int:
+        """Targets with an outcome so far."""
+        return self.fetched + self.missing + self.failed
+
+    def count(self, outcome: Outcome) -> None:
+        """Add one outcome."""
+        if outcome is Outcome.FETCHED:
+            self.fetched += 1
+        elif outcome is Outcome.MISSING:
+            self.missing += 1
+        else:
+            self.failed += 1
+
+
+@dataclass(slots=True)
+class Lane:
+    """One region's queue of pending targets and its adaptive limit."""
+
+    region_id: str
+    limit: AdaptiveLimit
+    queue: deque[Target] = field(default_factory=deque)
+    cursor: str | None = None
+    exhausted: bool = False
+
+    @property
+    def finished(self) -> bool:
+        """No target is queued and the store has no more."""
+        return self.exhausted and not self.queue
+
+
+@dataclass(frozen=True, slots=True)
+class Pacing:
+    """Injected time and randomness, so tests can watch backoff without waiting."""
+
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    utc_now: UtcClock = lambda: datetime.now(UTC)
+    rng: random.Random = field(default_factory=random.Random)
+
+
+class Scheduler:
+    """Crawls every pending target of one run, writing outcomes through the store."""
+
+    def __init__(
+        self,
+        config: SchedulerConfig,
+        api: ImageApi,
+        store: RunStore,
+        normalise: Normaliser,
+        *,
+        pacing: Pacing | None = None,
+    ) -> None:
+        self.config = config
+        self.stats = CrawlStats()
+        self._api = api
+        self._store = store
+        self._normalise = normalise
+        self._pacing = pacing or Pacing()
+        self._budget = MinuteBudget(clock=self._pacing.clock, sleep=self._pacing.sleep)
+        self._bucket = TokenBucket(
+            config.rate_limit_per_s, clock=self._pacing.clock, sleep=self._pacing.sleep
+        )
+        self._retrier = Retrier(
+            config.retry, sleep=self._pacing.sleep, rng=self._pacing.rng, on_retry=self._on_retry
+        )
+        self._lanes: list[Lane] = []
+        self._next_lane = 0
+        self._idle_workers = Waiters()
+        self._feeder_wanted = asyncio.Event()
+        self._results: asyncio.Queue[TargetResult | None] = asyncio.Queue(RESULTS_QUEUE_SIZE)
+        self._stopping = False
+        self._first_answer = asyncio.Event()
+        self._first_sent = False
+        self._fatal: CrawlerError | None = None
+        self._workers: list[asyncio.Task[None]] = []
+
+    async def run(self, run_id: int, pending: dict[str, int]) -> CrawlStats:
+        """Crawl the run's pending targets (`pending`: region to count) until done or stopped.
+
+        Raises:
+            AuthError: the credentials were rejected; no further request was sent.
+        """
+        self.stats.total = sum(pending.values())
+        self._lanes = [self._lane(region) for region in sorted(pending) if pending[region]]
+        writer = asyncio.create_task(self._guard(self._write_loop(run_id)), name="writer")
+        feeder = asyncio.create_task(self._guard(self._feed_loop(run_id)), name="feeder")
+        self._workers = [
+            asyncio.create_task(self._work(), name=f"worker-{n}")
+            for n in range(self.config.concurrency)
+        ]
+        try:
+            outcomes = await asyncio.gather(*self._workers, return_exceptions=True)
+        finally:
+            feeder.cancel()
+            await asyncio.gather(feeder, return_exceptions=True)
+            if not writer.done():  # a live writer drains the queue, so this put cannot hang
+                await self._results.put(None)
+            await writer
+        _raise_unexpected(outcomes)
+        if self._fatal is not None:
+            raise self._fatal
+        return self.stats
+
+    def stop(self) -> None:
+        """Stop promptly: no new request starts, requests in flight are abandoned (resumable)."""
+        self._stopping = True
+        for task in self._workers:
+            task.cancel()
+
+    def _lane(self, region_id: str) -> Lane:
+        limit = AdaptiveLimit(self.config.per_region_concurrency, clock=self._pacing.clock)
+        return Lane(region_id, limit)
+
+    async def _feed_loop(self, run_id: int) -> None:
+        while not all(lane.exhausted for lane in self._lanes):
+            for lane in self._lanes:
+                if not lane.exhausted and len(lane.queue) < PAGE_SIZE // 2:
+                    await self._refill(run_id, lane)
+            self._feeder_wanted.clear()
+            await self._feeder_wanted.wait()
+
+    async def _refill(self, run_id: int, lane: Lane) -> None:
+        page = await self._store.pending_targets(
+            run_id, lane.region_id, after_image_id=lane.cursor, limit=PAGE_SIZE
+        )
+        lane.queue.extend(page)
+        lane.exhausted = len(page) < PAGE_SIZE
+        if page:
+            lane.cursor = page[-1].image_id
+        self._idle_workers.wake(len(page) if page else len(self._idle_workers))
+
+    async def _next_targets(self) -> tuple[Lane, list[Target]] | None:
+        """The next target (or batch) in region round-robin order, from a region with room."""
+        while not self._stopping:
+            picked = self._pick()
+            if picked is not None:
+                return picked
+            if all(lane.finished for lane in self._lanes):
+                self._idle_workers.wake(len(self._idle_workers))
+                return None
+            await self._idle_workers.park()
+        return None
+
+    def _pick(self) -> tuple[Lane, list[Target]] | None:
+        count = len(self._lanes)
+        for offset in range(count):
+            lane = self._lanes[(self._next_lane + offset) % count]
+            if self._ready(lane):
+                self._next_lane = (self._next_lane + offset + 1) % count
+                if len(lane.queue) <= PAGE_SIZE // 2:
+                    self._feeder_wanted.set()
+                return lane, self._take(lane)
+        return None
+
+    def _ready(self, lane: Lane) -> bool:
+        if not lane.queue or not lane.limit.has_capacity():
+            return False
+        # A batch waits for a full load unless the region has no more: fewer, fuller calls.
+        return self.config.strategy != "batch" or lane.exhausted or len(lane.queue) >= BATCH_MAX_IDS
+
+    def _take(self, lane: Lane) -> list[Target]:
+        if self.config.strategy != "batch":
+            return [lane.queue.popleft()]
+        batch: list[Target] = []
+        budget = BATCH_QUERY_BUDGET_BYTES
+        while lane.queue and len(batch) < BATCH_MAX_IDS:
+            cost = len(lane.queue[0].image_id) + len("ids.100=&")
+            if cost > budget:
+                break
+            budget -= cost
+            batch.append(lane.queue.popleft())
+        return batch
+
+    async def _work(self) -> None:
+        while (picked := await self._next_targets()) is not None:
+            lane, targets = picked
+            if self.config.strategy == "batch":
+                results = await self._crawl_batch(lane, targets)
+            else:
+                results = [await self._crawl(lane, targets[0])]
+            for result in results:
+                self.stats.count(result.outcome)
+                await self._results.put(result)
+
+    async def _crawl(
+        self, lane: Lane, target: Target, *, earlier_attempts: int = 0
+    ) -> TargetResult:
+        attempted = await self._retrier.call(lambda: self._attempt(lane, target))
+        attempts = earlier_attempts + attempted.attempts
+        response = attempted.value
+        if response is not None:
+            return self._fetched(target, response.image, attempts, response.request_id)
+        assert attempted.error is not None
+        return self._unfetched(target, attempted.error, attempts)
+
+    async def _crawl_batch(self, lane: Lane, targets: list[Target]) -> list[TargetResult]:
+        """One describeImages call for up to 100 targets of a region.
+
+        An id absent from a successful answer is confirmed with its own describeImage before it
+        is called missing, so `missing` means exactly what it means in the single strategy.
+        """
+        ids = [target.image_id for target in targets]
+        attempted = await self._retrier.call(lambda: self._attempt_batch(lane, ids))
+        page = attempted.value
+        if page is None:
+            assert attempted.error is not None
+            return await self._batch_failed(lane, targets, attempted.error, attempted.attempts)
+        found = {image.get("imageId"): image for image in page.images if isinstance(image, dict)}
+        results = []
+        for target in targets:
+            image = found.get(target.image_id)
+            if image is None:
+                results.append(await self._crawl(lane, target, earlier_attempts=attempted.attempts))
+            else:
+                results.append(self._fetched(target, image, attempted.attempts, page.request_id))
+        return results
+
+    async def _batch_failed(
+        self, lane: Lane, targets: list[Target], error: ApiError, attempts: int
+    ) -> list[TargetResult]:
+        if isinstance(error, TransientApiError):  # retries exhausted: as in the single strategy
+            return [self._unfetched(target, error, attempts) for target in targets]
+        # A permanent refusal of the batch (a 400 or 414) says nothing about each image.
+        log.warning("describeImages refused a batch (%s); asking image by image", error)
+        return [await self._crawl(lane, target, earlier_attempts=attempts) for target in targets]
+
+    async def _attempt(self, lane: Lane, target: Target) -> ImageResponse:
+        return await self._send(
+            lane, lambda: self._api.describe_image(target.region_id, target.image_id)
+        )
+
+    async def _attempt_batch(self, lane: Lane, ids: list[str]) -> ImagesPage:
+        # pageSize is always the maximum: the API pages an ids query too (default 20).
+        return await self._send(
+            lane,
+            lambda: self._api.describe_images(lane.region_id, ids=ids, page_size=BATCH_MAX_IDS),
+        )
+
+    async def _send(self, lane: Lane, call: Callable[[], Awaitable[AnswerT]]) -> AnswerT:
+        """One request under every limit: the first-answer gate, key budget, rate cap, region."""
+        await self._wait_for_first_answer()
+        await self._budget.acquire()
+        await self._bucket.acquire()
+        await lane.limit.acquire()
+        self.stats.requests += 1
+        congested = False
+        try:
+            answer = await call()
+        except ApiError as error:
+            congested = isinstance(error, RateLimitedError) or error.http_status == 503
+            self._budget.observe(error.remaining_minute)
+            if isinstance(error, AuthError):
+                self._abort(error)
+            raise
+        finally:
+            lane.limit.release(congested=congested)
+            self._idle_workers.wake()
+            self._first_answer.set()
+        self._budget.observe(answer.remaining_minute)
+        return answer
+
+    async def _wait_for_first_answer(self) -> None:
+        """The run's first request goes alone; the rest wait for its answer.
+
+        A wrong secret or endpoint then costs one request instead of one per worker.
+        """
+        if self._first_answer.is_set():
+            return
+        if self._first_sent:
+            await self._first_answer.wait()
+        self._first_sent = True
+
+    def _fetched(
+        self, target: Target, image: JsonObject, attempts: int, request_id: str | None
+    ) -> TargetResult:
+        now = self._pacing.utc_now()
+        try:
+            rows = self._normalise(target.region_id, image)
+        except NormaliseError as error:
+            return TargetResult(
+                target, Outcome.FAILED, attempts, now, http_status=200,
+                error_status="NORMALISE_ERROR", error_message=str(error), request_id=request_id,
+            )  # fmt: skip
+        return TargetResult(
+            target, Outcome.FETCHED, attempts, now, http_status=200, request_id=request_id,
+            rows=rows,
+        )  # fmt: skip
+
+    def _unfetched(self, target: Target, error: ApiError, attempts: int) -> TargetResult:
+        outcome = Outcome.MISSING if isinstance(error, ImageNotFoundError) else Outcome.FAILED
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s/%s %s: %s", target.region_id, target.image_id, outcome, error)
+        return TargetResult(
+            target, outcome, attempts, self._pacing.utc_now(),
+            http_status=error.http_status, error_status=error.error_status,
+            error_message=error.message, request_id=error.request_id,
+        )  # fmt: skip
+
+    def _abort(self, error: CrawlerError) -> None:
+        if self._fatal is None:
+            self._fatal = error
+            log.error("stopping the run: %s", error)
+        self.stop()
+
+    async def _guard(self, loop: Awaitable[None]) -> None:
+        """Runs the feeder or writer; if it fails, the run stops rather than hangs."""
+        try:
+            await loop
+        except CrawlerError as error:
+            self._abort(error)
+
+    def _on_retry(self, error: ApiError, attempt: int, wait_s: float) -> None:
+        self.stats.retries += 1
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("attempt %d failed (%s), retrying in %.2f s", attempt, error, wait_s)
+
+    async def _write_loop(self, run_id: int) -> None:
+        """The single writer: batches whatever results have arrived into one transaction."""
+        finished = False
+        while not finished:
+            batch: list[TargetResult] = []
+            item = await self._results.get()
+            while item is not None:
+                batch.append(item)
+                if len(batch) >= WRITE_BATCH_MAX or self._results.empty():
+                    break
+                item = self._results.get_nowait()
+            finished = item is None
+            if batch:
+                await self._store.write_results(run_id, batch)
+
+
+def _raise_unexpected(outcomes: Sequence[object]) -> None:
+    """Re-raise the first worker exception that is not a cancellation (a bug, not an outcome)."""
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException) and not isinstance(outcome, asyncio.CancelledError):
+            raise outcome
