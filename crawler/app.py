@@ -1,0 +1,318 @@
+"""Wires one crawl together and closes everything in reverse order.
+
+Order matters: credentials and targets are checked before anything is locked or sent, the lock is
+taken before the database is touched, and the run's row is finished even when the run is stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import logging
+import math
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from functools import partial
+from typing import TextIO
+from zoneinfo import ZoneInfo
+
+from crawler.client import ApiClient, open_session
+from crawler.config import Config, Credentials, resolve_credentials
+from crawler.discovery import IMAGE_SOURCES, Discovery, DiscoveryStats
+from crawler.errors import AuthError, CrawlerError, StoreError
+from crawler.lock import lock_for_url
+from crawler.models import JsonObject, RunStatus, Target
+from crawler.normalise import normalise_image
+from crawler.retry import Retrier, RetryPolicy
+from crawler.scheduler import CrawlStats, Normaliser, Pacing, Scheduler, SchedulerConfig
+from crawler.signer import Signer
+from crawler.store import RunSummary, Store
+from crawler.targets import TargetsReader, is_valid_region_id
+
+log = logging.getLogger(__name__)
+
+# The dry run's time estimate needs a latency; this is a typical in-country API round trip.
+ASSUMED_LATENCY_S = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class CrawlOptions:
+    """One `crawler crawl` invocation after flags and config are merged."""
+
+    config: Config
+    targets: str | None = None  # a path, or "-" for standard input
+    resume: bool = False
+    resume_run_id: int | None = None
+    skip_invalid: bool = False
+    dry_run: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CrawlReport:
+    """What a finished (or stopped) run did."""
+
+    summary: RunSummary
+    stats: CrawlStats
+    duration_s: float
+    stopped_by: str | None  # "signal", "deadline" or None
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What a dry run found: targets per region and an estimate at the configured limits."""
+
+    targets_by_region: dict[str, int]
+    requests: int
+    estimate_s: float
+    skipped_lines: int
+
+
+class CrawlJob:
+    """One run of the crawler, stoppable from a signal handler."""
+
+    def __init__(
+        self,
+        options: CrawlOptions,
+        *,
+        environ: Mapping[str, str],
+        stdin: TextIO = sys.stdin,
+        pacing: Pacing | None = None,
+        on_run_id: Callable[[int], None] | None = None,
+    ) -> None:
+        self.options = options
+        self.run_id: int | None = None
+        self.scheduler: Scheduler | None = None
+        self.stopped_by: str | None = None
+        self._environ = environ
+        self._stdin = stdin
+        self._pacing = pacing or Pacing()
+        self._on_run_id = on_run_id
+
+    def stop(self, reason: str) -> None:
+        """Stop the run cleanly: what was fetched is committed, the run stays resumable."""
+        if self.stopped_by is None:
+            self.stopped_by = reason
+            log.warning("stopping the run (%s); what was fetched is kept", reason)
+        if self.scheduler is not None:
+            self.scheduler.stop()
+
+    def plan(self) -> Plan:
+        """Validate credentials and targets and estimate the run, sending nothing."""
+        config = self.options.config
+        resolve_credentials(config.api, self._environ)
+        counts: dict[str, int] = {}
+        seen: set[Target] = set()
+        with self._targets_reader() as reader:
+            for target in reader:
+                if target not in seen:
+                    seen.add(target)
+                    counts[target.region_id] = counts.get(target.region_id, 0) + 1
+        requests = _requests_needed(counts, config.crawl.strategy)
+        return Plan(
+            counts, sum(requests.values()), _estimate_s(requests, config), reader.invalid_count
+        )
+
+    async def run(self) -> CrawlReport:
+        """Crawl and return the report; raises CrawlerError subclasses for the CLI to map."""
+        config = self.options.config
+        credentials = resolve_credentials(config.api, self._environ)
+        started = time.monotonic()
+        lock = lock_for_url(config.database.url)
+        async with AsyncExitStack() as stack:
+            if lock is not None:
+                stack.enter_context(lock)
+            store = await Store.open(config.database.url)
+            stack.push_async_callback(store.close)
+            self.run_id = await self._start_run(store)
+            if self._on_run_id is not None:
+                self._on_run_id(self.run_id)
+            log.info("run %d started", self.run_id)
+            stats = await self._crawl(store, credentials)
+            summary = await self._finish(store, stats)
+        return CrawlReport(summary, stats, time.monotonic() - started, self.stopped_by)
+
+    async def _start_run(self, store: Store) -> int:
+        if not self.options.resume:
+            with self._targets_reader() as reader:
+                run_id = await store.create_run(reader, strategy=self.options.config.crawl.strategy)
+            if reader.invalid_count:
+                log.warning("%s", reader.describe_invalid())
+            return run_id
+        return await self._resume_run(store)
+
+    async def _resume_run(self, store: Store) -> int:
+        run_id = self.options.resume_run_id or await store.latest_unfinished_run()
+        if run_id is None:
+            raise CrawlerError("--resume: this database has no unfinished run to resume")
+        await store.reopen_run(run_id)
+        return run_id
+
+    async def _crawl(self, store: Store, credentials: Credentials) -> CrawlStats:
+        config = self.options.config
+        assert self.run_id is not None
+        pending = await store.pending_counts(self.run_id)
+        async with _api_client(config, credentials) as api:
+            self.scheduler = Scheduler(
+                _scheduler_config(config), api, store, _normaliser(config), pacing=self._pacing
+            )
+            if self.stopped_by is not None:  # a signal arrived while the run was being set up
+                self.scheduler.stop()
+            with self._deadline(config.crawl.deadline_s):
+                try:
+                    return await self.scheduler.run(self.run_id, pending)
+                except AuthError as error:
+                    await self._fail(store, error)
+                    raise
+
+    async def _finish(self, store: Store, stats: CrawlStats) -> RunSummary:
+        assert self.run_id is not None
+        status, message = self._final_status(stats)
+        return await store.finish_run(
+            self.run_id, status, requests=stats.requests, retries=stats.retries, message=message
+        )
+
+    def _final_status(self, stats: CrawlStats) -> tuple[RunStatus, str | None]:
+        if self.stopped_by == "deadline":
+            deadline_s = self.options.config.crawl.deadline_s
+            return (
+                RunStatus.INTERRUPTED,
+                f"deadline of {deadline_s:g} s reached; resume with --resume",
+            )
+        if self.stopped_by is not None:
+            return RunStatus.INTERRUPTED, f"stopped by {self.stopped_by}; resume with --resume"
+        if stats.failed:
+            return RunStatus.PARTIAL, None
+        return RunStatus.SUCCEEDED, None
+
+    async def _fail(self, store: Store, error: CrawlerError) -> None:
+        assert self.run_id is not None and self.scheduler is not None
+        stats = self.scheduler.stats
+        with contextlib.suppress(StoreError):
+            await store.finish_run(
+                self.run_id, RunStatus.FAILED, requests=stats.requests, retries=stats.retries,
+                message=str(error),
+            )  # fmt: skip
+
+    @contextlib.contextmanager
+    def _deadline(self, deadline_s: float) -> Iterator[None]:
+        if deadline_s <= 0:
+            yield
+            return
+        timer = asyncio.get_running_loop().call_later(deadline_s, self.stop, "deadline")
+        try:
+            yield
+        finally:
+            timer.cancel()
+
+    @contextlib.contextmanager
+    def _targets_reader(self) -> Iterator[TargetsReader]:
+        path = self.options.targets or self.options.config.targets.file
+        if path is None:
+            raise CrawlerError("no targets: give --targets PATH (or -) or set [targets] file")
+        if path == "-":
+            yield TargetsReader(self._stdin, "<stdin>", skip_invalid=self.options.skip_invalid)
+            return
+        try:
+            stream = open(path, encoding="utf-8", newline="")  # noqa: SIM115 - closed below
+        except OSError as exc:
+            raise CrawlerError(f"cannot read the targets file {path}: {exc.strerror}") from exc
+        with stream:
+            yield TargetsReader(stream, path, skip_invalid=self.options.skip_invalid)
+
+
+@contextlib.asynccontextmanager
+async def _api_client(config: Config, credentials: Credentials) -> AsyncIterator[ApiClient]:
+    signer = Signer(
+        credentials.access_key,
+        credentials.secret_key,
+        version=config.api.signature_version,
+        sign_date_nonce=config.api.sign_date_nonce,
+    )
+    async with open_session(concurrency=config.crawl.concurrency) as session:
+        yield ApiClient(
+            session,
+            config.api.endpoint,
+            signer,
+            timeout_s=config.api.timeout_s,
+            max_response_bytes=config.api.max_response_bytes,
+        )
+
+
+async def discover_targets(
+    config: Config,
+    regions: Sequence[str],
+    sources: Sequence[str],
+    out: TextIO,
+    *,
+    environ: Mapping[str, str],
+    pacing: Pacing | None = None,
+) -> DiscoveryStats:
+    """Write a targets CSV of every image the API lists in `regions` for `sources`."""
+    credentials = resolve_credentials(config.api, environ)
+    _check_discovery_args(regions, sources)
+    pacing = pacing or Pacing()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["region_id", "image_id", "image_source", "name"])
+
+    def found(target: Target, image: JsonObject) -> None:
+        writer.writerow(
+            [target.region_id, target.image_id, image.get("imageSource"), image.get("name")]
+        )
+
+    retrier = Retrier(_retry_policy(config), sleep=pacing.sleep, rng=pacing.rng)
+    async with _api_client(config, credentials) as api:
+        return await Discovery(api, retrier, found).run(regions, sources)
+
+
+def _check_discovery_args(regions: Sequence[str], sources: Sequence[str]) -> None:
+    bad_regions = [region for region in regions if not is_valid_region_id(region)]
+    if bad_regions or not regions:
+        raise CrawlerError(f"--regions: not a region id: {', '.join(bad_regions) or '(none)'}")
+    bad_sources = [source for source in sources if source not in IMAGE_SOURCES]
+    if bad_sources or not sources:
+        raise CrawlerError(
+            f"--image-source: {', '.join(bad_sources) or '(none)'} is not one of "
+            f"{', '.join(IMAGE_SOURCES)}"
+        )
+
+
+def _retry_policy(config: Config) -> RetryPolicy:
+    return RetryPolicy(
+        config.retry.max_attempts, config.retry.initial_backoff_s, config.retry.max_backoff_s
+    )
+
+
+def _scheduler_config(config: Config) -> SchedulerConfig:
+    return SchedulerConfig(
+        concurrency=config.crawl.concurrency,
+        per_region_concurrency=min(config.crawl.per_region_concurrency, config.crawl.concurrency),
+        rate_limit_per_s=config.crawl.rate_limit_per_s,
+        strategy=config.crawl.strategy,
+        retry=_retry_policy(config),
+    )
+
+
+def _normaliser(config: Config) -> Normaliser:
+    return partial(normalise_image, naive_tz=ZoneInfo(config.api.naive_time_zone))
+
+
+def _requests_needed(targets_by_region: dict[str, int], strategy: str) -> dict[str, int]:
+    if strategy == "batch":
+        return {region: math.ceil(count / 100) for region, count in targets_by_region.items()}
+    return dict(targets_by_region)
+
+
+def _estimate_s(requests_by_region: dict[str, int], config: Config) -> float:
+    """Seconds at the configured limits, assuming `ASSUMED_LATENCY_S` per request."""
+    if not requests_by_region:
+        return 0.0
+    global_rate = config.crawl.concurrency / ASSUMED_LATENCY_S
+    if config.crawl.rate_limit_per_s > 0:
+        global_rate = min(global_rate, config.crawl.rate_limit_per_s)
+    region_rate = config.crawl.per_region_concurrency / ASSUMED_LATENCY_S
+    busiest = max(requests_by_region.values())
+    return max(sum(requests_by_region.values()) / global_rate, busiest / region_rate)
