@@ -23,18 +23,27 @@ DEMO_ACCESS_KEY_ENV = "CRAWLER_DEMO_ACCESS_KEY"
 DEMO_SECRET_KEY_ENV = "CRAWLER_DEMO_SECRET_KEY"
 REGIONS = ("cn-north-1", "cn-east-1", "cn-east-2", "cn-south-1")
 
+# Two recipes of the README's cookbook, verbatim (a test keeps them in step).
 EXAMPLE_QUERIES = (
     (
-        "Images by region and OS",
-        """SELECT region_id, os_type, platform, count(*) AS images
-FROM images WHERE missing_since IS NULL
-GROUP BY region_id, os_type, platform ORDER BY region_id, images DESC LIMIT 12""",
+        "Images per region and OS type",
+        """SELECT region_id,
+       SUM(os_type = 'linux') AS linux,
+       SUM(os_type = 'windows') AS windows,
+       COUNT(*) AS total
+  FROM images
+ WHERE missing_since IS NULL
+ GROUP BY region_id
+ ORDER BY region_id;""",
     ),
     (
-        "Data disks by type and size",
-        """SELECT disk_type, count(*) AS disks, sum(disk_size_gb) AS total_gb
-FROM disks WHERE slot = 'data'
-GROUP BY disk_type ORDER BY disks DESC""",
+        "How the last run went",
+        """SELECT outcome, COUNT(*) AS targets,
+       SUM(attempts) AS attempts, MAX(attempts) AS max_attempts
+  FROM crawl_results
+ WHERE run_id = (SELECT MAX(run_id) FROM crawl_runs)
+ GROUP BY outcome
+ ORDER BY outcome;""",
     ),
 )
 

@@ -23,13 +23,17 @@ def render(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str) -> s
 
 
 def render_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """An aligned text table with a header rule; NULL shows as an empty cell."""
+    """An aligned text table with a header rule; numbers right-aligned, NULL an empty cell."""
     cells = [[_cell(value) for value in row] for row in rows]
     widths = [len(name) for name in columns]
     for row in cells:
         widths = [max(width, len(cell)) for width, cell in zip(widths, row, strict=True)]
-    lines = [_line(columns, widths), "  ".join("-" * width for width in widths)]
-    lines += [_line(row, widths) for row in cells]
+    numeric = [
+        bool(rows) and all(isinstance(row[i], int | float) or row[i] is None for row in rows)
+        for i in range(len(columns))
+    ]
+    lines = [_line(columns, widths, numeric), "  ".join("-" * width for width in widths)]
+    lines += [_line(row, widths, numeric) for row in cells]
     lines.append(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
     return "\n".join(lines)
 
@@ -56,10 +60,12 @@ def _cell(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _line(values: Sequence[str], widths: Sequence[int]) -> str:
-    return "  ".join(
-        value.ljust(width) for value, width in zip(values, widths, strict=True)
-    ).rstrip()
+def _line(values: Sequence[str], widths: Sequence[int], numeric: Sequence[bool]) -> str:
+    cells = [
+        value.rjust(width) if right else value.ljust(width)
+        for value, width, right in zip(values, widths, numeric, strict=True)
+    ]
+    return "  ".join(cells).rstrip()
 
 
 def describe_report(report: CrawlReport) -> str:

@@ -31,7 +31,7 @@ from crawler.store import RunSummary, Store, format_utc, parse_utc, query_readon
 NAIVE_TZ = ZoneInfo("Asia/Shanghai")
 REGIONS = ("cn-north-1", "cn-east-2")
 START = datetime(2024, 5, 1, 8, 0, tzinfo=UTC)
-COOKBOOK = Path(__file__).resolve().parent.parent / "docs" / "schema-and-cookbook.md"
+COOKBOOK = Path(__file__).resolve().parent.parent / "README.md"
 CHILD_TABLES = ("disks", "attachments", "tags")
 IMAGE_TABLES = ("images", *CHILD_TABLES)
 
@@ -701,7 +701,7 @@ def cookbook_queries() -> list[CookbookQuery]:
     """Every ```sql block of the cookbook, with its section title and the columns it declares."""
     text = COOKBOOK.read_text(encoding="utf-8")
     found = []
-    for section in re.split(r"^### ", text, flags=re.M)[1:]:
+    for section in re.split(r"^#### ", text, flags=re.M)[1:]:
         title = section.splitlines()[0]
         for sql in re.findall(r"^```sql\n(.*?)^```", section, flags=re.M | re.S):
             declared = re.match(r"-- columns: (.+)\n", sql)
