@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -65,6 +65,7 @@ _IMAGE_SOURCE_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 # secret-looking hex string, even if a misbehaving server echoed one back.
 _SECRET_LIKE_RE = re.compile(r"(?i)signature=[^,\s]*|\b[0-9a-f]{32,}\b")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]+")
+_UUID_VARIANT_DIGITS = "89ab"
 _MESSAGE_MAX_CHARS = 300
 _RAW_VALUE_MAX_CHARS = 80
 
@@ -103,8 +104,15 @@ def utc_now() -> datetime:
 
 
 def new_nonce() -> str:
-    """A fresh `x-jdcloud-nonce`: a random uuid4, as the official SDK sends."""
-    return str(uuid.uuid4())
+    """A fresh `x-jdcloud-nonce`: a random uuid4 string, as the official SDK sends.
+
+    Formatted straight from 16 random bytes: `str(uuid.uuid4())` builds a UUID object on the
+    way and costs about four times as much, once per request.
+    """
+    digits = os.urandom(16).hex()
+    # Version 4 in the 13th digit; the variant bits (10xx) in the 17th.
+    variant = _UUID_VARIANT_DIGITS[int(digits[16], 16) & 3]
+    return f"{digits[:8]}-{digits[8:12]}-4{digits[13:16]}-{variant}{digits[17:20]}-{digits[20:]}"
 
 
 class ApiClient:

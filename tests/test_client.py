@@ -13,6 +13,7 @@ import gzip
 import json
 import re
 import socket
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -23,7 +24,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from crawler.client import USER_AGENT, ApiClient, _parse_endpoint, open_session
+from crawler.client import USER_AGENT, ApiClient, _parse_endpoint, new_nonce, open_session
 from crawler.errors import (
     ApiError,
     AuthError,
@@ -233,6 +234,15 @@ async def test_open_session_pools_connections_for_the_concurrency() -> None:
         assert (connector.limit, connector.limit_per_host) == (17, 0)
         assert isinstance(opened.cookie_jar, aiohttp.DummyCookieJar)
         assert opened.headers["User-Agent"] == USER_AGENT
+
+
+def test_new_nonce_is_a_fresh_uuid4_string() -> None:
+    nonces = [new_nonce() for _ in range(2000)]
+    assert len(set(nonces)) == len(nonces)
+    for nonce in nonces:
+        parsed = uuid.UUID(nonce)
+        assert str(parsed) == nonce
+        assert (parsed.version, parsed.variant) == (4, uuid.RFC_4122)
 
 
 async def test_open_session_refuses_no_concurrency() -> None:

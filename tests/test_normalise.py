@@ -315,6 +315,14 @@ def test_non_object_image_is_rejected(image: Any) -> None:
         normalise_image(REGION, image, naive_tz=BEIJING)
 
 
+def test_image_that_cannot_be_json_is_rejected() -> None:
+    looped: dict[str, Any] = {"imageId": "img-loop"}
+    looped["self"] = looped  # cannot come from a parser, but must not crash the run
+    for image in (looped, {"imageId": "img-set", "odd": {1, 2}}):
+        with pytest.raises(NormaliseError, match=f"image {REGION}/img-.* is not JSON"):
+            normalise(image)
+
+
 # --- disks, attachments, tags -----------------------------------------------------------------
 
 
