@@ -89,6 +89,36 @@ async def test_waits_are_full_jitter_under_an_exponential_cap() -> None:
         assert 0.0 <= wait <= ceiling
 
 
+class TopOfRange(random.Random):
+    """An rng whose jitter always lands on the ceiling, so each wait shows its attempt number."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+async def test_each_wait_doubles_from_the_first_retry_up_to_the_cap() -> None:
+    sleeps = Sleeps()
+    retrier = Retrier(RetryPolicy(8, 0.5, 4.0), sleep=sleeps, rng=TopOfRange())
+    await retrier.call(Script(*[transient() for _ in range(7)]))
+    assert sleeps.waits == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0, 4.0]
+
+
+@pytest.mark.parametrize(("max_attempts", "calls"), [(1, 1), (2, 2)])
+async def test_small_attempt_budgets_are_kept(max_attempts: int, calls: int) -> None:
+    sleeps, script = Sleeps(), Script(*[transient() for _ in range(5)])
+    attempted = await Retrier(RetryPolicy(max_attempts, 0.5, 4.0), sleep=sleeps).call(script)
+    assert (script.calls, attempted.attempts) == (calls, calls)
+    assert isinstance(attempted.error, TransientApiError)
+    assert len(sleeps.waits) == calls - 1
+
+
+async def test_a_permanent_error_after_a_retry_ends_the_call() -> None:
+    final = PermanentApiError("400", http_status=400)
+    sleeps, script = Sleeps(), Script(transient(), final)
+    attempted = await Retrier(RetryPolicy(6, 0.5, 4.0), sleep=sleeps).call(script)
+    assert (attempted.error, attempted.attempts, len(sleeps.waits)) == (final, 2, 1)
+
+
 def test_full_jitter_spreads_over_the_whole_range() -> None:
     rng = random.Random(3)
     waits = [backoff_s(RetryPolicy(6, 1.0, 60.0), 3, transient(), rng) for _ in range(2000)]
