@@ -334,15 +334,16 @@ def test_sigkill_then_resume_gives_the_same_inventory_as_a_clean_crawl(
     assert rows(killed_db, "PRAGMA integrity_check") == [("ok",)]
 
 
-def test_sigint_commits_what_was_fetched_and_exits_130(
-    simulator: SimulatorFactory, tmp_path: Path
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_commits_what_was_fetched_and_exits_130(
+    simulator: SimulatorFactory, tmp_path: Path, signum: signal.Signals
 ) -> None:
     server = simulator(images_per_region=400, latency_ms=20)
     db = tmp_path / "inventory.db"
     config = write_config(tmp_path, server.url, db=db, concurrency=4)
     child = start_crawl_process(config, targets_file(tmp_path, server.sim))
     wait_for_results(db, 20, child)
-    child.send_signal(signal.SIGINT)
+    child.send_signal(signum)
     out, err = child.communicate(timeout=30)
     assert child.returncode == 130, err
     assert "interrupted" in out
