@@ -53,6 +53,12 @@ BATCH_MAX_IDS = 100
 BATCH_QUERY_BUDGET_BYTES = 7000
 RESULTS_QUEUE_SIZE = 2048
 WRITE_BATCH_MAX = 1000
+# After a batch's first result the writer waits this long for more unless a full batch is already
+# queued. A transaction costs the same fixed work (BEGIN, seven statements, COMMIT, a WAL append,
+# a thread hand-over per statement) whatever its size; without the wait a crawl bound by latency
+# commits one to eight results at a time and spends ~40 % more CPU on the same work. A SIGKILL
+# loses at most this much more of what was fetched (resume fetches it again).
+WRITE_GATHER_S = 0.05
 
 
 class ImageApi(Protocol):
@@ -434,6 +440,8 @@ class Scheduler:
         while not finished:
             batch: list[TargetResult] = []
             item = await self._results.get()
+            if item is not None and self._results.qsize() < WRITE_BATCH_MAX:
+                await asyncio.sleep(WRITE_GATHER_S)
             while item is not None:
                 batch.append(item)
                 if len(batch) >= WRITE_BATCH_MAX or self._results.empty():
