@@ -219,6 +219,14 @@ async def test_results_are_written_in_batches_not_one_by_one() -> None:
     assert max(store.batches) > 1
 
 
+async def test_a_trickle_of_results_is_gathered_into_fewer_transactions() -> None:
+    # One result every ~5 ms: without the writer's gather each would be its own transaction.
+    store = MemoryStore(targets({"cn-north-1": 60}))
+    await scheduler(FakeApi(latency_s=0.005), store, concurrency=1).run(1, store.pending())
+    assert sum(store.batches) == 60
+    assert len(store.batches) < 30
+
+
 async def test_batches_hold_100_ids_of_one_region_and_confirm_absent_ones() -> None:
     many = targets({"cn-north-1": 250, "cn-east-1": 130})
     absent = frozenset(t.image_id for t in many[::25])
