@@ -46,7 +46,9 @@ from zoneinfo import ZoneInfo
 
 from harness import (
     ChildRun,
+    Setting,
     SimulatorProcess,
+    comma_list,
     count_lines,
     crawl_argv,
     credentials_env,
@@ -206,19 +208,6 @@ class Measurement:
             "other_cores": round(self.other_cores, 2), "ok": self.ok,
             "detail": self.detail,
         }  # fmt: skip
-
-
-@dataclass(frozen=True, slots=True)
-class Setting:
-    """What every measurement of one simulator shares."""
-
-    sim: SimulatorProcess
-    env: dict[str, str]
-    targets_path: Path
-    targets: int
-    latency_ms: float
-    workdir: Path
-    timeout_s: float
 
 
 def measure_bare(setting: Setting, concurrency: int, repeat: int) -> Measurement:
@@ -515,28 +504,24 @@ def _report_target(name: str, value: float, bar: float, shown: str) -> None:
     print(json.dumps({**line, "value": round(value, 4), "bar": bar}))
 
 
-def _int_list(text: str) -> list[int]:
-    values = [int(part) for part in text.split(",") if part.strip()]
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: give positive integers, comma-separated")
-    return values
-
-
-def _float_list(text: str) -> list[float]:
-    values = [float(part) for part in text.split(",") if part.strip()]
-    if not values or min(values) < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: give non-negative numbers, comma-separated")
-    return values
-
-
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Crawl throughput beside a bare aiohttp loop, against the simulator "
         "(127.0.0.1 only). The child loop (a) is `crawl_throughput.py _bare`.",
     )
     add = parser.add_argument
-    add("--concurrency", type=_int_list, default=[16, 64, 256], help="comma-separated (16,64,256)")
-    add("--latency-ms", type=_float_list, default=[20.0], help="comma-separated, in ms (20)")
+    add(
+        "--concurrency",
+        type=comma_list(int, 1),
+        default=[16, 64, 256],
+        help="comma-separated (16,64,256)",
+    )
+    add(
+        "--latency-ms",
+        type=comma_list(float, 0),
+        default=[20.0],
+        help="comma-separated, in ms (20)",
+    )
     add("--targets", type=int, default=20_000, help="targets, all existing images (20000)")
     add("--repeat", type=int, default=3, help="runs of each, interleaved (3)")
     add("--timeout-s", type=float, default=600.0, help="kill a child running longer (600)")

@@ -10,6 +10,7 @@ environment (`JDCLOUD_SECRET_KEY`), never through argv, which every user of the 
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import csv
 import os
@@ -24,7 +25,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -340,3 +341,31 @@ def machine_note() -> str:
         f"# This process holds {floor_mib:.0f} MiB: a child's ru_maxrss cannot read lower (it is "
         "spawned with vfork and starts from its parent's high-water mark)."
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """What every measurement against one simulator process shares."""
+
+    sim: SimulatorProcess
+    env: dict[str, str]
+    targets_path: Path
+    targets: int
+    latency_ms: float
+    workdir: Path
+    timeout_s: float
+    python: str = sys.executable  # the interpreter that runs the crawler
+
+
+def comma_list(kind: Callable[[str], float], minimum: float) -> Callable[[str], list[Any]]:
+    """An argparse type: "16,64,256" as numbers of `kind`, none below `minimum`."""
+
+    def parse(text: str) -> list[Any]:
+        values = [kind(part) for part in text.split(",") if part.strip()]
+        if not values or min(values) < minimum:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: give numbers of at least {minimum:g}, comma-separated"
+            )
+        return values
+
+    return parse

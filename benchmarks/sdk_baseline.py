@@ -35,7 +35,9 @@ from typing import Any
 
 from harness import (
     ACCESS_KEY,
+    Setting,
     SimulatorProcess,
+    comma_list,
     count_lines,
     crawl_argv,
     credentials_env,
@@ -133,20 +135,6 @@ class Measurement:
         return 1000 * self.cpu_s / self.targets
 
 
-@dataclass(frozen=True, slots=True)
-class Setting:
-    """What every measurement against one simulator shares."""
-
-    sim: SimulatorProcess
-    env: dict[str, str]
-    targets_path: Path
-    targets: int
-    latency_ms: float
-    workdir: Path
-    python: str
-    timeout_s: float
-
-
 def measure(setting: Setting, kind: str, workers: int, repeat: int) -> Measurement:
     """One fresh child: the SDK pool or the crawl."""
     db = setting.workdir / f"crawl-{workers}-{repeat}.db"
@@ -187,8 +175,8 @@ def run_latency(args: argparse.Namespace, latency_ms: float, workdir: Path) -> l
     found = []
     with SimulatorProcess(sim_args, env, start_timeout_s=300, python=args.python) as sim:
         setting = Setting(
-            sim, env, targets_path, count_lines(targets_path), latency_ms, workdir, args.python,
-            args.timeout_s,
+            sim, env, targets_path, count_lines(targets_path), latency_ms, workdir, args.timeout_s,
+            python=args.python,
         )  # fmt: skip
         print(f"# latency {latency_ms:g} ms: simulator {sim.url}, {setting.targets:,} targets")
         for workers in args.workers:
@@ -246,24 +234,19 @@ def _times(pair: tuple[float, float]) -> str:
     return f"{pair[1] / pair[0]:.1f}x" if pair[0] else "-"
 
 
-def _list(kind: type[float] | type[int]) -> Any:
-    def parse(text: str) -> list[Any]:
-        values = [kind(part) for part in text.split(",") if part.strip()]
-        if not values or min(values) < 0:
-            raise argparse.ArgumentTypeError(f"{text!r}: give numbers, comma-separated")
-        return values
-
-    return parse
-
-
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="The official SDK in a ThreadPoolExecutor beside `crawler crawl`, against "
         "the simulator on 127.0.0.1 (run with an interpreter that has jdcloud-sdk installed)."
     )
     add = parser.add_argument
-    add("--latency-ms", type=_list(float), default=[0.0, 20.0], help="comma-separated (0,20)")
-    add("--workers", type=_list(int), default=[16, 64], help="comma-separated (16,64)")
+    add(
+        "--latency-ms",
+        type=comma_list(float, 0),
+        default=[0.0, 20.0],
+        help="comma-separated (0,20)",
+    )
+    add("--workers", type=comma_list(int, 0), default=[16, 64], help="comma-separated (16,64)")
     add("--targets", type=int, default=10_000, help="targets, all existing images (10000)")
     add("--repeat", type=int, default=1, help="runs of each, interleaved (1)")
     add("--timeout-s", type=float, default=600.0, help="kill a child running longer (600)")
