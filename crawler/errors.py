@@ -12,6 +12,8 @@
     │       └── AuthError           401/403: credentials rejected, the whole run stops (exit 3)
     ├── NormaliseError         an API image object that cannot become rows
     ├── StoreError             the database is unusable (exit 3)
+    │   ├── QueryError         `crawler sql` got a query SQLite rejects or that would write (exit 2)
+    │   └── RunNotFoundError   no run with the id asked for, e.g. `--resume 99` (exit 2)
     └── LockHeldError          another crawl holds the database lock (exit 75)
 
 Whether an attempt is retried is decided by its type alone (see `retry`), never by call sites.
@@ -93,6 +95,18 @@ class NormaliseError(CrawlerError):
 
 class StoreError(CrawlerError):
     """The database cannot be opened, migrated or written."""
+
+
+class QueryError(StoreError):
+    """A read-only query was rejected: bad SQL, or a statement that would write.
+
+    A StoreError so that code catching database failures still catches it; the CLI maps it to a
+    usage error (exit 2), since the database itself is fine.
+    """
+
+
+class RunNotFoundError(StoreError):
+    """The database has no run with the id asked for (a usage error, exit 2)."""
 
 
 class LockHeldError(CrawlerError):
