@@ -572,7 +572,7 @@ def _add_crawl(commands: Any) -> None:
         description="Crawl the targets into the database. Flags override the config file.",
     )  # fmt: skip
     crawl.set_defaults(handler=run_crawl)
-    crawl.add_argument("--config", required=True, help=_CONFIG_HELP)
+    crawl.add_argument("--config", required=True, metavar="PATH", help=_CONFIG_HELP)
     crawl.add_argument(
         "--targets", metavar="PATH",
         help="targets CSV (UTF-8, header naming region_id and image_id), or - for standard "
@@ -644,7 +644,9 @@ def _add_discover(commands: Any) -> None:
         formatter_class=_HelpFormatter,
     )  # fmt: skip
     discover.set_defaults(handler=run_discover)
-    discover.add_argument("--config", required=True, help=_CONFIG_HELP + "; only [api] is used")
+    discover.add_argument(
+        "--config", required=True, metavar="PATH", help=_CONFIG_HELP + "; only [api] is used"
+    )
     discover.add_argument(
         "--regions", required=True, metavar="R1,R2", help="comma-separated region ids"
     )
@@ -747,8 +749,10 @@ def _add_db_command(commands: Any, name: str, handler: Callable[..., int], help_
     command.set_defaults(handler=handler)
     command.add_argument("--db", metavar="URL", help=_DB_HELP)
     command.add_argument(
-        "--config", help="take the database URL from this config file (default: inventory.db)"
-    )
+        "--config", metavar="PATH",
+        help="take the database URL from this config file's [database] url (without --db and "
+        "--config: inventory.db)",
+    )  # fmt: skip
     return command
 
 
