@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 import re
+import tomllib
 from pathlib import Path
 from typing import Any
 
