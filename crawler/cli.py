@@ -658,7 +658,7 @@ def _add_discover(commands: Any) -> None:
         "--output", default="-", metavar="PATH",
         help="targets CSV to write (whole or not at all), or - for standard output",
     )  # fmt: skip
-    _add_log_flags(discover, default_level="warning")
+    _add_log_flags(discover, default_level="info")
 
 
 def _add_simulate(commands: Any) -> None:
