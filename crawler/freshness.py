@@ -36,9 +36,17 @@ def age_text(seconds: float) -> str:
     return f"{minutes}m" if minutes else f"{secs}s"
 
 
+def limit_text(seconds: float) -> str:
+    """A limit in the largest unit that divides it: `26h`, `90m`, `2d`, `45s`."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
 def describe_freshness(facts: MonitoringFacts, max_age_s: float, now: datetime) -> tuple[bool, str]:
     """Whether the latest success is within `max_age_s` of `now`, and the line saying so."""
-    limit = age_text(max_age_s)
+    limit = limit_text(max_age_s)
     finished = facts.last_success_at
     if finished is None or facts.last_success_run_id is None:
         return False, f"STALE: no run has succeeded yet (limit {limit})"
