@@ -170,6 +170,12 @@ class CrawlJob:
             if run_id is not None:
                 await store.reopen_run(run_id)
                 self.resumed = True
+                if self.options.targets is not None:
+                    log.info(
+                        "--resume: finishing run %d; --targets is read only when there is "
+                        "nothing to resume",
+                        run_id,
+                    )
                 return run_id
             self._check_new_run_allowed(self.options.resume_run_id)
             log.info("--resume: no unfinished run, so a new run starts from the targets file")

@@ -200,6 +200,7 @@ def test_resume_with_targets_finishes_the_unfinished_run_else_starts_a_new_one(
     log = recorder.stderr.getvalue()
     assert f"resumed: {pending:,} targets of 400 pending" in log
     assert "started" not in log
+    assert "finishing run 2; --targets is read only when there is nothing to resume" in log
     run = rows(db, "SELECT status, fetched, requests, retries FROM crawl_runs WHERE run_id = 2")
     _status, fetched, requests, retries = run[0]
     summary = recorder.stdout.getvalue()
