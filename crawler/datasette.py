@@ -13,17 +13,15 @@ from typing import Any
 
 from crawler.schema_docs import SchemaDocs
 
-# The crawler's own bookkeeping: useful to the crawler, noise in a browser of the inventory.
-HIDDEN_TABLES = ("alembic_version", "crawl_targets")
+# Bookkeeping (the crawler's and SQLite's own): needed by them, noise in a browser of the inventory.
+HIDDEN_TABLES = ("alembic_version", "crawl_targets", "sqlite_sequence")
 
 
 def datasette_metadata(docs: SchemaDocs, database: str, present: Sequence[str]) -> dict[str, Any]:
     """The metadata for the database file `database` holding the tables and views `present`."""
-    tables: dict[str, Any] = {}
+    tables: dict[str, Any] = {name: {"hidden": True} for name in HIDDEN_TABLES}
     for name in present:
-        if name in HIDDEN_TABLES:
-            tables[name] = {"hidden": True}
-        elif name in docs.tables:
+        if name in docs.tables and name not in HIDDEN_TABLES:
             doc = docs.tables[name]
             entry: dict[str, Any] = {"description": doc.summary}
             if doc.columns:

@@ -526,7 +526,7 @@ def test_datasette_metadata_describes_tables_hides_bookkeeping_and_has_the_cookb
     database = metadata["databases"]["inventory"]
     tables = database["tables"]
     assert tables["crawl_targets"] == {"hidden": True}
-    assert tables["alembic_version"] == {"hidden": True}
+    assert tables["alembic_version"] == tables["sqlite_sequence"] == {"hidden": True}
     assert tables["images"]["description"] == "one row per image ever fetched"
     assert tables["images"]["columns"]["missing_since"].startswith("when a run first got a def")
     columns = {name for (_, name, *_) in sqlite3.connect(db).execute("PRAGMA table_info(disks)")}
