@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -18,6 +19,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from io import StringIO
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -88,9 +90,9 @@ class Io:
 def main(argv: Sequence[str] | None = None, io: Io | None = None) -> int:
     """Run one command; returns the process exit code."""
     io = io or Io()
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        args = parser.parse_args(argv)
+        args = _parse(argv, io)
     except SystemExit as exc:  # argparse exits 2 on usage errors and 0 on --help
         return int(exc.code or 0)
     handler: Callable[[argparse.Namespace, Io], int] = args.handler
@@ -100,6 +102,27 @@ def main(argv: Sequence[str] | None = None, io: Io | None = None) -> int:
         code = exit_code_for(error)
         report_error(args, io, error, code)
         return code
+
+
+def _parse(argv: list[str], io: Io) -> argparse.Namespace:
+    """The parsed command line. Under `--log-format json` a usage error is a JSON line too."""
+    if not _wants_json(argv):
+        return build_parser().parse_args(argv)
+    captured = StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            return build_parser().parse_args(argv)
+    except SystemExit as exc:
+        if exc.code:
+            message = captured.getvalue().strip().splitlines()[-1]
+            configure_logging(io.stderr, fmt="json", level="error")
+            log.error("%s", message, extra={"fields": {"exit_code": int(exc.code)}})
+        raise
+
+
+def _wants_json(argv: list[str]) -> bool:
+    pairs = zip(argv, [*argv[1:], ""], strict=True)
+    return "--log-format=json" in argv or ("--log-format", "json") in pairs
 
 
 def report_error(args: argparse.Namespace, io: Io, error: CrawlerError, code: int) -> None:

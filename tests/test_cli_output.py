@@ -338,6 +338,15 @@ def test_with_json_logs_errors_before_the_run_are_json_too(
     assert recorder.stdout.getvalue() == ""
 
 
+def test_with_json_logs_a_usage_error_is_a_json_line_too() -> None:
+    recorder = Recorder()
+    argv = ["crawl", "--config", "c.toml", "--log-format", "json", "--concurrency", "0"]
+    assert main(argv, recorder.io()) == 2
+    (record,) = _json_lines(recorder.stderr.getvalue())
+    assert record["exit_code"] == 2
+    assert "argument --concurrency: '0' is not a positive whole number" in str(record["message"])
+
+
 def test_discover_with_json_logs_writes_only_json_to_stderr(
     simulator: SimulatorFactory, tmp_path: Path
 ) -> None:
@@ -563,3 +572,26 @@ def test_the_demos_hint_names_a_command_that_runs_from_here(tmp_path: Path) -> N
     assert program_name(".venv/bin/crawler", "/usr/bin:/bin") in (".venv/bin/crawler",
                                                                   "crawler")  # fmt: skip
     assert program_name(str(venv_crawler), str(venv_crawler.parent)) == "crawler"
+
+
+def test_a_held_lock_is_a_json_error_and_a_metrics_file_with_exit_75(
+    simulator: SimulatorFactory, tmp_path: Path
+) -> None:
+    from crawler.lock import DatabaseLock
+
+    server = simulator(images_per_region=2)
+    db = tmp_path / "inventory.db"
+    config = write_config(tmp_path, server.url, db=db)
+    metrics = tmp_path / "crawler.prom"
+    targets = str(targets_file(tmp_path, server.sim))
+    assert crawl(config, "--targets", targets) == 0
+    recorder = Recorder()
+    with DatabaseLock(db):
+        code = crawl(config, "--targets", targets, "--log-format", "json",
+                     "--metrics-file", str(metrics), recorder=recorder)  # fmt: skip
+    assert code == 75
+    (record,) = _json_lines(recorder.stderr.getvalue())
+    assert record["level"] == "error" and record["exit_code"] == 75
+    samples = read_metrics(metrics)
+    assert samples["crawler_last_run_exit_code"] == 75
+    assert "crawler_last_success_timestamp_seconds" in samples  # run 1's, from crawl_runs
