@@ -23,7 +23,13 @@ from zoneinfo import ZoneInfo
 from crawler.client import ApiClient, open_session
 from crawler.config import Config, Credentials, resolve_credentials
 from crawler.discovery import IMAGE_SOURCES, Discovery, DiscoveryStats
-from crawler.errors import AuthError, CrawlerError, StoreError
+from crawler.errors import (
+    AuthError,
+    CrawlerError,
+    EndpointUnreachableError,
+    InternalError,
+    StoreError,
+)
 from crawler.lock import lock_for_url
 from crawler.models import JsonObject, RunStatus, Target
 from crawler.normalise import normalise_image
@@ -164,9 +170,17 @@ class CrawlJob:
             with self._deadline(config.crawl.deadline_s):
                 try:
                     return await self.scheduler.run(self.run_id, pending)
-                except AuthError as error:
+                except (AuthError, StoreError, EndpointUnreachableError, InternalError) as error:
                     await self._fail(store, error)
                     raise
+                except Exception as exc:
+                    # A bug: the run row says failed and why, the lock is released on the way out.
+                    log.error("internal error in the run", exc_info=exc)
+                    internal = InternalError(
+                        f"internal error (a bug, please report): {type(exc).__name__}: {exc}"
+                    )
+                    await self._fail(store, internal)
+                    raise internal from exc
 
     async def _finish(self, store: Store, stats: CrawlStats) -> RunSummary:
         assert self.run_id is not None

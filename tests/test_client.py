@@ -28,6 +28,7 @@ from crawler.client import USER_AGENT, ApiClient, _parse_endpoint, new_nonce, op
 from crawler.errors import (
     ApiError,
     AuthError,
+    BadBodyError,
     ConfigError,
     ImageNotFoundError,
     PermanentApiError,
@@ -514,6 +515,8 @@ def test_endpoint_gives_the_wire_authority_and_the_signed_host(
 NO_ROUTE = "no route and no API found with those values"
 HTML = b"<html><body><h1>502 Bad Gateway</h1></body></html>"
 
+DEEP = b"[" * 200_000 + b"]" * 200_000
+JSON_TYPE = "application/json"
 CLASSIFIED = [
     pytest.param(
         json_reply(404, envelope(404, "NOT_FOUND", NO_ROUTE)),
@@ -587,38 +590,59 @@ CLASSIFIED = [
     ),
     pytest.param(
         raw_reply(200, b"<html>maintenance</html>", "text/html"),
-        TransientApiError, 200, "BAD_BODY",
+        BadBodyError, 200, "BAD_BODY",
         id="200-html",
     ),
     pytest.param(
         raw_reply(200, b"", "application/json"),
-        TransientApiError, 200, "BAD_BODY",
+        BadBodyError, 200, "BAD_BODY",
         id="200-empty",
     ),
     pytest.param(
         json_reply(200, [image_doc()]),
-        TransientApiError, 200, "BAD_BODY",
+        BadBodyError, 200, "BAD_BODY",
         id="200-json-list",
     ),
     pytest.param(
         json_reply(200, {"requestId": "r", "result": {}}),
-        TransientApiError, 200, "BAD_BODY",
+        BadBodyError, 200, "BAD_BODY",
         id="200-no-image",
     ),
     pytest.param(
         json_reply(200, {"requestId": "r", "result": {"image": "img"}}),
-        TransientApiError, 200, "BAD_BODY",
+        BadBodyError, 200, "BAD_BODY",
         id="200-image-not-object",
     ),
     pytest.param(
         raw_reply(200, b'{"requestId":"r","result":{"image":{"im', "application/json"),
-        TransientApiError, 200, "BAD_BODY",
+        BadBodyError, 200, "BAD_BODY",
         id="200-cut-json",
     ),
     pytest.param(
         raw_reply(200, b'{"result":{"image":{}}}\xff', "application/json"),
-        TransientApiError, 200, "BAD_BODY",
+        BadBodyError, 200, "BAD_BODY",
         id="200-not-utf8",
+    ),
+    # json.loads raises RecursionError, not ValueError, on deep nesting: still a classified body.
+    pytest.param(
+        raw_reply(200, b'{"result":{"image":' + DEEP + b"}}", JSON_TYPE),
+        BadBodyError, 200, "BAD_BODY",
+        id="200-deep-nesting",
+    ),
+    pytest.param(
+        raw_reply(500, DEEP, JSON_TYPE),
+        TransientApiError, 500, "HTTP_500",
+        id="500-deep-nesting",
+    ),
+    pytest.param(
+        raw_reply(400, b'{"error":{"code":400,"status":"BAD\\ud800"}}', JSON_TYPE),
+        PermanentApiError, 400, "BAD\ufffd",
+        id="400-lone-surrogate-status",
+    ),
+    pytest.param(
+        raw_reply(200, b'{"result":{"image":{"x":' + b"9" * 5000 + b"}}}", JSON_TYPE),
+        BadBodyError, 200, "BAD_BODY",
+        id="200-integer-over-digit-limit",
     ),
 ]  # fmt: skip
 
