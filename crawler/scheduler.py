@@ -247,13 +247,20 @@ class Scheduler:
         finally:
             feeder.cancel()
             await asyncio.gather(feeder, return_exceptions=True)
-            if not writer.done():  # a live writer drains the queue, so this put cannot hang
-                await self._results.put(None)
-            await writer
+            await self._end_writer(writer)
         _raise_unexpected(outcomes)
         if self._fatal is not None:
             raise self._fatal
         return self.stats
+
+    async def _end_writer(self, writer: asyncio.Task[None]) -> None:
+        """Hand the writer its end mark and wait for it: it drains the queue, unless it dies."""
+        if not writer.done():
+            # A writer that dies while the queue is full would leave this put waiting for ever.
+            end = asyncio.ensure_future(self._results.put(None))
+            await asyncio.wait({end, writer}, return_when=asyncio.FIRST_COMPLETED)
+            end.cancel()
+        await writer
 
     def stop(self) -> None:
         """Stop promptly: no new request starts, requests in flight are abandoned (resumable)."""

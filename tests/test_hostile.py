@@ -14,6 +14,7 @@ sits in a describeImages call with ~99 healthy ids.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import re
 import socket
@@ -21,13 +22,17 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future
+from datetime import datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
 
+from crawler.cli import exit_code_for, main
+from crawler.errors import CrawlerError, EndpointUnreachableError, InternalError, StoreError
 from crawler.lock import lock_for_url
+from crawler.scheduler import Pacing
 from tests.conftest import write_config
 from tests.test_cli import Recorder, crawl, rows
 
@@ -488,3 +493,55 @@ def test_a_dead_endpoint_ends_a_20000_target_crawl_with_exit_3(tmp_path: Path) -
     assert status == "failed"
     assert str(message).startswith("endpoint unreachable: ")
     assert "the connection failed" in str(message)
+
+
+class BrokenZone(tzinfo):
+    """A time zone that fails when asked its offset: the store's timestamp formatting breaks."""
+
+    def utcoffset(self, dt: datetime | None) -> timedelta:
+        raise RuntimeError("injected writer bug")
+
+    def dst(self, dt: datetime | None) -> timedelta:
+        raise RuntimeError("injected writer bug")
+
+
+@pytest.mark.timeout(60)
+def test_a_writer_bug_ends_the_run_with_exit_70_and_the_lock_released(
+    server: HostileServer, hostile_db: Path
+) -> None:
+    server.hostile = False
+    targets = {region: healthy_ids(region) for region in REGIONS}
+    path = write_targets(hostile_db.parent / "targets.csv", targets)
+    config = write_config(hostile_db.parent, server.url, db=hostile_db)
+    recorder = Recorder()
+    # Every result's finish time is one the store cannot format: not a StoreError, a bug.
+    pacing = Pacing(utc_now=lambda: datetime(2026, 1, 1, tzinfo=BrokenZone()))
+    io = dataclasses.replace(recorder.io(), pacing=pacing)
+    code = main(["crawl", "--config", str(config), "--targets", str(path), "--no-progress"], io)
+    assert code == 70
+    stderr = recorder.stderr.getvalue()
+    assert (
+        "internal error in the writer" in stderr and "RuntimeError: injected writer bug" in stderr
+    )
+    assert "Traceback" in stderr  # the deliberate 70: the log has the traceback to report
+    status, message = rows(
+        hostile_db, "SELECT status, message FROM crawl_runs ORDER BY run_id DESC LIMIT 1"
+    )[0]
+    assert status == "failed"
+    assert "injected writer bug" in str(message)
+    lock = lock_for_url(f"sqlite+aiosqlite:///{hostile_db}")
+    assert lock is not None
+    with lock:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (InternalError("bug"), 70),
+        (EndpointUnreachableError("endpoint unreachable: x"), 3),
+        (StoreError("disk full"), 3),
+    ],
+)
+def test_exit_codes_of_the_run_s_own_faults(error: CrawlerError, code: int) -> None:
+    assert exit_code_for(error) == code

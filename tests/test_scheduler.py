@@ -19,6 +19,7 @@ from crawler.errors import (
     EndpointUnreachableError,
     ImageNotFoundError,
     InternalError,
+    PermanentApiError,
     TransientApiError,
 )
 from crawler.models import (
@@ -375,3 +376,27 @@ async def test_connection_failures_after_an_answer_do_not_stop_the_run() -> None
     )
     stats = await asyncio.wait_for(scheduler.run(1, store.pending()), timeout=30)
     assert stats.fetched == 200
+
+
+async def test_bulk_failures_are_summarised_in_a_warning_at_most_every_30_s(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [0.0]
+
+    class SlowFailures(FakeApi):
+        async def describe_image(self, region_id: str, image_id: str) -> ImageResponse:
+            now[0] += 1.0  # each answer takes a second of the fake clock
+            status = "BUSY" if image_id.endswith("0") else "QUOTA_EXCEEDED"
+            raise PermanentApiError("refused", http_status=429, error_status=status)
+
+    store = MemoryStore(targets({"cn-north-1": 100}))
+    pacing = Pacing(clock=lambda: now[0])
+    scheduler = Scheduler(
+        SchedulerConfig(concurrency=1), SlowFailures(), store, normalise, pacing=pacing
+    )
+    with caplog.at_level("WARNING", logger="crawler.scheduler"):
+        await asyncio.wait_for(scheduler.run(1, store.pending()), timeout=30)
+    warnings = [r.getMessage() for r in caplog.records if "targets failed" in r.getMessage()]
+    assert warnings[0] == "1 targets failed since the run began: BUSY 1"
+    assert warnings[1] == "30 targets failed in the last 30 s: QUOTA_EXCEEDED 27, BUSY 3"
+    assert len(warnings) == 4  # 100 failures over 100 s of the fake clock
