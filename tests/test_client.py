@@ -910,3 +910,34 @@ async def test_connection_refused_is_transient(session: aiohttp.ClientSession) -
     assert (error.http_status, error.error_status) == (None, "CONNECTION_ERROR")
     assert isinstance(error.__cause__, aiohttp.ClientConnectionError)
     assert client.requests_sent == 1
+
+
+async def test_undecodable_header_bytes_never_reach_a_stored_text(
+    session: aiohttp.ClientSession,
+) -> None:
+    """A request id header with bytes that are not UTF-8 arrives as surrogates: scrubbed."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        body = b'{"error":{"code":500,"status":"INTERNAL","message":"m\\ud800"}}'
+        writer.write(
+            b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\n"
+            b"x-jdcloud-request-id: req-\xff\xfe\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body
+        )
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        error = await image_error(make_client(session, f"http://127.0.0.1:{port}"))
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert type(error) is TransientApiError
+    for text in (error.request_id, error.message, error.error_status):
+        assert text is not None
+        text.encode("utf-8")  # storable as it is
+    assert error.request_id is not None and error.request_id.startswith("req-")
+    assert "m\ufffd" in error.message

@@ -489,8 +489,8 @@ def test_a_dead_endpoint_ends_a_20000_target_crawl_with_exit_3(tmp_path: Path) -
     stderr = recorder.stderr.getvalue()
     assert "endpoint unreachable: describeImage" in stderr
     assert "Traceback" not in stderr
-    status, message = rows(db, "SELECT status, message FROM crawl_runs")[0]
-    assert status == "failed"
+    status, message, total = rows(db, "SELECT status, message, targets_total FROM crawl_runs")[0]
+    assert (status, total) == ("failed", 20_000)
     assert str(message).startswith("endpoint unreachable: ")
     assert "the connection failed" in str(message)
 
