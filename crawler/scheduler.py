@@ -248,6 +248,8 @@ class Scheduler:
             feeder.cancel()
             await asyncio.gather(feeder, return_exceptions=True)
             await self._end_writer(writer)
+        if self._failures:  # the tail since the last WARNING, so the log's counts add up
+            self._report_failures(logging.INFO, self._pacing.clock())
         _raise_unexpected(outcomes)
         if self._fatal is not None:
             raise self._fatal
@@ -351,15 +353,19 @@ class Scheduler:
         now = self._pacing.clock()
         if now - self._failures_since < FAILURE_WARNING_EVERY_S:
             return
+        self._report_failures(logging.WARNING, now)
+        self._failures_since = now
+
+    def _report_failures(self, level: int, now: float) -> None:
+        """Log the failures counted since the last report, by error_status, and reset them."""
         since = (
             "since the run began"
             if math.isinf(self._failures_since)
-            else (f"in the last {now - self._failures_since:.0f} s")
+            else f"in the last {now - self._failures_since:.0f} s"
         )
         counts = ", ".join(f"{status} {n}" for status, n in self._failures.most_common())
-        log.warning("%d targets failed %s: %s", sum(self._failures.values()), since, counts)
+        log.log(level, "%d targets failed %s: %s", sum(self._failures.values()), since, counts)
         self._failures.clear()
-        self._failures_since = now
 
     async def _crawl_safely(
         self, lane: Lane, target: Target, *, earlier_attempts: int = 0
