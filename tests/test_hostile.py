@@ -469,6 +469,16 @@ def test_a_database_refusing_a_batch_ends_the_run_with_the_lock_released(
     assert lock is not None
     with lock:  # released: a second crawl would not exit 75
         pass
+    # What was committed is kept; once the database accepts writes, --resume RUN_ID finishes it.
+    with sqlite3.connect(hostile_db) as connection:
+        connection.execute("DROP TRIGGER refuse")
+    run_id = rows(hostile_db, "SELECT max(run_id) FROM crawl_runs")[0][0]
+    assert crawl(config, "--resume", str(run_id)) == 0
+    outcomes = rows(
+        hostile_db,
+        f"SELECT outcome, count(*) FROM crawl_results WHERE run_id = {run_id} GROUP BY 1",
+    )
+    assert outcomes == [("fetched", 2 * HEALTHY_PER_REGION)]
 
 
 @pytest.mark.timeout(30)
@@ -545,3 +555,21 @@ def test_a_writer_bug_ends_the_run_with_exit_70_and_the_lock_released(
 )
 def test_exit_codes_of_the_run_s_own_faults(error: CrawlerError, code: int) -> None:
     assert exit_code_for(error) == code
+
+
+@pytest.mark.timeout(30)
+def test_the_deadline_still_wins_over_long_retry_after_waits(
+    server: HostileServer, hostile_db: Path
+) -> None:
+    # Waits of up to a minute each (max_backoff_s = 60 and Retry-After a day): a deadline of 1 s
+    # ends the run anyway, resumable.
+    hostile = hostile_ids("retryafter") + hostile_ids("retrydate")
+    path = write_targets(hostile_db.parent / "targets.csv", {REGIONS[0]: hostile})
+    config = write_config(hostile_db.parent, server.url, db=hostile_db, max_backoff_s=60.0)
+    recorder = Recorder()
+    assert crawl(config, "--targets", str(path), "--deadline", "1", recorder=recorder) == 1
+    status, message = rows(
+        hostile_db, "SELECT status, message FROM crawl_runs ORDER BY run_id DESC LIMIT 1"
+    )[0]
+    assert status == "interrupted"
+    assert "deadline" in str(message)
