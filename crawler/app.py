@@ -32,7 +32,7 @@ from crawler.errors import (
 )
 from crawler.lock import lock_for_url
 from crawler.models import JsonObject, RunStatus, Target
-from crawler.normalise import normalise_image
+from crawler.normalise import normalise_image, scrub_text
 from crawler.retry import Retrier, RetryPolicy
 from crawler.scheduler import CrawlStats, Normaliser, Pacing, Scheduler, SchedulerConfig
 from crawler.signer import Signer
@@ -205,11 +205,13 @@ class CrawlJob:
     async def _fail(self, store: Store, error: CrawlerError) -> None:
         assert self.run_id is not None and self.scheduler is not None
         stats = self.scheduler.stats
-        with contextlib.suppress(StoreError):
+        try:
             await store.finish_run(
                 self.run_id, RunStatus.FAILED, requests=stats.requests, retries=stats.retries,
-                message=str(error),
+                message=scrub_text(str(error)),
             )  # fmt: skip
+        except Exception as exc:  # the run's own error is the one to report, not this one
+            log.error("could not mark run %d failed: %s", self.run_id, exc)
 
     @contextlib.contextmanager
     def _deadline(self, deadline_s: float) -> Iterator[None]:

@@ -53,6 +53,7 @@ from crawler.models import (
     Target,
     TargetResult,
 )
+from crawler.normalise import scrub_text
 from crawler.pacing import AdaptiveLimit, MinuteBudget, TokenBucket, Waiters
 from crawler.retry import Retrier, RetryPolicy
 
@@ -625,6 +626,8 @@ def _requested_images(
 
 
 def _shorten(text: str, limit: int = _MESSAGE_MAX_CHARS) -> str:
+    """A message made fit to store: short, and valid UTF-8 whatever an exception carried."""
+    text = scrub_text(text)
     return text if len(text) <= limit else text[:limit] + "..."
 
 
