@@ -23,10 +23,17 @@ from zoneinfo import ZoneInfo
 from crawler.client import ApiClient, open_session
 from crawler.config import Config, Credentials, resolve_credentials
 from crawler.discovery import IMAGE_SOURCES, Discovery, DiscoveryStats
-from crawler.errors import AuthError, CrawlerError, RunNotFoundError, StoreError
+from crawler.errors import (
+    AuthError,
+    CrawlerError,
+    EndpointUnreachableError,
+    InternalError,
+    RunNotFoundError,
+    StoreError,
+)
 from crawler.lock import lock_for_url
 from crawler.models import JsonObject, RunStatus, Target
-from crawler.normalise import normalise_image
+from crawler.normalise import normalise_image, scrub_text
 from crawler.retry import Retrier, RetryPolicy
 from crawler.scheduler import CrawlStats, Normaliser, Pacing, Scheduler, SchedulerConfig
 from crawler.signer import Signer
@@ -34,6 +41,10 @@ from crawler.store import RunSummary, Store, unfinished_run_pending
 from crawler.targets import TargetsReader, decoded_lines, is_valid_region_id
 
 log = logging.getLogger(__name__)
+
+# `--resume RUN_ID` also takes a run an error stopped (e.g. a database that refused a write),
+# once the cause is fixed; plain `--resume` picks only running or interrupted runs.
+RESUMABLE_BY_ID = (RunStatus.RUNNING, RunStatus.INTERRUPTED, RunStatus.FAILED)
 
 # The dry run's time estimate needs a latency; this is a typical in-country API round trip.
 ASSUMED_LATENCY_S = 0.05
@@ -154,15 +165,23 @@ class CrawlJob:
                 self._on_run_id(self.run_id)
             try:
                 stats = await self._crawl(store, credentials)
-            except AuthError:
-                summary = await store.run_summary(self.run_id)
-                stats = self.scheduler.stats if self.scheduler else CrawlStats()
-                duration_s = time.monotonic() - started
-                self.failed_report = CrawlReport(summary, stats, duration_s, None, self.resumed)
+            except CrawlerError:
+                await self._keep_failed_report(store, time.monotonic() - started)
                 raise
             summary = await self._finish(store, stats)
         duration_s = time.monotonic() - started
         return CrawlReport(summary, stats, duration_s, self.stopped_by, self.resumed)
+
+    async def _keep_failed_report(self, store: Store, duration_s: float) -> None:
+        """The failed run's summary for the CLI, if the database can still be read."""
+        assert self.run_id is not None
+        try:
+            summary = await store.run_summary(self.run_id)
+        except StoreError as exc:
+            log.debug("no summary of the failed run %d: %s", self.run_id, exc)
+            return
+        stats = self.scheduler.stats if self.scheduler else CrawlStats()
+        self.failed_report = CrawlReport(summary, stats, duration_s, None, self.resumed)
 
     async def _start_run(self, store: Store) -> int:
         if self.options.resume:
@@ -191,10 +210,10 @@ class CrawlJob:
         if run_id is None:
             return await store.latest_unfinished_run()
         summary = await store.run_summary(run_id)  # RunNotFoundError: a usage error
-        if summary.status not in (RunStatus.RUNNING, RunStatus.INTERRUPTED):
+        if summary.status not in RESUMABLE_BY_ID:
             raise CrawlerError(
-                f"--resume {run_id}: run {run_id} is {summary.status}; only a running or "
-                "interrupted run can be resumed"
+                f"--resume {run_id}: run {run_id} is {summary.status}; only a running, "
+                "interrupted or failed run can be resumed"
             )
         return run_id
 
@@ -222,9 +241,17 @@ class CrawlJob:
             with self._deadline(config.crawl.deadline_s):
                 try:
                     return await self.scheduler.run(self.run_id, pending)
-                except AuthError as error:
+                except (AuthError, StoreError, EndpointUnreachableError, InternalError) as error:
                     await self._fail(store, error)
                     raise
+                except Exception as exc:
+                    # A bug: the run row says failed and why, the lock is released on the way out.
+                    log.error("internal error in the run", exc_info=exc)
+                    internal = InternalError(
+                        f"internal error (a bug, please report): {type(exc).__name__}: {exc}"
+                    )
+                    await self._fail(store, internal)
+                    raise internal from exc
 
     def _log_start(self, run: RunSummary, pending: int) -> None:
         if self.resumed:
@@ -257,11 +284,13 @@ class CrawlJob:
     async def _fail(self, store: Store, error: CrawlerError) -> None:
         assert self.run_id is not None and self.scheduler is not None
         stats = self.scheduler.stats
-        with contextlib.suppress(StoreError):
+        try:
             await store.finish_run(
                 self.run_id, RunStatus.FAILED, requests=stats.requests, retries=stats.retries,
-                message=str(error),
+                message=scrub_text(str(error)),
             )  # fmt: skip
+        except Exception as exc:  # the run's own error is the one to report, not this one
+            log.error("could not mark run %d failed: %s", self.run_id, exc)
 
     @contextlib.contextmanager
     def _deadline(self, deadline_s: float) -> Iterator[None]:

@@ -17,6 +17,7 @@ import shutil
 import signal
 import sys
 import time
+import traceback
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from io import StringIO
@@ -32,6 +33,8 @@ from crawler.errors import (
     ApiError,
     AuthError,
     CrawlerError,
+    EndpointUnreachableError,
+    InternalError,
     LockHeldError,
     QueryError,
     RunNotFoundError,
@@ -70,7 +73,7 @@ EXIT_OK = 0
 EXIT_FAILED_TARGETS = 1
 EXIT_USAGE = 2
 EXIT_FATAL = 3
-EXIT_INTERNAL = 70
+EXIT_INTERNAL = 70  # EX_SOFTWARE: a bug, please report
 EXIT_LOCKED = 75
 EXIT_INTERRUPTED = 130
 
@@ -102,6 +105,20 @@ def main(argv: Sequence[str] | None = None, io: Io | None = None) -> int:
         code = exit_code_for(error)
         report_error(args, io, error, code)
         return code
+    except Exception as exc:  # a bug outside the run's own handling: say so, exit 70
+        report_bug(args, io, exc)
+        return EXIT_INTERNAL
+
+
+def report_bug(args: argparse.Namespace, io: Io, exc: Exception) -> None:
+    """The traceback and one line saying it is a bug; one JSON record under JSON logs."""
+    message = f"internal error (a bug, please report): {exc!r}"
+    if getattr(args, "log_format", "text") == "json":
+        fields = {"command": args.command, "exit_code": EXIT_INTERNAL}
+        log.error("%s", message, exc_info=exc, extra={"fields": fields})
+        return
+    traceback.print_exception(exc, file=io.stderr)
+    print(f"crawler {args.command}: {message}", file=io.stderr)
 
 
 def _parse(argv: list[str], io: Io) -> argparse.Namespace:
@@ -139,8 +156,10 @@ def exit_code_for(error: CrawlerError) -> int:
         return EXIT_LOCKED
     if isinstance(error, QueryError | RunNotFoundError):  # the database is fine; the ask is not
         return EXIT_USAGE
-    if isinstance(error, AuthError | StoreError):
+    if isinstance(error, AuthError | StoreError | EndpointUnreachableError):
         return EXIT_FATAL
+    if isinstance(error, InternalError):
+        return EXIT_INTERNAL
     if isinstance(error, ApiError):  # e.g. a discovery page that failed for good
         return EXIT_FAILED_TARGETS
     return EXIT_USAGE
@@ -199,7 +218,7 @@ def _crawl(args: argparse.Namespace, io: Io, context: RunContext, invocation: _I
     show = io.stderr.isatty() and not args.no_progress and args.log_format == "text"
     try:
         report = asyncio.run(_crawl_with_signals(job, io, context, show_progress_bar=show))
-    except AuthError:
+    except CrawlerError:  # the run ended with an error after it was created: summarise it
         invocation.report = job.failed_report
         raise
     invocation.report = report
@@ -604,7 +623,8 @@ def _add_crawl(commands: Any) -> None:
     crawl.add_argument("--db", metavar="URL", help=_DB_HELP)
     crawl.add_argument(
         "--resume", nargs="?", const=0, type=_positive_int, metavar="RUN_ID",
-        help="finish an unfinished (running or interrupted) run: RUN_ID, else the latest one. "
+        help="finish a run: RUN_ID (running, interrupted or failed), else the latest running or "
+        "interrupted one. "
         "With --targets: finish the latest unfinished run if there is one, else start a new run "
         "from those targets (what a nightly job wants)",
     )  # fmt: skip

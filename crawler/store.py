@@ -761,8 +761,9 @@ def _database_file_exists(url: str) -> bool:
 
 
 async def unfinished_run_pending(url: str, run_id: int | None) -> tuple[int, dict[str, int]] | None:
-    """The run `--resume` would finish (RUN_ID, else the latest unfinished) and its pending
-    targets per region; None when there is no such unfinished run (or no database yet)."""
+    """The run `--resume` would finish (RUN_ID if running, interrupted or failed, else the latest
+    running or interrupted run) and its pending targets per region; None when there is no such
+    run (or no database yet)."""
     if not _database_file_exists(url):
         return None
     name = database_name(url)
@@ -770,8 +771,8 @@ async def unfinished_run_pending(url: str, run_id: int | None) -> tuple[int, dic
     if run_id is None:
         sql, params = "SELECT MAX(run_id) FROM crawl_runs WHERE status IN (?, ?)", _UNFINISHED
     else:
-        sql = "SELECT run_id FROM crawl_runs WHERE run_id = ? AND status IN (?, ?)"
-        params = (run_id, *_UNFINISHED)
+        sql = "SELECT run_id FROM crawl_runs WHERE run_id = ? AND status IN (?, ?, ?)"
+        params = (run_id, *_UNFINISHED, str(RunStatus.FAILED))
     pending_sql = (
         "SELECT t.region_id, COUNT(*) FROM crawl_targets AS t"
         f" WHERE t.run_id = ? AND {_NO_RESULT} GROUP BY t.region_id"

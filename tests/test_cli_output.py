@@ -153,7 +153,10 @@ def test_a_bad_query_and_resume_of_an_unknown_run_are_usage_errors(
     assert "no run 99" in recorder.stderr.getvalue()
     recorder = Recorder()
     assert crawl(config, "--resume", "1", recorder=recorder) == 2
-    assert "run 1 is succeeded; only a running or interrupted run" in recorder.stderr.getvalue()
+    assert (
+        "run 1 is succeeded; only a running, interrupted or failed run"
+        in recorder.stderr.getvalue()
+    )
     assert main(["sql", "SELECT 1", "--db", str(tmp_path / "absent.db")], Recorder().io()) == 3
 
 
