@@ -101,8 +101,8 @@ class CrawlJob:
         self.scheduler: Scheduler | None = None
         self.stopped_by: str | None = None
         self.resumed = False
-        # Set when the run ends with an error after it was created (credentials rejected), so the
-        # CLI can still print the run's summary line.
+        # Set when the run ends with an error after it was created (credentials rejected, the
+        # database refused a write, a bug), so the CLI can still print the run's summary line.
         self.failed_report: CrawlReport | None = None
         self._environ = environ
         self._stdin = stdin

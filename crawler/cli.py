@@ -311,8 +311,11 @@ def _describe_plan(plan: Plan, config: Config) -> str:
 
 
 def _write_metrics(args: argparse.Namespace, invocation: _Invocation, code: int) -> None:
-    """The `--metrics-file`, whatever the outcome; a failure to write it is logged, not fatal."""
-    if not args.metrics_file:
+    """The `--metrics-file`, whatever the outcome; a failure to write it is logged, not fatal.
+
+    A dry run is not a run: it leaves the file as the last real run wrote it.
+    """
+    if not args.metrics_file or args.dry_run:
         return
     facts = None
     if invocation.url is not None:

@@ -7,6 +7,7 @@ All through the real CLI (in-process) against the simulator on loopback and a re
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import re
 import sqlite3
@@ -228,32 +229,18 @@ def test_resume_alone_with_nothing_to_resume_exits_2(
 # --- summaries ------------------------------------------------------------------------------
 
 
-class Terminal:
+class Terminal(io.StringIO):
     """A StringIO that says it is a terminal."""
-
-    def __init__(self) -> None:
-        import io
-
-        self.buffer = io.StringIO()
-
-    def write(self, text: str) -> int:
-        return self.buffer.write(text)
-
-    def flush(self) -> None:
-        pass
 
     def isatty(self) -> bool:
         return True
-
-    def getvalue(self) -> str:
-        return self.buffer.getvalue()
 
 
 def test_at_a_terminal_the_summary_prints_once(simulator: SimulatorFactory, tmp_path: Path) -> None:
     server = simulator(images_per_region=1)
     config = write_config(tmp_path, server.url, db=tmp_path / "inventory.db")
     out, err = Terminal(), Terminal()
-    io_ = Io(environ=crawl_environ(), stdout=out, stderr=err)  # type: ignore[arg-type]
+    io_ = Io(environ=crawl_environ(), stdout=out, stderr=err)
     targets = str(targets_file(tmp_path, server.sim))
     assert main(["crawl", "--config", str(config), "--targets", targets, "--no-progress"], io_) == 0
     both = out.getvalue() + err.getvalue()
@@ -473,6 +460,8 @@ def test_a_failed_run_writes_metrics_without_erasing_the_last_success(
     usage = read_metrics(metrics)
     assert usage["crawler_last_run_exit_code"] == 2 and "crawler_last_run_id" not in usage
     assert usage["crawler_last_success_timestamp_seconds"] == success
+    assert crawl(config, "--targets", targets, "--metrics-file", str(metrics), "--dry-run") == 0
+    assert read_metrics(metrics) == usage  # a dry run is not a run
 
 
 # --- crawler check, tables, datasette-metadata ----------------------------------------------
