@@ -587,3 +587,19 @@ def test_a_held_lock_is_a_json_error_and_a_metrics_file_with_exit_75(
     samples = read_metrics(metrics)
     assert samples["crawler_last_run_exit_code"] == 75
     assert "crawler_last_success_timestamp_seconds" in samples  # run 1's, from crawl_runs
+
+
+def test_gbk_on_standard_input_is_named_too(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    config = write_config(tmp_path, "http://127.0.0.1:9", db=tmp_path / "x.db")
+    result = subprocess.run(
+        [sys.executable, "-m", "crawler", "crawl", "--config", str(config), "--targets", "-",
+         "--dry-run"],
+        input="region_id,image_id\ncn-north-1,img-镜像\n".encode("gbk"),
+        env={**os.environ, **crawl_environ()}, capture_output=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert b"<stdin>: line 2 is not UTF-8: byte 0xbe" in result.stderr
