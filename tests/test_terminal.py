@@ -21,6 +21,7 @@ from pathlib import Path
 from tests.conftest import SimulatorFactory, crawl_environ, write_config
 
 COLUMNS = 80
+NARROW = 50  # the window after the user narrows it mid-crawl
 BAR_START = "[#"  # also "[-" before the first target is done
 ERASE_LINE = "\x1b[2K"
 
@@ -30,33 +31,41 @@ class Screen:
 
     def __init__(self, columns: int) -> None:
         self.columns = columns
-        self.lines: list[str] = []
+        self.done: list[str] = []  # lines the cursor has left
         self.current = ""
+        self.col = 0
         self.wrapped_bars = 0  # progress lines that overflowed the width and wrapped
 
     def feed(self, text: str) -> None:
         text = text.replace(ERASE_LINE, "\x00")
-        col = 0
+        col = self.col
         for char in text:
             if char == "\r":
                 col = 0
             elif char == "\n":
-                self.lines.append(self.current)
+                self.done.append(self.current)
                 self.current, col = "", 0
             elif char == "\x00":
                 self.current = ""
             else:
                 if col >= self.columns:
                     self.wrapped_bars += self.current.startswith(("[#", "[-"))
-                    self.lines.append(self.current)
+                    self.done.append(self.current)
                     self.current, col = "", 0
                 self.current = self.current[:col] + char + self.current[col + 1 :]
                 col += 1
-        self.lines.append(self.current)
+        self.col = col
+
+    @property
+    def lines(self) -> list[str]:
+        return [*self.done, self.current]
 
 
-def _run_on_pty(args: list[str], env: dict[str, str], *, interrupt_after_bars: int) -> str:
-    """Run the command on an 80x24 pty; SIGINT once that many bar redraws were seen."""
+def _run_on_pty(
+    args: list[str], env: dict[str, str], *, interrupt_after_bars: int, narrow_after_bars: int
+) -> tuple[str, int]:
+    """Run the command on an 80x24 pty, narrowed to `NARROW` columns after some bar redraws,
+    and SIGINT after more; returns the output and how much of it came before the resize."""
     master, slave = os.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, COLUMNS, 0, 0))
     process = subprocess.Popen(
@@ -65,6 +74,7 @@ def _run_on_pty(args: list[str], env: dict[str, str], *, interrupt_after_bars: i
     os.close(slave)
     output = b""
     interrupted = False
+    narrowed_at = -1
     deadline = time.monotonic() + 90
     try:
         while time.monotonic() < deadline:
@@ -77,7 +87,11 @@ def _run_on_pty(args: list[str], env: dict[str, str], *, interrupt_after_bars: i
                 if not chunk:
                     break
                 output += chunk
-            if not interrupted and output.count(ERASE_LINE.encode()) >= interrupt_after_bars:
+            redraws = output.count(ERASE_LINE.encode())
+            if narrowed_at < 0 and redraws >= narrow_after_bars:
+                fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 24, NARROW, 0, 0))
+                narrowed_at = len(output)
+            if not interrupted and redraws >= interrupt_after_bars:
                 process.send_signal(signal.SIGINT)
                 interrupted = True
             if process.poll() is not None and not ready:
@@ -87,7 +101,8 @@ def _run_on_pty(args: list[str], env: dict[str, str], *, interrupt_after_bars: i
         process.wait(timeout=30)
     assert interrupted, output.decode(errors="replace")
     assert process.returncode == 130, output.decode(errors="replace")
-    return output.decode("utf-8", errors="replace")
+    before = len(output[:narrowed_at].decode("utf-8", errors="replace"))
+    return output.decode("utf-8", errors="replace"), before
 
 
 def test_the_progress_line_fits_80_columns_and_never_shares_a_line_with_a_log_record(
@@ -102,12 +117,19 @@ def test_the_progress_line_fits_80_columns_and_never_shares_a_line_with_a_log_re
     server.sim.write_targets(targets)
     env = {**crawl_environ(), "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "TERM": "xterm"}
     command = [sys.executable, "-m", "crawler", "crawl", "--config", str(config)]
-    text = _run_on_pty([*command, "--targets", str(targets)], env, interrupt_after_bars=8)
+    text, narrowed_at = _run_on_pty(
+        [*command, "--targets", str(targets)], env, narrow_after_bars=6, interrupt_after_bars=12
+    )
     screen = Screen(COLUMNS)
-    screen.feed(text)
+    screen.feed(text[:narrowed_at])
+    narrow = Screen(NARROW)
+    narrow.feed(text[narrowed_at:].split(ERASE_LINE, 2)[-1])  # skip a redraw already under way
+    assert narrow.wrapped_bars == 0, text[narrowed_at:]
+    screen.feed(text[narrowed_at:])
     assert screen.wrapped_bars == 0, text
     bars = [line for line in screen.lines if line.startswith(("[#", "[-"))]
     assert len(bars) == 1, screen.lines  # one final progress line, not one per redraw
+    assert len(bars[0]) < NARROW, bars  # drawn after the resize, to the new width
     logs = [line for line in screen.lines if " WARNING" in line or " INFO" in line]
     assert any("stopping the run (signal)" in line for line in logs), screen.lines
     assert all("[#" not in line and "[-" not in line for line in logs), logs
