@@ -539,8 +539,8 @@ _DB_HELP = (
 )
 _SIMULATOR_KEYS = """\
 The simulator accepts exactly one access key and its secret: --access-key, else the environment
-variable JDCLOUD_ACCESS_KEY, else SIMULATORAK; and the secret from JDCLOUD_SECRET_KEY (preferred:
-argv is visible to every user), else --secret-key, else SIMULATORSK. Point a crawl at it with
+variable JDCLOUD_ACCESS_KEY, else SIMULATORAK; and --secret-key, else JDCLOUD_SECRET_KEY, else
+SIMULATORSK (prefer the variable: argv is visible to every user). Point a crawl at it with
 [api] endpoint = "http://127.0.0.1:PORT" and the same two variables."""
 
 
