@@ -43,6 +43,15 @@ def test_every_action_of_every_command_has_help_text() -> None:
         if not (action.help or "").strip() or action.help == argparse.SUPPRESS
     ]
     assert undescribed == []
+    hidden_defaults = [
+        f"{prog}: {'/'.join(action.option_strings)}"
+        for prog, parser in parsers
+        for action in parser._actions
+        if action.option_strings
+        and action.default not in (None, False, argparse.SUPPRESS)
+        and "default" not in parser._get_formatter()._get_help_string(action)  # type: ignore[attr-defined]
+    ]
+    assert hidden_defaults == []
 
 
 def test_every_subcommand_is_listed_with_help_at_the_top() -> None:
