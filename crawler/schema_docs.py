@@ -49,7 +49,9 @@ class SchemaDocs:
 def readme_text() -> str:
     """The README of this checkout, else the installed package's long description."""
     if _README.is_file():
-        return _README.read_text(encoding="utf-8")
+        text = _README.read_text(encoding="utf-8")
+        if text.startswith("# crawler\n"):  # not some other package's README in site-packages
+            return text
     metadata: Any = importlib.metadata.metadata("crawler")  # an email.message.Message
     # Core metadata 2.1+ puts the long description in the body; older tools in a header.
     return str(metadata.get_payload() or metadata["Description"] or "")
