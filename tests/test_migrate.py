@@ -253,3 +253,32 @@ def test_alembic_cli_from_the_repository_root(tmp_path: Path) -> None:
     assert completed.returncode == 0, completed.stderr
     assert "Running upgrade  -> 0001" in completed.stderr
     assert migrate.current_revision(url(path)) == "0001"
+
+
+def test_the_known_head_is_alembics_own_head() -> None:
+    # `upgrade` trusts HEAD_REVISION to skip Alembic on an up-to-date database; a new migration
+    # without a new HEAD_REVISION would leave databases behind, so this must fail first.
+    assert migrate.head_revision() == migrate.HEAD_REVISION
+
+
+def test_a_database_at_the_known_head_is_checked_without_alembic(tmp_path: Path) -> None:
+    path = tmp_path / "inventory.db"
+    migrate.upgrade(url(path))
+    program = (
+        "import sys; from crawler import migrate; "
+        f"print(migrate.upgrade({url(path)!r}), 'alembic' in sys.modules)"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert completed.stdout.split() == ["None", "False"]
+
+
+def test_a_database_behind_the_known_head_is_upgraded_through_alembic(tmp_path: Path) -> None:
+    # The fast check must never take "some revision" for "the head".
+    path = tmp_path / "inventory.db"
+    migrate.upgrade(url(path))
+    with closing(sqlite3.connect(path)) as connection, connection:
+        connection.execute("UPDATE alembic_version SET version_num = 'not-a-revision'")
+    with pytest.raises(StoreError, match="not-a-revision, which this crawler does not know"):
+        migrate.upgrade(url(path))
