@@ -10,11 +10,13 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from crawler.errors import ApiError
 from crawler.models import ImagesPage, JsonObject, Target
-from crawler.retry import Retrier
+
+if TYPE_CHECKING:  # a type only: the CLI reads IMAGE_SOURCES without importing tenacity
+    from crawler.retry import Retrier
 
 log = logging.getLogger(__name__)
 

@@ -8,10 +8,11 @@ import io
 import json
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from crawler.app import CrawlReport
-from crawler.store import RunSummary
+if TYPE_CHECKING:  # types only: `crawler runs` and `sql` must not import the crawl machinery
+    from crawler.app import CrawlReport
+    from crawler.store import RunSummary
 
 FORMATS = ("table", "csv", "json")
 
