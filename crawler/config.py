@@ -32,6 +32,8 @@ SignatureVersion = Literal["JDCLOUD3", "JDCLOUD2"]
 Strategy = Literal["single", "batch"]
 
 DEFAULT_DATABASE_URL: Final = "sqlite+aiosqlite:///inventory.db"
+# The drivers the store speaks; any other URL scheme is a config error.
+DATABASE_SCHEMES: Final = ("sqlite+aiosqlite", "postgresql+psycopg")
 MAX_RESPONSE_BYTES: Final = 8 * 1024 * 1024
 
 _ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -53,11 +55,21 @@ def database_url(value: str) -> str:
     """An SQLAlchemy URL: a plain path becomes `sqlite+aiosqlite:///path`; a URL is kept.
 
     Raises:
-        ConfigError: the value is empty.
+        ConfigError: the value is empty, or its scheme is neither `sqlite+aiosqlite` nor
+            `postgresql+psycopg` (CONTRACT.md §9); the message never repeats the URL, which may
+            hold a password.
     """
     if not value.strip():
         raise ConfigError("database.url: must not be empty")
-    return value if "://" in value else f"sqlite+aiosqlite:///{value}"
+    if "://" not in value:
+        return f"sqlite+aiosqlite:///{value}"
+    scheme = value.split("://", 1)[0]
+    if scheme not in DATABASE_SCHEMES:
+        raise ConfigError(
+            f"database.url: unsupported scheme {scheme!r}; use a file path,"
+            " sqlite+aiosqlite:///PATH or postgresql+psycopg://USER@HOST[:PORT]/DB"
+        )
+    return value
 
 
 class _Section:

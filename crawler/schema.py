@@ -24,6 +24,7 @@ The views the migrations add for audit queries are listed in `VIEW_NAMES`.
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     CheckConstraint,
     Column,
     ForeignKeyConstraint,
@@ -35,6 +36,7 @@ from sqlalchemy import (
     Text,
     text,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 
 from crawler.models import Outcome, RunStatus
 
@@ -68,6 +70,20 @@ def _count(name: str) -> Column[int]:
     return Column(name, Integer, nullable=False, server_default=text("0"))
 
 
+# PostgreSQL's own types (the SQLite schema is unchanged by them): 64-bit integers where values
+# can pass 2**31, and jsonb for JSON so that `raw->>'name'` works in psql.
+BIG_INTEGER = Integer().with_variant(BigInteger(), "postgresql")
+JSON_TEXT = Text().with_variant(JSONB(), "postgresql")
+
+
+def _big(name: str, *, nullable: bool = True) -> Column[int]:
+    return Column(name, BIG_INTEGER, nullable=nullable)
+
+
+def _big_count(name: str) -> Column[int]:
+    return Column(name, BIG_INTEGER, nullable=False, server_default=text("0"))
+
+
 def _one_of(column: str, values: tuple[str, ...], name: str) -> CheckConstraint:
     listed = ", ".join(f"'{value}'" for value in values)
     return CheckConstraint(f"{column} IN ({listed})", name=name)
@@ -88,7 +104,7 @@ images = Table(
     _text("status"),
     _int("progress"),
     _text("root_device_type"),
-    _int("size_mb"),
+    _big("size_mb"),
     _int("system_disk_size_gb"),
     _text("snapshot_id"),
     _text("created_at"),
@@ -105,7 +121,7 @@ images = Table(
     _text("last_seen_at"),
     _int("last_run_id"),
     _text("missing_since"),
-    _text("raw", nullable=False),
+    Column("raw", JSON_TEXT, nullable=False),
     PrimaryKeyConstraint("region_id", "image_id", name="pk_images"),
 )
 Index("ix_images_image_id", images.c.image_id)
@@ -208,8 +224,8 @@ crawl_runs = Table(
     _count("fetched"),
     _count("missing"),
     _count("failed"),
-    _count("requests"),
-    _count("retries"),
+    _big_count("requests"),
+    _big_count("retries"),
     _text("strategy"),
     _text("message"),
     _one_of("status", tuple(RunStatus), "ck_crawl_runs_status"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -117,7 +118,7 @@ def test_a_full_file_is_read(tmp_path: Path) -> None:
         initial_backoff_s = 1
         max_backoff_s = 1
         [database]
-        url = "postgresql+asyncpg://db.example/inventory"
+        url = "postgresql+psycopg://db.example/inventory"
         [targets]
         file = "/srv/targets.csv"
         """,
@@ -129,7 +130,7 @@ def test_a_full_file_is_read(tmp_path: Path) -> None:
         ),
         crawl=CrawlConfig(8, 2, 12.5, "batch", 60.0),
         retry=RetryConfig(1, 1.0, 1.0),
-        database=DatabaseConfig("postgresql+asyncpg://db.example/inventory"),
+        database=DatabaseConfig("postgresql+psycopg://db.example/inventory"),
         targets=TargetsConfig("/srv/targets.csv"),
         source=path.resolve(),
     )
@@ -281,12 +282,12 @@ def test_relative_paths_are_resolved_against_the_config_directory(tmp_path: Path
     ("url", "expected"),
     [
         ("sqlite+aiosqlite:///inv.db", "sqlite+aiosqlite:///{dir}/inv.db"),
-        ("sqlite:///inv.db?timeout=5", "sqlite:///{dir}/inv.db?timeout=5"),
+        ("sqlite+aiosqlite:///inv.db?timeout=5", "sqlite+aiosqlite:///{dir}/inv.db?timeout=5"),
         ("sqlite+aiosqlite:////abs/inv.db", "sqlite+aiosqlite:////abs/inv.db"),
         ("sqlite+aiosqlite:///:memory:", "sqlite+aiosqlite:///:memory:"),
         ("sqlite+aiosqlite://", "sqlite+aiosqlite://"),
         ("/abs/inv.db", "sqlite+aiosqlite:////abs/inv.db"),
-        ("postgresql://h/db", "postgresql://h/db"),
+        ("postgresql+psycopg://h/db", "postgresql+psycopg://h/db"),
     ],
 )
 def test_database_urls_in_a_file(tmp_path: Path, url: str, expected: str) -> None:
@@ -303,13 +304,33 @@ def test_stdin_as_targets_file_is_kept(tmp_path: Path) -> None:
     [
         ("inventory.db", "sqlite+aiosqlite:///inventory.db"),
         ("/var/lib/inventory.db", "sqlite+aiosqlite:////var/lib/inventory.db"),
-        ("sqlite:///x.db", "sqlite:///x.db"),
-        ("postgresql+asyncpg://u@h/db", "postgresql+asyncpg://u@h/db"),
+        ("sqlite+aiosqlite:///x.db", "sqlite+aiosqlite:///x.db"),
+        ("postgresql+psycopg://u@h/db", "postgresql+psycopg://u@h/db"),
+        ("postgresql+psycopg://u:pw@h:5433/db", "postgresql+psycopg://u:pw@h:5433/db"),
     ],
 )
 def test_database_url(value: str, expected: str) -> None:
     assert database_url(value) == expected
     assert DatabaseConfig(value).url == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "postgresql://u:hunter2@h/db",
+        "postgresql+asyncpg://u:hunter2@h/db",
+        "mysql+aiomysql://u:hunter2@h/db",
+        "sqlite:///x.db",
+    ],
+)
+def test_database_url_refuses_other_schemes_without_echoing_the_url(value: str) -> None:
+    scheme = value.split("://")[0]
+    with pytest.raises(
+        ConfigError, match=rf"^database\.url: unsupported scheme '{re.escape(scheme)}'"
+    ) as info:
+        DatabaseConfig(value)
+    assert "hunter2" not in str(info.value)
+    assert "postgresql+psycopg://USER@HOST" in str(info.value)
 
 
 def test_database_url_refuses_an_empty_value() -> None:
