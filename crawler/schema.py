@@ -15,6 +15,7 @@ Tables:
     crawl_runs     one row per crawl.
     crawl_targets  the targets of a run, so it can be resumed and audited.
     crawl_results  the outcome of each target of a run.
+    rate_budgets   the shared per-access-key rate budget of multi-host crawls (PostgreSQL).
 
 Children cascade: deleting an images row deletes its disks, and a disks row its attachments and
 tags (with `PRAGMA foreign_keys=ON`); deleting a crawl_runs row deletes its targets and results.
@@ -26,6 +27,7 @@ from __future__ import annotations
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
+    Float,
     Column,
     ForeignKeyConstraint,
     Index,
@@ -36,7 +38,7 @@ from sqlalchemy import (
     Text,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP
 
 from crawler.models import Outcome, RunStatus
 
@@ -74,6 +76,8 @@ def _count(name: str) -> Column[int]:
 # can pass 2**31, and jsonb for JSON so that `raw->>'name'` works in psql.
 BIG_INTEGER = Integer().with_variant(BigInteger(), "postgresql")
 JSON_TEXT = Text().with_variant(JSONB(), "postgresql")
+# An instant the database compares itself (a lease's expiry): timestamptz on PostgreSQL.
+INSTANT = Text().with_variant(TIMESTAMP(timezone=True), "postgresql")
 
 
 def _big(name: str, *, nullable: bool = True) -> Column[int]:
@@ -239,10 +243,24 @@ crawl_targets = Table(
     _int("run_id", nullable=False),
     _text("region_id", nullable=False),
     _text("image_id", nullable=False),
+    # The lease of a claim when several workers crawl one run (PostgreSQL; see crawler.claims).
+    Column("claims", Integer, nullable=False, server_default=text("0")),
+    _text("lease_owner"),
+    Column("lease_expires_at", INSTANT),
     PrimaryKeyConstraint("run_id", "region_id", "image_id", name="pk_crawl_targets"),
     ForeignKeyConstraint(
         ["run_id"], ["crawl_runs.run_id"], name="fk_crawl_targets_crawl_runs", ondelete="CASCADE"
     ),
+)
+
+# The token bucket that every host crawling with one access key draws from (crawler.budget).
+rate_budgets = Table(
+    "rate_budgets",
+    metadata,
+    _text("key_id", nullable=False),
+    Column("next_free_s", Float, nullable=False, server_default=text("0")),
+    Column("held_until_s", Float, nullable=False, server_default=text("0")),
+    PrimaryKeyConstraint("key_id", name="pk_rate_budgets"),
 )
 
 crawl_results = Table(

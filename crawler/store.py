@@ -45,6 +45,7 @@ TARGETS_CHUNK = 10_000
 BUSY_TIMEOUT_MS = 10_000
 
 _IMAGE_KEY = ("region_id", "image_id")
+_TARGET_KEY = ("run_id", "region_id", "image_id")  # crawl_targets' other columns are leases
 _RESULT_COLUMNS = tuple(column.name for column in schema.crawl_results.columns)
 _RUN_COLUMNS = tuple(column.name for column in schema.crawl_runs.columns)
 _PRAGMAS = ("journal_mode", "synchronous", "foreign_keys", "busy_timeout")
@@ -298,7 +299,11 @@ class _WriteStatements:
             tag_insert=build(insert(schema.tags)),
             mark_missing=build(_mark_missing()),
             result_upsert=build(_result_upsert()),
-            target_insert=build(insert(schema.crawl_targets).prefix_with("OR IGNORE")),
+            target_insert=build(
+                insert(schema.crawl_targets)
+                .values({name: bindparam(name) for name in _TARGET_KEY})
+                .prefix_with("OR IGNORE")
+            ),
         )
         # These two take plain key tuples rather than rows: the order must be as written here.
         assert statements.image_children_delete.names == ("k_region_id", "k_image_id")

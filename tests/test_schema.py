@@ -183,7 +183,9 @@ def test_duplicate_targets_fold(db: sqlite3.Connection) -> None:
     run_id = new_run(db)
     for _ in range(2):
         db.execute(
-            "INSERT OR IGNORE INTO crawl_targets VALUES (?, 'cn-north-1', 'img-a')", (run_id,)
+            "INSERT OR IGNORE INTO crawl_targets (run_id, region_id, image_id)"
+            " VALUES (?, 'cn-north-1', 'img-a')",
+            (run_id,),
         )
     assert count(db, "crawl_targets") == 1
 
