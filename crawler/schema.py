@@ -27,8 +27,8 @@ from __future__ import annotations
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
-    Float,
     Column,
+    Float,
     ForeignKeyConstraint,
     Index,
     Integer,
