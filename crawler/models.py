@@ -80,3 +80,20 @@ class TargetResult:
     error_message: str | None = None
     request_id: str | None = None
     rows: ImageRows | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TargetPage:
+    """The next targets of one region for the scheduler, from the store or from claims.
+
+    Attributes:
+        targets: the targets, by image id.
+        exhausted: the region has no more targets for this process, now or later.
+        short: the source had fewer than were asked for right now (None: it did not look).
+        retry_in_s: nothing (more) now, but maybe later: ask again after this long.
+    """
+
+    targets: list[Target]
+    exhausted: bool
+    short: bool | None = None
+    retry_in_s: float | None = None

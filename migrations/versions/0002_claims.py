@@ -35,6 +35,21 @@ def upgrade() -> None:
         batch.add_column(sa.Column("claims", sa.Integer(), nullable=False, server_default="0"))
         batch.add_column(sa.Column("lease_owner", sa.Text(), nullable=True))
         batch.add_column(sa.Column("lease_expires_at", _INSTANT, nullable=True))
+    if op.get_bind().dialect.name == "postgresql":
+        # Claims scan only the targets still open (never claimed, or leased); renewals and
+        # releases find a worker's leases by owner. SQLite runs have no claims: no index there.
+        op.create_index(
+            "ix_crawl_targets_open",
+            "crawl_targets",
+            ["run_id", "region_id", "image_id"],
+            postgresql_where=sa.text("claims = 0 OR lease_expires_at IS NOT NULL"),
+        )
+        op.create_index(
+            "ix_crawl_targets_leased",
+            "crawl_targets",
+            ["lease_owner"],
+            postgresql_where=sa.text("lease_expires_at IS NOT NULL"),
+        )
     op.create_table(
         "rate_budgets",
         sa.Column("key_id", sa.Text(), nullable=False),
@@ -47,6 +62,9 @@ def upgrade() -> None:
 def downgrade() -> None:
     """Drop them again."""
     op.drop_table("rate_budgets")
+    if op.get_bind().dialect.name == "postgresql":
+        op.drop_index("ix_crawl_targets_leased", table_name="crawl_targets")
+        op.drop_index("ix_crawl_targets_open", table_name="crawl_targets")
     with op.batch_alter_table("crawl_targets") as batch:
         batch.drop_column("lease_expires_at")
         batch.drop_column("lease_owner")
