@@ -1,8 +1,8 @@
 """How fast images are normalised and committed to SQLite by `crawler.store`.
 
-Builds N real-shaped `Image` objects (from `crawler.inventory`, the simulator's own generator, so
-with the same mix of disks, attachments and tags as a crawl of the simulator), then times, each
-into a fresh SQLite file under a temporary directory:
+Builds N real-shaped `Image` objects (from `crawler.simulator.inventory`, the simulator's own
+generator, so with the same mix of disks, attachments and tags as a crawl of the simulator), then
+times, each into a fresh SQLite file under a temporary directory:
 
 - normalise: `normalise_image` alone;
 - store: `Store.write_results` alone, in batches of already-normalised rows (first crawl);
@@ -34,9 +34,9 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from crawler.inventory import build_inventory
 from crawler.models import ImageRows, JsonObject, Outcome, Target, TargetResult
 from crawler.normalise import normalise_image
+from crawler.simulator.inventory import build_inventory
 from crawler.store import Store
 
 REGIONS = ("cn-north-1", "cn-east-1", "cn-east-2", "cn-south-1")

@@ -24,13 +24,12 @@ from crawler.client import ApiClient, open_session
 from crawler.config import Config, Credentials, resolve_credentials
 from crawler.discovery import IMAGE_SOURCES, Discovery, DiscoveryStats
 from crawler.errors import AuthError, CrawlerError, StoreError
-from crawler.lock import lock_for_url
 from crawler.models import JsonObject, RunStatus, Target
 from crawler.normalise import normalise_image
 from crawler.retry import Retrier, RetryPolicy
 from crawler.scheduler import CrawlStats, Normaliser, Pacing, Scheduler, SchedulerConfig
 from crawler.signer import Signer
-from crawler.store import RunSummary, Store
+from crawler.store import RunSummary, Store, crawl_lock
 from crawler.targets import TargetsReader, is_valid_region_id
 
 log = logging.getLogger(__name__)
@@ -121,7 +120,7 @@ class CrawlJob:
         config = self.options.config
         credentials = resolve_credentials(config.api, self._environ)
         started = time.monotonic()
-        lock = lock_for_url(config.database.url)
+        lock = crawl_lock(config.database.url)
         async with AsyncExitStack() as stack:
             if lock is not None:
                 stack.enter_context(lock)

@@ -28,13 +28,13 @@ from crawler.errors import (
     StoreError,
 )
 from crawler.logs import configure_logging
-from crawler.migrate import upgrade
 from crawler.models import RunStatus
 from crawler.progress import show_progress
 from crawler.render import FORMATS, describe_report, render, render_table
 from crawler.scheduler import Pacing
 from crawler.simulator import Simulator, SimulatorConfig, serve_forever
 from crawler.store import RunSummary, query_readonly, recent_runs
+from crawler.store.migrate import upgrade
 
 log = logging.getLogger("crawler.cli")
 

@@ -15,8 +15,9 @@ import pytest
 from sqlalchemy import create_engine, inspect
 from sqlalchemy.pool import NullPool
 
-from crawler import migrate, schema
+from crawler import schema
 from crawler.errors import StoreError
+from crawler.store import migrate
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 AT = datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)

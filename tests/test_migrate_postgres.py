@@ -13,7 +13,8 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 from sqlalchemy.pool import NullPool
 
-from crawler import migrate, schema
+from crawler import schema
+from crawler.store import migrate
 
 
 def _engine(url: str):  # type: ignore[no-untyped-def]

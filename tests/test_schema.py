@@ -16,9 +16,10 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool
 
-from crawler import migrate, schema
+from crawler import schema
 from crawler.models import ImageRows, Outcome, RunStatus
 from crawler.normalise import normalise_image
+from crawler.store import migrate
 
 DOCS_EXAMPLE = Path(__file__).parent / "data" / "docs_describeImages_example.json"
 BEIJING = ZoneInfo("Asia/Shanghai")

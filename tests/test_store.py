@@ -1,18 +1,17 @@
 """The store against real, migrated SQLite files under tmp_path, filled with real normalised images.
 
-Images come from `crawler.inventory` (the simulator's generator) through `normalise_image`; the
-tests read the files back with the standard library's sqlite3, independently of the store.
+Images come from `crawler.simulator.inventory` (the simulator's generator) through
+`normalise_image`; the tests read the database back through SQLAlchemy, independently of the
+store, and without anything SQLite's own (that is tests/test_dialect_sqlite.py's).
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
-import sqlite3
 import threading
 import tracemalloc
 from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import closing
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,13 +19,14 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from sqlalchemy import Engine, create_engine, inspect, text
 
 from crawler.errors import StoreError, TargetsError
-from crawler.inventory import Inventory, build_inventory
-from crawler.migrate import head_revision
 from crawler.models import ImageRows, JsonObject, Outcome, RunStatus, Target, TargetResult
 from crawler.normalise import normalise_image
+from crawler.simulator.inventory import Inventory, build_inventory
 from crawler.store import RunSummary, Store, format_utc, parse_utc, query_readonly, recent_runs
+from crawler.store.migrate import head_revision
 
 NAIVE_TZ = ZoneInfo("Asia/Shanghai")
 REGIONS = ("cn-north-1", "cn-east-2")
@@ -123,17 +123,31 @@ def rich_image(inventory: Inventory) -> tuple[str, JsonObject]:
 # --- reading the file back, independently of the store -------------------------------------------
 
 
-def query(path: Path, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-    with closing(sqlite3.connect(path)) as conn:
-        return conn.execute(sql, params).fetchall()
+def engine_of(path: Path) -> Engine:
+    return create_engine(f"sqlite:///{path}")
+
+
+def query(path: Path, sql: str, **params: Any) -> list[tuple[Any, ...]]:
+    engine = engine_of(path)
+    try:
+        with engine.connect() as conn:
+            return [tuple(row) for row in conn.execute(text(sql), params)]
+    finally:
+        engine.dispose()
 
 
 def dump(path: Path, table: str, *, timestamps: bool = False) -> list[tuple[Any, ...]]:
     """Every row of `table`, sorted; without the `*_at` columns unless `timestamps`."""
-    with closing(sqlite3.connect(path)) as conn:
-        columns = [row[1] for row in conn.execute(f"PRAGMA table_info({table})")]
+    engine = engine_of(path)
+    try:
+        columns = [column["name"] for column in inspect(engine).get_columns(table)]
         kept = [c for c in columns if timestamps or not c.endswith("_at")]
-        rows = conn.execute(f"SELECT {', '.join(kept)} FROM {table}").fetchall()
+        with engine.connect() as conn:
+            rows = [
+                tuple(row) for row in conn.execute(text(f"SELECT {', '.join(kept)} FROM {table}"))
+            ]
+    finally:
+        engine.dispose()
     return sorted(rows, key=repr)
 
 
@@ -141,20 +155,43 @@ def dump_all(path: Path, tables: Sequence[str], **options: bool) -> dict[str, li
     return {table: dump(path, table, **options) for table in tables}
 
 
+def schema_of(path: Path) -> list[Any]:
+    """Every table with its columns and indexes, and every view, as reflected: to see that none
+    changed."""
+    engine = engine_of(path)
+    try:
+        inspector = inspect(engine)
+        tables = [
+            (
+                table,
+                [(c["name"], str(c["type"]), c["nullable"]) for c in inspector.get_columns(table)],
+                sorted(map(str, inspector.get_indexes(table))),
+            )
+            for table in sorted(inspector.get_table_names())
+        ]
+        views = [(v, inspector.get_view_definition(v)) for v in inspector.get_view_names()]
+    finally:
+        engine.dispose()
+    return [*tables, *sorted(views)]
+
+
 def image_row(path: Path, target: Target) -> dict[str, Any]:
-    with closing(sqlite3.connect(path)) as conn:
-        conn.row_factory = sqlite3.Row
-        row = conn.execute(
-            "SELECT * FROM images WHERE region_id = ? AND image_id = ?",
-            (target.region_id, target.image_id),
-        ).fetchone()
+    engine = engine_of(path)
+    try:
+        with engine.connect() as conn:
+            row = conn.execute(
+                text("SELECT * FROM images WHERE region_id = :region AND image_id = :image"),
+                {"region": target.region_id, "image": target.image_id},
+            ).first()
+    finally:
+        engine.dispose()
     assert row is not None, f"no images row for {target}"
-    return dict(row)
+    return dict(row._mapping)
 
 
 def count(path: Path, table: str, target: Target) -> int:
-    sql = f"SELECT COUNT(*) FROM {table} WHERE region_id = ? AND image_id = ?"
-    return int(query(path, sql, (target.region_id, target.image_id))[0][0])
+    sql = f"SELECT COUNT(*) FROM {table} WHERE region_id = :region AND image_id = :image"
+    return int(query(path, sql, region=target.region_id, image=target.image_id)[0][0])
 
 
 # --- timestamps ---------------------------------------------------------------------------------
@@ -168,30 +205,23 @@ def count(path: Path, table: str, target: Target) -> int:
         datetime(2024, 5, 1, 8, 0, 0, 120),  # naive: taken as UTC
     ],
 )
-def test_the_crawlers_timestamps_are_utc_text_sqlite_can_read(moment: datetime) -> None:
-    text = format_utc(moment)
-    assert text == "2024-05-01 08:00:00.000120"
-    assert parse_utc(text) == datetime(2024, 5, 1, 8, 0, 0, 120, tzinfo=UTC)
-    with closing(sqlite3.connect(":memory:")) as conn:
-        assert conn.execute("SELECT datetime(?)", (text,)).fetchone() == ("2024-05-01 08:00:00",)
+def test_the_crawlers_timestamps_are_utc_text(moment: datetime) -> None:
+    stored = format_utc(moment)
+    assert stored == "2024-05-01 08:00:00.000120"
+    assert parse_utc(stored) == datetime(2024, 5, 1, 8, 0, 0, 120, tzinfo=UTC)
 
 
 # --- opening ------------------------------------------------------------------------------------
 
 
-async def test_open_migrates_a_new_file_and_sets_the_pragmas(db_path: Path) -> None:
+async def test_open_migrates_a_new_file(db_path: Path) -> None:
     store = await Store.open(url_of(db_path))
-    try:
-        pragmas = await store.pragmas()
-    finally:
-        await store.close()
+    await store.close()
     assert query(db_path, "SELECT version_num FROM alembic_version") == [(head_revision(),)]
-    tables = {name for (name,) in query(db_path, "SELECT name FROM sqlite_master")}
+    engine = engine_of(db_path)
+    tables = set(inspect(engine).get_table_names())
+    engine.dispose()
     assert {"images", *CHILD_TABLES, "crawl_runs", "crawl_targets", "crawl_results"} <= tables
-    assert pragmas["journal_mode"] == "wal"
-    assert pragmas["foreign_keys"] == 1
-    assert pragmas["synchronous"] == 1  # NORMAL
-    assert pragmas["busy_timeout"] > 0
 
 
 async def test_open_reports_an_unusable_database_as_store_error(tmp_path: Path) -> None:
@@ -420,12 +450,16 @@ class Reader:
     torn: tuple[Any, ...] | None = None
 
     def run(self) -> None:
-        with closing(sqlite3.connect(self.path, isolation_level=None)) as conn:
-            while not self.stop.is_set():
-                self.check(conn.execute(CONSISTENCY_SQL).fetchall())
-                with self.looked:
-                    self.snapshots += 1
-                    self.looked.notify_all()
+        engine = engine_of(self.path)
+        try:
+            with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                while not self.stop.is_set():
+                    self.check([tuple(row) for row in conn.execute(text(CONSISTENCY_SQL))])
+                    with self.looked:
+                        self.snapshots += 1
+                        self.looked.notify_all()
+        finally:
+            engine.dispose()
 
     def check(self, rows: list[tuple[Any, ...]]) -> None:
         for row in rows:
@@ -479,7 +513,7 @@ async def test_create_run_folds_duplicate_targets(store: Store, db_path: Path) -
     assert summary.strategy == "batch"
     assert summary.started_at == START + timedelta(seconds=1)
     assert summary.finished_at is None
-    assert len(query(db_path, "SELECT * FROM crawl_targets WHERE run_id = ?", (run_id,))) == 5
+    assert len(query(db_path, "SELECT * FROM crawl_targets WHERE run_id = :run", run=run_id)) == 5
 
 
 async def test_create_run_leaves_nothing_when_the_targets_raise(
@@ -648,14 +682,14 @@ async def test_query_readonly_refuses_writes_and_changes_nothing(
 ) -> None:
     await filled(db_path, inventory)
     before = dump_all(db_path, (*IMAGE_TABLES, "crawl_runs", "crawl_results"), timestamps=True)
-    schema_before = query(db_path, "SELECT sql FROM sqlite_master ORDER BY name")
+    schema_before = schema_of(db_path)
 
     with pytest.raises(StoreError, match=r"^crawler sql is read-only: "):
         await query_readonly(url_of(db_path), sql.format(tmp=tmp_path))
 
     after = dump_all(db_path, (*IMAGE_TABLES, "crawl_runs", "crawl_results"), timestamps=True)
     assert after == before
-    assert query(db_path, "SELECT sql FROM sqlite_master ORDER BY name") == schema_before
+    assert schema_of(db_path) == schema_before
     assert not (tmp_path / "other.db").exists()
 
 

@@ -2,7 +2,7 @@
 
 Faithful to jdcloud-api.md where it matters to a client: the same URLs, the `requestId`
 envelope, the gateway's and the service's error bodies, request signing (JDCLOUD3 and JDCLOUD2,
-checked with `crawler.signer.verify_request`), the per-minute limit per access key with its
+checked by `crawler.simulator.verify`), the per-minute limit per access key with its
 `x-jdcloud-*-minute` headers, and an 8 KB URL limit. On top it injects seeded faults (500, 503,
 429 with `Retry-After`), latency and missing images, and counts what it saw.
 
@@ -31,9 +31,9 @@ from aiohttp import web
 from multidict import MultiMapping
 
 from crawler.errors import ConfigError
-from crawler.inventory import ID_ALPHABET, IMAGE_SOURCES, Inventory, build_inventory
 from crawler.models import JsonObject, Target
-from crawler.signer import verify_request
+from crawler.simulator.inventory import ID_ALPHABET, IMAGE_SOURCES, Inventory, build_inventory
+from crawler.simulator.verify import verify_request
 
 DEFAULT_REGIONS = ("cn-north-1", "cn-east-1", "cn-east-2", "cn-south-1")
 CONTENT_TYPE = "application/json; charset=utf-8"

@@ -1,0 +1,30 @@
+"""The inventory database: runs, their targets and results, the images and their history.
+
+One job per module, dependencies pointing down (pyproject.toml's import-linter contracts):
+
+- `ledger`: `Store`, what a crawl writes through: runs, targets, pending work, finishing.
+- `writer`: one batch of outcomes written in one transaction; `statements`: its compiled SQL.
+- `readers`: read-only queries for `crawler runs` and `crawler sql`.
+- `migrate`: Alembic, bringing a database to the newest schema (backup first).
+- `database`: naming a database, translating library failures, its dialect and crawl lock.
+- `summaries`, `timestamps`: `RunSummary`; the UTC text timestamps the store writes.
+- `dialects`: everything one database does its own way (`dialects/sqlite.py`).
+"""
+
+from crawler.store.database import crawl_lock, database_name
+from crawler.store.ledger import Store
+from crawler.store.readers import query_readonly, recent_runs
+from crawler.store.summaries import RunSummary
+from crawler.store.timestamps import format_utc, parse_utc, utc_now
+
+__all__ = [
+    "RunSummary",
+    "Store",
+    "crawl_lock",
+    "database_name",
+    "format_utc",
+    "parse_utc",
+    "query_readonly",
+    "recent_runs",
+    "utc_now",
+]
