@@ -20,14 +20,23 @@ from functools import partial
 from typing import TextIO
 from zoneinfo import ZoneInfo
 
+from crawler.budget import SharedHold, SharedRate
+from crawler.claims import ClaimFeed, Claims, keep_renewed, release_claims
 from crawler.client import ApiClient, open_session
 from crawler.config import Config, Credentials, resolve_credentials
 from crawler.discovery import IMAGE_SOURCES, Discovery, DiscoveryStats
 from crawler.errors import AuthError, CrawlerError, StoreError
-from crawler.models import JsonObject, RunStatus, Target
+from crawler.models import JsonObject, RunStatus, Target, TargetResult
 from crawler.normalise import normalise_image
 from crawler.retry import Retrier, RetryPolicy
-from crawler.scheduler import CrawlStats, Normaliser, Pacing, Scheduler, SchedulerConfig
+from crawler.scheduler import (
+    BATCH_MAX_IDS,
+    CrawlStats,
+    Normaliser,
+    Pacing,
+    Scheduler,
+    SchedulerConfig,
+)
 from crawler.signer import Signer
 from crawler.store import RunSummary, Store, crawl_lock
 from crawler.targets import TargetsReader, is_valid_region_id
@@ -36,6 +45,8 @@ log = logging.getLogger(__name__)
 
 # The dry run's time estimate needs a latency; this is a typical in-country API round trip.
 ASSUMED_LATENCY_S = 0.05
+# Databases on which several worker processes can share a run (CONTRACT.md §9).
+SHARED_URL_PREFIX = "postgresql+psycopg://"
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +59,8 @@ class CrawlOptions:
     resume_run_id: int | None = None
     skip_invalid: bool = False
     dry_run: bool = False
+    join: bool = False  # `--join`: one more worker on a running run (PostgreSQL)
+    join_run_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,19 +133,97 @@ class CrawlJob:
         config = self.options.config
         credentials = resolve_credentials(config.api, self._environ)
         started = time.monotonic()
-        lock = crawl_lock(config.database.url)
+        if self.options.join and not config.database.url.startswith(SHARED_URL_PREFIX):
+            raise CrawlerError("--join needs a PostgreSQL database (postgresql+psycopg://...)")
+        # A joining worker is not a coordinator: it takes no lock and creates no run.
+        lock = None if self.options.join else crawl_lock(config.database.url)
         async with AsyncExitStack() as stack:
             if lock is not None:
                 stack.enter_context(lock)
             store = await Store.open(config.database.url)
             stack.push_async_callback(store.close)
-            self.run_id = await self._start_run(store)
+            self.run_id = await (
+                self._join_run(store) if self.options.join else self._start_run(store)
+            )
             if self._on_run_id is not None:
                 self._on_run_id(self.run_id)
-            log.info("run %d started", self.run_id)
-            stats = await self._crawl(store, credentials)
-            summary = await self._finish(store, stats)
+            log.info("run %d %s", self.run_id, "joined" if self.options.join else "started")
+            if store.shared:
+                stats, summary = await self._crawl_shared(store, credentials)
+            else:
+                stats = await self._crawl(store, credentials)
+                summary = await self._finish(store, stats)
         return CrawlReport(summary, stats, time.monotonic() - started, self.stopped_by)
+
+    async def _join_run(self, store: Store) -> int:
+        run_id = self.options.join_run_id or await store.latest_running_run()
+        if run_id is None:
+            raise CrawlerError("--join: this database has no running run to join")
+        status = await store.run_status(run_id)
+        if status is not RunStatus.RUNNING:
+            state = "no such run" if status is None else f"its status is {status}"
+            raise CrawlerError(f"--join: run {run_id} is not running ({state})")
+        return run_id
+
+    async def _crawl_shared(
+        self, store: Store, credentials: Credentials
+    ) -> tuple[CrawlStats, RunSummary]:
+        """Crawl the run as one of possibly many workers: targets by claims, one rate budget."""
+        config = self.options.config
+        run_id = self.run_id
+        assert run_id is not None
+        batch_size = BATCH_MAX_IDS if config.crawl.strategy == "batch" else 1
+        claims = Claims(run_id, lease_s=config.crawl.lease_s)
+        feed = ClaimFeed(
+            store.engine, claims, capacity=config.crawl.concurrency * batch_size,
+            batch_size=batch_size,
+        )  # fmt: skip
+        rate = None
+        if config.crawl.rate_limit_per_s > 0:
+            rate = SharedRate(
+                store.engine, credentials.access_key, config.crawl.rate_limit_per_s,
+                clock=self._pacing.clock, sleep=self._pacing.sleep,
+            )  # fmt: skip
+        hold = SharedHold(store.engine, credentials.access_key, clock=self._pacing.clock)
+        pending = await store.pending_counts(run_id)
+        renewer = asyncio.create_task(keep_renewed(store.engine, claims), name="lease-renewer")
+        try:
+            async with _api_client(config, credentials) as api:
+                self.scheduler = Scheduler(
+                    _scheduler_config(config), api, _FencedStore(store, claims),
+                    _normaliser(config), pacing=self._pacing, feed=feed, rate=rate,
+                    key_hold=hold,
+                )  # fmt: skip
+                if self.stopped_by is not None:
+                    self.scheduler.stop()
+                with self._deadline(config.crawl.deadline_s):
+                    try:
+                        stats = await self.scheduler.run(run_id, pending)
+                    except AuthError as error:
+                        await release_claims(store.engine, claims)
+                        if not self.options.join:  # a joined worker leaves; the run goes on
+                            await self._fail(store, error)
+                        raise
+        finally:
+            renewer.cancel()
+            await asyncio.gather(renewer, return_exceptions=True)
+        if self.stopped_by is not None:
+            await release_claims(store.engine, claims)
+        summary, finished = await store.leave_shared_run(
+            run_id, requests=stats.requests, retries=stats.retries,
+            may_finish=self.stopped_by is None,
+        )  # fmt: skip
+        if finished:
+            log.info("run %d finished by this worker (%s)", run_id, claims.owner)
+        elif self._coordinator_stopped(summary):  # as on SQLite: the run becomes resumable
+            status, message = self._final_status(stats)
+            summary = await store.finish_run(run_id, status, requests=0, retries=0, message=message)
+        if claims.refused or claims.reclaimed:
+            log.info(
+                "run %d: %d targets taken over from lapsed leases, %d late results refused",
+                run_id, claims.reclaimed, claims.refused,
+            )  # fmt: skip
+        return stats, summary
 
     async def _start_run(self, store: Store) -> int:
         if not self.options.resume:
@@ -173,6 +264,10 @@ class CrawlJob:
         return await store.finish_run(
             self.run_id, status, requests=stats.requests, retries=stats.retries, message=message
         )
+
+    def _coordinator_stopped(self, summary: RunSummary) -> bool:
+        joined, stopped = self.options.join, self.stopped_by is not None
+        return stopped and not joined and summary.status is RunStatus.RUNNING
 
     def _final_status(self, stats: CrawlStats) -> tuple[RunStatus, str | None]:
         if self.stopped_by == "deadline":
@@ -221,6 +316,26 @@ class CrawlJob:
             raise CrawlerError(f"cannot read the targets file {path}: {exc.strerror}") from exc
         with stream:
             yield TargetsReader(stream, path, skip_invalid=self.options.skip_invalid)
+
+
+class _FencedStore:
+    """The store as one worker of a shared run writes to it: only results it still holds."""
+
+    def __init__(self, store: Store, claims: Claims) -> None:
+        self._store = store
+        self._claims = claims
+
+    async def pending_targets(
+        self, run_id: int, region_id: str, *, after_image_id: str | None, limit: int
+    ) -> list[Target]:
+        return await self._store.pending_targets(
+            run_id, region_id, after_image_id=after_image_id, limit=limit
+        )
+
+    async def write_results(self, run_id: int, results: Sequence[TargetResult]) -> int:
+        written = await self._store.write_results(run_id, results, fence=self._claims.fence_results)
+        self._claims.settle(results, written)
+        return written
 
 
 @contextlib.asynccontextmanager

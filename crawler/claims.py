@@ -136,8 +136,10 @@ class Outlook:
 class Claims:
     """One worker's claims on one run: the SQL of claiming, renewing, fencing and releasing.
 
-    The token of every target claimed and not yet completed is kept here, so `fence_results`
-    can check it; `in_flight` is their number, which sizes the next claim.
+    The token of every target claimed and not yet written is kept here, so `fence_results`
+    can check it. `in_flight` counts the claimed targets not yet crawled (queued or being
+    requested), which sizes the next claim; results waiting for the writer keep their lease but
+    no longer take a slot.
     """
 
     def __init__(self, run_id: int, *, lease_s: float, owner: str | None = None) -> None:
@@ -147,11 +149,21 @@ class Claims:
         self.refused = 0
         self.reclaimed = 0
         self._tokens: dict[Target, int] = {}
+        self._in_hand: set[Target] = set()
 
     @property
     def in_flight(self) -> int:
-        """Targets claimed by this worker whose results are not yet written."""
+        """Targets claimed by this worker and not yet crawled."""
+        return len(self._in_hand)
+
+    @property
+    def held(self) -> int:
+        """Targets claimed by this worker whose results are not yet written (leases to renew)."""
         return len(self._tokens)
+
+    def crawled(self, target: Target) -> None:
+        """`target` has its outcome; its slot is free, its lease lasts until the write."""
+        self._in_hand.discard(target)
 
     def _params(self, **more: object) -> dict[str, object]:
         return {"run_id": self.run_id, "owner": self.owner, "lease_s": self.lease_s, **more}
@@ -169,6 +181,7 @@ class Claims:
         for image_id, token in rows:
             target = Target(region_id, str(image_id))
             self._tokens[target] = int(token)
+            self._in_hand.add(target)
             self.reclaimed += int(token) > 1
             claimed.append(target)
         claimed.sort()
@@ -190,6 +203,7 @@ class Claims:
         """Hand every unfinished claim back to the pool at once (a clean stop)."""
         result = await conn.exec_driver_sql(RELEASE_SQL, self._params())
         self._tokens.clear()
+        self._in_hand.clear()
         return int(result.rowcount)
 
     async def fence_results(
@@ -217,6 +231,7 @@ class Claims:
         """After the completion's transaction committed: forget the tokens, count refusals."""
         for result in results:
             self._tokens.pop(result.target, None)
+            self._in_hand.discard(result.target)
         refused = len(results) - accepted
         if refused:
             self.refused += refused
@@ -277,6 +292,10 @@ class ClaimFeed:
             retry_s = min(POLL_S, outlook.next_expiry_s + 0.01)
         return TargetPage([], exhausted=False, short=True, retry_in_s=retry_s)
 
+    def crawled(self, result: TargetResult) -> None:
+        """Free the target's slot for the next claim."""
+        self._claims.crawled(result.target)
+
 
 async def keep_renewed(engine: AsyncEngine, claims: Claims) -> None:
     """Renew this worker's leases every third of `lease_s` while it has any; runs until cancelled.
@@ -287,7 +306,7 @@ async def keep_renewed(engine: AsyncEngine, claims: Claims) -> None:
     interval_s = claims.lease_s * RENEW_FRACTION
     while True:
         await asyncio.sleep(interval_s)
-        if claims.in_flight == 0:
+        if claims.held == 0:
             continue
         try:
             async with engine.begin() as conn:

@@ -96,7 +96,15 @@ def run_crawl(args: argparse.Namespace, io: Io) -> int:
         resume_run_id=args.resume or None,
         skip_invalid=args.skip_invalid,
         dry_run=args.dry_run,
+        join=args.join is not None,
+        join_run_id=args.join or None,
     )
+    if options.join and (options.resume or options.targets is not None):
+        print(
+            "crawler crawl: --join takes the run's own targets; no --resume or --targets",
+            file=io.stderr,
+        )
+        return EXIT_USAGE
     context = configure_logging(io.stderr, fmt=args.log_format, level=args.log_level)
     job = CrawlJob(
         options,
@@ -117,7 +125,7 @@ def run_crawl(args: argparse.Namespace, io: Io) -> int:
     summary = describe_report(report)
     log.info("%s", summary)  # the log (cron's record) gets the summary as well as stdout
     print(summary, file=io.stdout)
-    return _exit_code_for_report(report)
+    return _exit_code_for_report(report, joined=options.join)
 
 
 async def _crawl_with_signals(job: CrawlJob, io: Io, *, show_progress_bar: bool) -> CrawlReport:
@@ -162,9 +170,11 @@ def _crawl_config(args: argparse.Namespace) -> Config:
     return dataclasses.replace(config, crawl=crawl, database=database)
 
 
-def _exit_code_for_report(report: CrawlReport) -> int:
+def _exit_code_for_report(report: CrawlReport, *, joined: bool = False) -> int:
     if report.stopped_by == "signal":
         return EXIT_INTERRUPTED
+    if joined:  # a joined worker's job is done when nothing is left to claim
+        return EXIT_OK
     if report.summary.status == RunStatus.SUCCEEDED:
         return EXIT_OK
     return EXIT_FAILED_TARGETS
@@ -346,6 +356,11 @@ def _add_crawl(commands: Any) -> None:
     crawl.add_argument(
         "--resume", nargs="?", const=0, type=_positive_int, metavar="RUN_ID",
         help="finish an unfinished run (default: the latest one)",
+    )  # fmt: skip
+    crawl.add_argument(
+        "--join", nargs="?", const=0, type=_positive_int, metavar="RUN_ID",
+        help="PostgreSQL: crawl a running run (default: the latest) as one more worker, from"
+        " any host; exits 0 when nothing is left to claim",
     )  # fmt: skip
     crawl.add_argument("--concurrency", type=_positive_int)
     crawl.add_argument("--rate-limit", type=_non_negative_float, metavar="PER_S")

@@ -226,8 +226,10 @@ class CrawlConfig(_Section):
     rate_limit_per_s: float = 0.0
     strategy: Strategy = "single"
     deadline_s: float = 0.0
+    lease_s: float = 30.0
 
     def _validate(self) -> None:
+        self._at_least("lease_s", 1)
         self._at_least("concurrency", 1)
         self._at_least("per_region_concurrency", 1)
         self._at_least("rate_limit_per_s", 0)

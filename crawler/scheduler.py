@@ -82,7 +82,7 @@ class RunStore(Protocol):
         self, run_id: int, region_id: str, *, after_image_id: str | None, limit: int
     ) -> list[Target]: ...
 
-    async def write_results(self, run_id: int, results: Sequence[TargetResult]) -> None: ...
+    async def write_results(self, run_id: int, results: Sequence[TargetResult]) -> object: ...
 
 
 class TargetFeed(Protocol):
@@ -91,6 +91,9 @@ class TargetFeed(Protocol):
     async def next_page(
         self, run_id: int, region_id: str, *, after_image_id: str | None, limit: int
     ) -> TargetPage: ...
+
+    def crawled(self, result: TargetResult) -> None:
+        """A target from this feed has its outcome (it is on its way to the writer)."""
 
 
 class StorePages:
@@ -108,6 +111,9 @@ class StorePages:
         )
         short = len(page) < limit
         return TargetPage(page, exhausted=short, short=short)
+
+    def crawled(self, result: TargetResult) -> None:
+        """Nothing to do: the store knows a target is done once its result is written."""
 
 
 class SendGate(Protocol):
@@ -370,6 +376,7 @@ class Scheduler:
                 results = [await self._crawl(lane, targets[0])]
             for result in results:
                 self.stats.count(result.outcome)
+                self._feed.crawled(result)
                 await self._results.put(result)
 
     async def _crawl(

@@ -81,9 +81,12 @@ def write_config(
     initial_backoff_s: float = 0.01,
     max_backoff_s: float = 0.05,
     extra_crawl: str = "",
+    database_url: str | None = None,
+    name: str = "crawler.toml",
 ) -> Path:
-    """A crawl config pointed at a simulator, with short backoffs for tests."""
-    path = folder / "crawler.toml"
+    """A crawl config pointed at a simulator, with short backoffs for tests; the database is
+    the SQLite file `db` unless `database_url` is given."""
+    path = folder / name
     path.write_text(
         f"""
 [api]
@@ -103,7 +106,7 @@ initial_backoff_s = {initial_backoff_s}
 max_backoff_s = {max_backoff_s}
 
 [database]
-url = "sqlite+aiosqlite:///{db}"
+url = "{database_url or "sqlite+aiosqlite:///" + str(db)}"
 """,
         encoding="utf-8",
     )

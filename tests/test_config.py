@@ -56,7 +56,7 @@ def test_defaults_are_the_contract_defaults() -> None:
         sign_date_nonce=False,
         max_response_bytes=8 * 1024 * 1024,
     )
-    assert config.crawl == CrawlConfig(64, 32, 0.0, "single", 0.0)
+    assert config.crawl == CrawlConfig(64, 32, 0.0, "single", 0.0, 30.0)
     assert config.retry == RetryConfig(6, 0.5, 60.0)
     assert config.database.url == "sqlite+aiosqlite:///inventory.db"
     assert config.targets.file is None
@@ -128,7 +128,7 @@ def test_a_full_file_is_read(tmp_path: Path) -> None:
         api=ApiConfig(
             "http://127.0.0.1:8080", 3.0, "MY_AK", "MY_SK", "UTC", "JDCLOUD2", True, 1024
         ),
-        crawl=CrawlConfig(8, 2, 12.5, "batch", 60.0),
+        crawl=CrawlConfig(8, 2, 12.5, "batch", 60.0, 30.0),
         retry=RetryConfig(1, 1.0, 1.0),
         database=DatabaseConfig("postgresql+psycopg://db.example/inventory"),
         targets=TargetsConfig("/srv/targets.csv"),

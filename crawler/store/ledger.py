@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -41,6 +41,9 @@ from crawler.store.writer import _Batch
 # Targets inserted per executemany by create_run: bounded memory for any number of targets.
 TARGETS_CHUNK = 10_000
 
+# Given a write transaction and a batch of results, the results that may be written.
+Fence = Callable[[AsyncConnection, Sequence[TargetResult]], Awaitable[Sequence[TargetResult]]]
+
 
 class Store:
     """The inventory database of one crawl: open with `Store.open`, end with `close`."""
@@ -58,6 +61,16 @@ class Store:
 
     def __repr__(self) -> str:
         return f"Store({self._name!r})"
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The store's engine, for the claims and the shared rate budget of a multi-worker run."""
+        return self._engine
+
+    @property
+    def shared(self) -> bool:
+        """Whether several worker processes may crawl one run here (a server, not a file)."""
+        return self._dialect.name != "sqlite"
 
     @classmethod
     async def open(cls, url: str, *, clock: Callable[[], datetime] = utc_now) -> Store:
@@ -135,6 +148,66 @@ class Store:
                 run_id = result.scalar()
         return None if run_id is None else int(run_id)
 
+    async def latest_running_run(self) -> int | None:
+        """The newest run whose status is `running`: the one `crawl --join` joins."""
+        runs = schema.crawl_runs
+        statement = select(func.max(runs.c.run_id)).where(runs.c.status == str(RunStatus.RUNNING))
+        with _translated(self._name, "find a running run"):
+            async with self._engine.connect() as conn:
+                run_id = (await conn.execute(statement)).scalar()
+        return None if run_id is None else int(run_id)
+
+    async def run_status(self, run_id: int) -> RunStatus | None:
+        """The run's status, None when there is no such run."""
+        runs = schema.crawl_runs
+        with _translated(self._name, f"read run {run_id}"):
+            async with self._engine.connect() as conn:
+                status = (
+                    await conn.execute(select(runs.c.status).where(runs.c.run_id == run_id))
+                ).scalar()
+        return None if status is None else RunStatus(status)
+
+    async def leave_shared_run(
+        self, run_id: int, *, requests: int, retries: int, may_finish: bool
+    ) -> tuple[RunSummary, bool]:
+        """One worker of a shared run is done: add its requests and retries, and finish the run
+        if it is still `running` and every target has its result (and `may_finish`).
+
+        Several workers may get here at once; the run's row is locked first, so exactly one
+        of them finds it running and finishes it.
+
+        Returns:
+            The run's row afterwards, and whether this call finished the run.
+        """
+        runs = schema.crawl_runs
+        with _translated(self._name, f"finish run {run_id}"):
+            async with self._writer.begin() as conn:
+                locked = select(runs.c.status).where(runs.c.run_id == run_id).with_for_update()
+                status = (await conn.execute(locked)).scalar()
+                if status is None:
+                    raise StoreError(f"database {self._name} has no run {run_id} to finish")
+                totals = {
+                    "requests": runs.c.requests + requests,
+                    "retries": runs.c.retries + retries,
+                }
+                values: dict[str, Any] = dict(totals)
+                finishing = (
+                    may_finish
+                    and status == RunStatus.RUNNING
+                    and not await _has_pending(conn, run_id)
+                )
+                if finishing:
+                    counts = await _outcome_counts(conn, run_id)
+                    final = RunStatus.PARTIAL if counts.get(Outcome.FAILED) else RunStatus.SUCCEEDED
+                    values |= {
+                        "status": str(final),
+                        "finished_at": format_utc(self._clock()),
+                        **{str(outcome): counts.get(outcome, 0) for outcome in Outcome},
+                        "message": None,
+                    }
+                await conn.execute(update(runs).where(runs.c.run_id == run_id).values(values))
+                return await _read_run(conn, self._name, run_id), finishing
+
     async def reopen_run(self, run_id: int) -> None:
         """Set a run back to `running` for `--resume`, clearing its finish time and message.
 
@@ -192,23 +265,31 @@ class Store:
                 rows = await _fetch(conn, statement)
         return [Target(region_id, str(image_id)) for (image_id,) in rows]
 
-    async def write_results(self, run_id: int, results: Sequence[TargetResult]) -> None:
-        """Write a batch of outcomes in one transaction.
+    async def write_results(
+        self, run_id: int, results: Sequence[TargetResult], *, fence: Fence | None = None
+    ) -> int:
+        """Write a batch of outcomes in one transaction; returns how many were written.
 
         `fetched`: the image row is upserted (first_seen_at kept, last_seen_at and last_run_id
         set, missing_since cleared) and its disks, attachments and tags replaced. `missing`:
         missing_since is set where it is not yet; nothing is deleted. `failed`: the image's rows
         are left alone. Every outcome is upserted into crawl_results.
 
+        `fence`, when given, runs first in the same transaction and returns the results that may
+        be written (a worker's claims: only those it still holds, `crawler.claims`); the rest are
+        dropped, so a result and the end of its claim commit together or not at all.
+
         Raises:
             StoreError: the batch could not be written; none of it was.
         """
         if not results:
-            return
-        batch = _Batch.build(self._statements, run_id, results)
+            return 0
         with _translated(self._name, f"write {len(results)} results of run {run_id}"):
             async with self._writer.begin() as conn:
-                await batch.write(conn)
+                if fence is not None:
+                    results = await fence(conn, results)
+                await _Batch.build(self._statements, run_id, results).write(conn)
+        return len(results)
 
     async def finish_run(
         self,
@@ -275,6 +356,12 @@ def _no_result() -> ColumnElement[bool]:
         results.c.region_id == targets.c.region_id,
         results.c.image_id == targets.c.image_id,
     )
+
+
+async def _has_pending(conn: AsyncConnection, run_id: int) -> bool:
+    targets = schema.crawl_targets
+    statement = select(targets.c.image_id).where(targets.c.run_id == run_id, _no_result()).limit(1)
+    return (await conn.execute(statement)).first() is not None
 
 
 def _count_targets(run_id: int) -> Update:

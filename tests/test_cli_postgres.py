@@ -1,0 +1,152 @@
+"""The real CLI on a real PostgreSQL server: every command, several workers on one run.
+
+Each test gets a new database on the throwaway server (`tests/with_postgres.sh`). Worker
+processes are real `python -m crawler crawl` subprocesses; the simulator runs in this process.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.pool import NullPool
+from test_cli import Recorder, crawl, targets_file
+from test_store_dialects import dump
+
+from crawler.cli import main
+from crawler.store.migrate import sync_url
+from tests.conftest import SimulatorFactory, crawl_environ, write_config
+
+REPO = Path(__file__).parents[1]
+INVENTORY_TABLES = ("images", "disks", "attachments", "tags")
+# Columns that say when or by whom, not what: they differ between any two crawls.
+BOOKKEEPING = {"first_seen_at", "last_seen_at", "last_run_id", "missing_since"}
+
+
+def query(url: str, sql: str, **params: Any) -> list[tuple[Any, ...]]:
+    engine = create_engine(sync_url(url), poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            return [tuple(row) for row in conn.execute(text(sql), params)]
+    finally:
+        engine.dispose()
+
+
+def inventory(url: str) -> dict[str, list[tuple[Any, ...]]]:
+    """The inventory tables (raw parsed) without the columns that say when or by which run."""
+    engine = create_engine(sync_url(url), poolclass=NullPool)
+    try:
+        columns = {table: inspect(engine).get_columns(table) for table in INVENTORY_TABLES}
+    finally:
+        engine.dispose()
+    tables = {}
+    for table, described in columns.items():
+        keep = [i for i, column in enumerate(described) if column["name"] not in BOOKKEEPING]
+        rows = (tuple(row[i] for i in keep) for row in dump(url, table))
+        tables[table] = sorted(rows, key=repr)
+    return tables
+
+
+def sqlite_crawl(server: Any, folder: Path, targets: Path, *extra: str) -> str:
+    folder.mkdir()
+    db = folder / "reference.db"
+    config = write_config(folder, server.url, db=db, concurrency=16)
+    assert crawl(config, "--targets", str(targets), *extra) == 0
+    return f"sqlite+aiosqlite:///{db}"
+
+
+@pytest.mark.parametrize("strategy", ["single", "batch"])
+def test_a_postgresql_crawl_stores_what_an_sqlite_crawl_stores(
+    simulator: SimulatorFactory, tmp_path: Path, postgres_url: str, strategy: str
+) -> None:
+    server = simulator(images_per_region=60, missing_rate=0.1, fail_rate=0.1, seed=3)
+    targets = targets_file(tmp_path, server.sim)
+    config = write_config(tmp_path, server.url, db=tmp_path / "x.db", database_url=postgres_url)
+    recorder = Recorder()
+    code = crawl(config, "--targets", str(targets), "--strategy", strategy, recorder=recorder)
+    assert code == 0, recorder.stderr.getvalue()
+    assert "succeeded" in recorder.stdout.getvalue()
+    reference = sqlite_crawl(server, tmp_path / "sqlite", targets, "--strategy", strategy)
+    assert inventory(postgres_url) == inventory(reference)
+    total = len(list(server.sim.targets()))
+    assert query(postgres_url, "SELECT status, targets_total FROM crawl_runs") == [
+        ("succeeded", total)
+    ]
+    # Every target was claimed once and completed: no lease is left open.
+    assert query(
+        postgres_url, "SELECT claims, lease_expires_at IS NULL, count(*) FROM crawl_targets"
+        " GROUP BY 1, 2"
+    ) == [(1, True, total)]  # fmt: skip
+
+
+def test_runs_sql_migrate_and_the_lock_on_postgresql(
+    simulator: SimulatorFactory, tmp_path: Path, postgres_url: str
+) -> None:
+    server = simulator(images_per_region=20)
+    targets = targets_file(tmp_path, server.sim)
+    config = write_config(tmp_path, server.url, db=tmp_path / "x.db", database_url=postgres_url)
+    recorder = Recorder()
+    assert main(["migrate", "--db", postgres_url], recorder.io()) == 0, recorder.stderr.getvalue()
+    assert crawl(config, "--targets", str(targets)) == 0
+    recorder = Recorder()
+    assert main(["runs", "--db", postgres_url], recorder.io()) == 0
+    assert re.search(r"\b1\s+succeeded\b", recorder.stdout.getvalue())
+    recorder = Recorder()
+    sql = "SELECT raw->>'name' AS name FROM images ORDER BY 1 LIMIT 1"
+    assert main(["sql", sql, "--db", postgres_url, "--format", "csv"], recorder.io()) == 0
+    assert recorder.stdout.getvalue().startswith("name\n")
+    recorder = Recorder()
+    assert main(["sql", "DELETE FROM images", "--db", postgres_url], recorder.io()) == 3
+    assert "read-only" in recorder.stderr.getvalue()
+    assert query(postgres_url, "SELECT count(*) FROM images") == [(80,)]
+
+
+def test_join_needs_postgresql_and_a_running_run(
+    simulator: SimulatorFactory, tmp_path: Path, postgres_url: str
+) -> None:
+    server = simulator(images_per_region=5)
+    on_sqlite = write_config(tmp_path, server.url, db=tmp_path / "x.db", name="sqlite.toml")
+    recorder = Recorder()
+    assert crawl(on_sqlite, "--join", recorder=recorder) == 2
+    assert "--join needs a PostgreSQL database" in recorder.stderr.getvalue()
+    assert not (tmp_path / "x.db").exists()
+    on_postgres = write_config(
+        tmp_path, server.url, db=tmp_path / "x.db", database_url=postgres_url
+    )
+    recorder = Recorder()
+    assert crawl(on_postgres, "--join", recorder=recorder) == 2
+    assert "no running run to join" in recorder.stderr.getvalue()
+    assert server.sim.stats.requests == 0
+
+
+# --- several worker processes on one run ----------------------------------------------------------
+
+
+def start(config: Path, *args: str) -> subprocess.Popen[str]:
+    environ = {**os.environ, **crawl_environ(), "PYTHONPATH": str(REPO)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "crawler", "crawl", "--config", str(config), "--no-progress",
+         "--log-level", "info", *args],
+        env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def wait_until(condition: Any, what: str, timeout_s: float = 90) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def results(url: str) -> int:
+    try:
+        return int(query(url, "SELECT count(*) FROM crawl_results")[0][0])
+    except Exception:  # the tables are not there yet
+        return 0
