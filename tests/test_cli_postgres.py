@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -150,3 +151,86 @@ def results(url: str) -> int:
         return int(query(url, "SELECT count(*) FROM crawl_results")[0][0])
     except Exception:  # the tables are not there yet
         return 0
+
+
+def owned_by(url: str, pid: int, *, live: bool) -> int:
+    condition = "lease_expires_at > now()" if live else "lease_expires_at IS NULL AND claims > 0"
+    sql = f"SELECT count(*) FROM crawl_targets WHERE lease_owner LIKE :owner AND {condition}"
+    return int(query(url, sql, owner=f"%:{pid}:%")[0][0])
+
+
+def finish(child: subprocess.Popen[str]) -> tuple[int, str]:
+    _, stderr = child.communicate(timeout=120)
+    return child.returncode, stderr
+
+
+def test_three_workers_one_killed_one_paused_give_one_outcome_per_target(
+    simulator: SimulatorFactory, tmp_path: Path, postgres_url: str
+) -> None:
+    """The issue's "done when": one crawl and two --join workers against a faulty simulator;
+    one is SIGKILLed mid-run, one is paused past its lease (SIGSTOP) and resumed once the run
+    is finished without it."""
+    server = simulator(
+        images_per_region=250, missing_rate=0.05, fail_rate=0.1, max_faults_per_image=2,
+        latency_ms=40, seed=7,
+    )  # fmt: skip
+    targets = targets_file(tmp_path, server.sim)
+    total = len(list(server.sim.targets()))
+    config = write_config(
+        tmp_path, server.url, db=tmp_path / "x.db", database_url=postgres_url, concurrency=3,
+        extra_crawl="lease_s = 2",
+    )  # fmt: skip
+    coordinator = start(config, "--targets", str(targets))
+    joiners: list[subprocess.Popen[str]] = []
+    try:
+        wait_until(lambda: results(postgres_url) >= 20, "the coordinator's first results")
+        joiners = [start(config, "--join"), start(config, "--join")]
+        killed, zombie = joiners
+        wait_until(lambda: owned_by(postgres_url, killed.pid, live=False) >= 20, "worker 2")
+        killed.send_signal(signal.SIGKILL)
+        wait_until(lambda: owned_by(postgres_url, zombie.pid, live=True) > 0, "worker 3's claims")
+        zombie.send_signal(signal.SIGSTOP)
+        done_before_pause = owned_by(postgres_url, zombie.pid, live=False)
+        coordinator_code, coordinator_log = finish(coordinator)
+        assert coordinator_code == 0, coordinator_log
+        assert query(postgres_url, "SELECT status FROM crawl_runs") == [("succeeded",)]
+        zombie.send_signal(signal.SIGCONT)
+        zombie_code, zombie_log = finish(zombie)
+        assert zombie_code == 0, zombie_log
+        _, killed_log = finish(killed)
+    finally:
+        for child in (coordinator, *joiners):
+            if child.poll() is None:
+                child.send_signal(signal.SIGCONT)
+                child.kill()
+            child.communicate()
+
+    # Every target has exactly one outcome; nothing left leased.
+    assert query(postgres_url, "SELECT count(*), count(DISTINCT (region_id, image_id))"
+                 " FROM crawl_results") == [(total, total)]  # fmt: skip
+    assert query(postgres_url, "SELECT count(*) FROM crawl_targets WHERE lease_expires_at"
+                 " IS NOT NULL") == [(0,)]  # fmt: skip
+    # The zombie's late completions were all refused: it completed nothing after its pause.
+    assert owned_by(postgres_url, zombie.pid, live=False) == done_before_pause
+    refused = re.search(r"(\d+) late results of run 1 refused", zombie_log)
+    assert refused and int(refused[1]) > 0, zombie_log
+    # The run was finished exactly once, by one of the workers that lived.
+    logs = (coordinator_log, zombie_log, killed_log)
+    assert sum(log.count("finished by this worker") for log in logs) == 1
+    # No target was asked for more often than its attempts plus what its lost claims cost.
+    per_target = {
+        (region, image): (attempts, claims)
+        for region, image, attempts, claims in query(
+            postgres_url,
+            "SELECT r.region_id, r.image_id, r.attempts, t.claims FROM crawl_results AS r"
+            " JOIN crawl_targets AS t USING (run_id, region_id, image_id)",
+        )
+    }
+    reclaimed = sum(claims > 1 for _, claims in per_target.values())
+    assert reclaimed > 0  # the killed and the paused worker's targets were taken over
+    for target, asked in server.sim.stats.attempts.items():
+        attempts, claims = per_target[(target.region_id, target.image_id)]
+        assert asked <= attempts + (claims - 1) * 6, (target, asked, attempts, claims)
+    # The shared inventory is what one process crawling into SQLite stores.
+    reference = sqlite_crawl(server, tmp_path / "sqlite", targets)
+    assert inventory(postgres_url) == inventory(reference)

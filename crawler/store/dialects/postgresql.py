@@ -44,6 +44,10 @@ from crawler.store.dialects import Dialect
 LOCK_NAMESPACE = 0x6A64_6331  # "jdc1"
 COORDINATOR_LOCK = 1
 MIGRATION_LOCK = 2
+# The store's transactions are short; a session idle inside one for this long belongs to a paused
+# or wedged process, and the server ends it, so its row locks cannot stall the other workers (a
+# worker stopped by SIGSTOP mid-transaction would otherwise hold its claimed rows forever).
+IDLE_IN_TRANSACTION_MS = 5_000
 # `crawler sql` stops a query after this long.
 READONLY_STATEMENT_TIMEOUT_MS = 60_000
 # SQLSTATE read_only_sql_transaction.
@@ -64,7 +68,10 @@ class PostgreSQLDialect(Dialect):
             url,
             paramstyle="format",
             pool_pre_ping=True,
-            connect_args={"application_name": _application_name("crawler")},
+            connect_args={
+                "application_name": _application_name("crawler"),
+                "options": f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}",
+            },
         )
 
     def writer(self, engine: AsyncEngine) -> AsyncEngine:
