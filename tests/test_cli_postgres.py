@@ -234,3 +234,44 @@ def test_three_workers_one_killed_one_paused_give_one_outcome_per_target(
     # The shared inventory is what one process crawling into SQLite stores.
     reference = sqlite_crawl(server, tmp_path / "sqlite", targets)
     assert inventory(postgres_url) == inventory(reference)
+
+
+def test_two_hosts_with_one_key_share_one_rate_budget(
+    simulator: SimulatorFactory, tmp_path: Path, postgres_url: str
+) -> None:
+    """Two workers, each allowed 50 requests/s, together send 50/s (measured at the simulator
+    over 5 s; benchmarks/shared_rate.py measures a whole minute). Then SIGINT: both exit 130
+    and hand their claims back."""
+    server = simulator(images_per_region=500, latency_ms=5)
+    targets = targets_file(tmp_path, server.sim)
+    config = write_config(
+        tmp_path, server.url, db=tmp_path / "x.db", database_url=postgres_url, concurrency=8,
+        extra_crawl="rate_limit_per_s = 50",
+    )  # fmt: skip
+    first = start(config, "--targets", str(targets))
+    second: subprocess.Popen[str] | None = None
+    try:
+        wait_until(lambda: results(postgres_url) >= 10, "the first worker's results")
+        second = start(config, "--join")
+        wait_until(lambda: owned_by(postgres_url, second.pid, live=False) >= 10, "worker 2")
+        before, started = server.sim.stats.requests, time.monotonic()
+        time.sleep(5)
+        sent, elapsed_s = server.sim.stats.requests - before, time.monotonic() - started
+        assert first.poll() is None and second.poll() is None, "a worker ran out of targets"
+        for child in (first, second):
+            child.send_signal(signal.SIGINT)
+        codes = [finish(child)[0] for child in (first, second)]
+    finally:
+        for child in (first, second):
+            if child is not None and child.poll() is None:
+                child.kill()
+            if child is not None:
+                child.communicate()
+    rate = sent / elapsed_s
+    assert 45 <= rate <= 55, f"{rate:.1f} requests/s"
+    assert codes == [130, 130]
+    assert query(postgres_url, "SELECT status FROM crawl_runs") == [("interrupted",)]
+    # Their unfinished claims went back to the pool at once (not after lease_s).
+    assert query(
+        postgres_url, "SELECT count(*) FROM crawl_targets WHERE lease_expires_at > now()"
+    ) == [(0,)]
