@@ -29,7 +29,7 @@ from crawler.normalise import normalise_image
 from crawler.retry import Retrier, RetryPolicy
 from crawler.scheduler import CrawlStats, Normaliser, Pacing, Scheduler, SchedulerConfig
 from crawler.signer import Signer
-from crawler.store import RunSummary, Store, crawl_lock
+from crawler.store import MissingGuard, RunSummary, Store, crawl_lock
 from crawler.targets import TargetsReader, is_valid_region_id
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,7 @@ class CrawlOptions:
     resume_run_id: int | None = None
     skip_invalid: bool = False
     dry_run: bool = False
+    accept_missing: bool = False  # apply the missing marks even if the guard would hold them
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +133,7 @@ class CrawlJob:
             log.info("run %d started", self.run_id)
             stats = await self._crawl(store, credentials)
             summary = await self._finish(store, stats)
+            await self._prune(store)
         return CrawlReport(summary, stats, time.monotonic() - started, self.stopped_by)
 
     async def _start_run(self, store: Store) -> int:
@@ -170,9 +172,26 @@ class CrawlJob:
     async def _finish(self, store: Store, stats: CrawlStats) -> RunSummary:
         assert self.run_id is not None
         status, message = self._final_status(stats)
-        return await store.finish_run(
-            self.run_id, status, requests=stats.requests, retries=stats.retries, message=message
+        crawl = self.options.config.crawl
+        guard = MissingGuard(
+            crawl.max_missing_fraction, crawl.missing_guard_min, self.options.accept_missing
         )
+        summary = await store.finish_run(
+            self.run_id, status, requests=stats.requests, retries=stats.retries, message=message,
+            guard=guard,
+        )  # fmt: skip
+        if summary.status is RunStatus.HELD:
+            log.warning("run %d %s", summary.run_id, summary.message)
+        return summary
+
+    async def _prune(self, store: Store) -> None:
+        keep_runs = self.options.config.retention.keep_runs
+        pruned = await store.prune(keep_runs)
+        if pruned.run_ids:
+            log.info(
+                "retention (keep_runs %d): deleted the targets and results of %d older runs",
+                keep_runs, len(pruned.run_ids),
+            )  # fmt: skip
 
     def _final_status(self, stats: CrawlStats) -> tuple[RunStatus, str | None]:
         if self.stopped_by == "deadline":
