@@ -23,9 +23,15 @@ from zoneinfo import ZoneInfo
 from crawler.client import ApiClient, open_session
 from crawler.config import Config, Credentials, resolve_credentials
 from crawler.discovery import IMAGE_SOURCES, Discovery, DiscoveryStats
-from crawler.errors import AuthError, CrawlerError, StoreError
+from crawler.errors import (
+    AuthError,
+    CrawlerError,
+    EndpointUnreachableError,
+    InternalError,
+    StoreError,
+)
 from crawler.models import JsonObject, RunStatus, Target
-from crawler.normalise import normalise_image
+from crawler.normalise import normalise_image, scrub_text
 from crawler.retry import Retrier, RetryPolicy
 from crawler.scheduler import CrawlStats, Normaliser, Pacing, Scheduler, SchedulerConfig
 from crawler.signer import Signer
@@ -165,9 +171,17 @@ class CrawlJob:
             with self._deadline(config.crawl.deadline_s):
                 try:
                     return await self.scheduler.run(self.run_id, pending)
-                except AuthError as error:
+                except (AuthError, StoreError, EndpointUnreachableError, InternalError) as error:
                     await self._fail(store, error)
                     raise
+                except Exception as exc:
+                    # A bug: the run row says failed and why, the lock is released on the way out.
+                    log.error("internal error in the run", exc_info=exc)
+                    internal = InternalError(
+                        f"internal error (a bug, please report): {type(exc).__name__}: {exc}"
+                    )
+                    await self._fail(store, internal)
+                    raise internal from exc
 
     async def _finish(self, store: Store, stats: CrawlStats) -> RunSummary:
         assert self.run_id is not None
@@ -209,11 +223,13 @@ class CrawlJob:
     async def _fail(self, store: Store, error: CrawlerError) -> None:
         assert self.run_id is not None and self.scheduler is not None
         stats = self.scheduler.stats
-        with contextlib.suppress(StoreError):
+        try:
             await store.finish_run(
                 self.run_id, RunStatus.FAILED, requests=stats.requests, retries=stats.retries,
-                message=str(error),
+                message=scrub_text(str(error)),
             )  # fmt: skip
+        except Exception as exc:  # the run's own error is the one to report, not this one
+            log.error("could not mark run %d failed: %s", self.run_id, exc)
 
     @contextlib.contextmanager
     def _deadline(self, deadline_s: float) -> Iterator[None]:
