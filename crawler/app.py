@@ -13,7 +13,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from functools import partial
@@ -25,9 +25,15 @@ from crawler.claims import ClaimFeed, Claims, keep_renewed, release_claims
 from crawler.client import ApiClient, open_session
 from crawler.config import Config, Credentials, resolve_credentials
 from crawler.discovery import IMAGE_SOURCES, Discovery, DiscoveryStats
-from crawler.errors import AuthError, CrawlerError, StoreError
+from crawler.errors import (
+    AuthError,
+    CrawlerError,
+    EndpointUnreachableError,
+    InternalError,
+    StoreError,
+)
 from crawler.models import JsonObject, RunStatus, Target, TargetResult
-from crawler.normalise import normalise_image
+from crawler.normalise import normalise_image, scrub_text
 from crawler.retry import Retrier, RetryPolicy
 from crawler.scheduler import (
     BATCH_MAX_IDS,
@@ -38,7 +44,7 @@ from crawler.scheduler import (
     SchedulerConfig,
 )
 from crawler.signer import Signer
-from crawler.store import RunSummary, Store, crawl_lock
+from crawler.store import MissingGuard, RunSummary, Store, crawl_lock
 from crawler.targets import TargetsReader, is_valid_region_id
 
 log = logging.getLogger(__name__)
@@ -61,6 +67,7 @@ class CrawlOptions:
     dry_run: bool = False
     join: bool = False  # `--join`: one more worker on a running run (PostgreSQL)
     join_run_id: int | None = None
+    accept_missing: bool = False  # apply the missing marks even if the guard would hold them
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +160,7 @@ class CrawlJob:
             else:
                 stats = await self._crawl(store, credentials)
                 summary = await self._finish(store, stats)
+            await self._prune(store)
         return CrawlReport(summary, stats, time.monotonic() - started, self.stopped_by)
 
     async def _join_run(self, store: Store) -> int:
@@ -196,14 +204,9 @@ class CrawlJob:
                 )  # fmt: skip
                 if self.stopped_by is not None:
                     self.scheduler.stop()
-                with self._deadline(config.crawl.deadline_s):
-                    try:
-                        stats = await self.scheduler.run(run_id, pending)
-                    except AuthError as error:
-                        await release_claims(store.engine, claims)
-                        if not self.options.join:  # a joined worker leaves; the run goes on
-                            await self._fail(store, error)
-                        raise
+                stats = await self._scheduled(
+                    store, pending, on_error=lambda: release_claims(store.engine, claims)
+                )
         finally:
             renewer.cancel()
             await asyncio.gather(renewer, return_exceptions=True)
@@ -211,10 +214,12 @@ class CrawlJob:
             await release_claims(store.engine, claims)
         summary, finished = await store.leave_shared_run(
             run_id, requests=stats.requests, retries=stats.retries,
-            may_finish=self.stopped_by is None,
+            may_finish=self.stopped_by is None, guard=self._guard(),
         )  # fmt: skip
         if finished:
             log.info("run %d finished by this worker (%s)", run_id, claims.owner)
+            if summary.status is RunStatus.HELD:
+                log.warning("run %d %s", summary.run_id, summary.message)
         elif self._coordinator_stopped(summary):  # as on SQLite: the run becomes resumable
             status, message = self._final_status(stats)
             summary = await store.finish_run(run_id, status, requests=0, retries=0, message=message)
@@ -251,19 +256,66 @@ class CrawlJob:
             )
             if self.stopped_by is not None:  # a signal arrived while the run was being set up
                 self.scheduler.stop()
-            with self._deadline(config.crawl.deadline_s):
-                try:
-                    return await self.scheduler.run(self.run_id, pending)
-                except AuthError as error:
-                    await self._fail(store, error)
-                    raise
+            return await self._scheduled(store, pending)
+
+    async def _scheduled(
+        self,
+        store: Store,
+        pending: dict[str, int],
+        *,
+        on_error: Callable[[], Awaitable[None]] | None = None,
+    ) -> CrawlStats:
+        """Run the scheduler; a run-ending error marks the run failed (a joined worker's
+        does not: the run goes on without it) after `on_error` (returning claims)."""
+        assert self.run_id is not None and self.scheduler is not None
+        with self._deadline(self.options.config.crawl.deadline_s):
+            try:
+                return await self.scheduler.run(self.run_id, pending)
+            except (AuthError, StoreError, EndpointUnreachableError, InternalError) as error:
+                await self._ended_by(store, error, on_error)
+                raise
+            except Exception as exc:
+                # A bug: the run row says failed and why, the lock is released on the way out.
+                log.error("internal error in the run", exc_info=exc)
+                internal = InternalError(
+                    f"internal error (a bug, please report): {type(exc).__name__}: {exc}"
+                )
+                await self._ended_by(store, internal, on_error)
+                raise internal from exc
+
+    async def _ended_by(
+        self, store: Store, error: CrawlerError, on_error: Callable[[], Awaitable[None]] | None
+    ) -> None:
+        if on_error is not None:
+            await on_error()
+        if not self.options.join:
+            await self._fail(store, error)
 
     async def _finish(self, store: Store, stats: CrawlStats) -> RunSummary:
         assert self.run_id is not None
         status, message = self._final_status(stats)
-        return await store.finish_run(
-            self.run_id, status, requests=stats.requests, retries=stats.retries, message=message
+        summary = await store.finish_run(
+            self.run_id, status, requests=stats.requests, retries=stats.retries, message=message,
+            guard=self._guard(),
+        )  # fmt: skip
+        if summary.status is RunStatus.HELD:
+            log.warning("run %d %s", summary.run_id, summary.message)
+        return summary
+
+    def _guard(self) -> MissingGuard:
+        crawl = self.options.config.crawl
+        return MissingGuard(
+            crawl.max_missing_fraction, crawl.missing_guard_min, self.options.accept_missing
         )
+
+    async def _prune(self, store: Store) -> None:
+        keep_runs = self.options.config.retention.keep_runs
+        pruned = await store.prune(keep_runs)
+        if pruned.run_ids:
+            log.info(
+                "retention (keep_runs %d): deleted the targets and results of %d older runs",
+                keep_runs, len(pruned.run_ids),
+            )  # fmt: skip
 
     def _coordinator_stopped(self, summary: RunSummary) -> bool:
         joined, stopped = self.options.join, self.stopped_by is not None
@@ -285,11 +337,13 @@ class CrawlJob:
     async def _fail(self, store: Store, error: CrawlerError) -> None:
         assert self.run_id is not None and self.scheduler is not None
         stats = self.scheduler.stats
-        with contextlib.suppress(StoreError):
+        try:
             await store.finish_run(
                 self.run_id, RunStatus.FAILED, requests=stats.requests, retries=stats.retries,
-                message=str(error),
+                message=scrub_text(str(error)),
             )  # fmt: skip
+        except Exception as exc:  # the run's own error is the one to report, not this one
+            log.error("could not mark run %d failed: %s", self.run_id, exc)
 
     @contextlib.contextmanager
     def _deadline(self, deadline_s: float) -> Iterator[None]:

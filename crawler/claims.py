@@ -18,7 +18,7 @@ CONTRACT.md §9. Every process crawling a run on PostgreSQL, the coordinator as 
   lease can be claimed again. Release (on SIGINT/SIGTERM) sets the expiry to `-infinity`.
 
 A target is open when never claimed (`claims = 0`) or leased (`lease_expires_at` set); partial
-indexes from migration 0002 keep claims and renewals to the open rows only.
+indexes from migration 0003 keep claims and renewals to the open rows only.
 
 Lessons from job queues built the same way: procrastinate's jobs stayed `doing` forever after a
 worker died (#307, #1518) because nothing expired them: here every lease expires by itself.

@@ -227,6 +227,10 @@ class CrawlConfig(_Section):
     strategy: Strategy = "single"
     deadline_s: float = 0.0
     lease_s: float = 30.0
+    # The mass-deletion guard (CONTRACT.md §7): hold a run's missing marks when it would newly
+    # mark more than this share of its present images, and at least `missing_guard_min` of them.
+    max_missing_fraction: float = 0.2
+    missing_guard_min: int = 50
 
     def _validate(self) -> None:
         self._at_least("lease_s", 1)
@@ -234,6 +238,13 @@ class CrawlConfig(_Section):
         self._at_least("per_region_concurrency", 1)
         self._at_least("rate_limit_per_s", 0)
         self._at_least("deadline_s", 0)
+        self._at_least("max_missing_fraction", 0)
+        if self.max_missing_fraction > 1:
+            raise self._error(
+                "max_missing_fraction",
+                f"must be <= 1 (1 turns the guard off), got {self.max_missing_fraction}",
+            )
+        self._at_least("missing_guard_min", 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,6 +294,18 @@ class TargetsConfig(_Section):
 
 
 @dataclass(frozen=True, slots=True)
+class RetentionConfig(_Section):
+    """`[retention]`: how many runs keep their `crawl_targets` and `crawl_results` rows."""
+
+    SECTION: ClassVar[str] = "retention"
+
+    keep_runs: int = 30  # 0 = keep every run's rows
+
+    def _validate(self) -> None:
+        self._at_least("keep_runs", 0)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration; `source` is the file it came from, if any."""
 
@@ -291,6 +314,7 @@ class Config:
     retry: RetryConfig = field(default_factory=RetryConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     targets: TargetsConfig = field(default_factory=TargetsConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
     source: Path | None = None
 
 
@@ -300,6 +324,7 @@ _SECTIONS: Final[dict[str, type[_Section]]] = {
     "retry": RetryConfig,
     "database": DatabaseConfig,
     "targets": TargetsConfig,
+    "retention": RetentionConfig,
 }
 
 

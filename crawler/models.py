@@ -35,6 +35,24 @@ class RunStatus(enum.StrEnum):
     PARTIAL = "partial"
     FAILED = "failed"
     INTERRUPTED = "interrupted"
+    # Finished, but the mass-deletion guard held back its missing marks (`crawler accept`).
+    HELD = "held"
+
+
+class VersionStatus(enum.StrEnum):
+    """The status column of `image_versions`: whether the image existed in that span of runs."""
+
+    PRESENT = "present"
+    MISSING = "missing"
+
+
+class Change(enum.StrEnum):
+    """How an image differs between two runs (`crawler diff`, the `image_changes` view)."""
+
+    ADDED = "added"
+    REMOVED = "removed"
+    RESTORED = "restored"
+    CHANGED = "changed"
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,8 @@ Tables:
     crawl_targets  the targets of a run, so it can be resumed and audited.
     crawl_results  the outcome of each target of a run.
     rate_budgets   the shared per-access-key rate budget of multi-host crawls (PostgreSQL).
+    image_versions one row per change of an image's whole aggregate, valid from one run to
+                   another (see `crawler.store.content` for the canonical content).
 
 Children cascade: deleting an images row deletes its disks, and a disks row its attachments and
 tags (with `PRAGMA foreign_keys=ON`); deleting a crawl_runs row deletes its targets and results.
@@ -25,6 +27,7 @@ The views the migrations add for audit queries are listed in `VIEW_NAMES`.
 from __future__ import annotations
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     CheckConstraint,
     Column,
@@ -40,7 +43,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP
 
-from crawler.models import Outcome, RunStatus
+from crawler.models import Outcome, RunStatus, VersionStatus
 
 metadata = MetaData()
 
@@ -57,6 +60,7 @@ VIEW_NAMES: tuple[str, ...] = (
     "tag_keys",
     "latest_run",
     "latest_run_failures",
+    "image_changes",
 )
 
 
@@ -283,3 +287,22 @@ crawl_results = Table(
     _one_of("outcome", tuple(Outcome), "ck_crawl_results_outcome"),
 )
 Index("ix_crawl_results_run_id_outcome", crawl_results.c.run_id, crawl_results.c.outcome)
+
+image_versions = Table(
+    "image_versions",
+    metadata,
+    _text("region_id", nullable=False),
+    _text("image_id", nullable=False),
+    _int("version", nullable=False),
+    _int("valid_from_run", nullable=False),
+    _int("valid_to_run"),
+    _text("status", nullable=False),
+    _text("content_hash", nullable=False),
+    # JSON text on SQLite, jsonb on PostgreSQL; the store writes the canonical text itself.
+    Column("content", JSON().with_variant(JSONB(), "postgresql"), nullable=False),
+    _text("recorded_at", nullable=False),
+    PrimaryKeyConstraint("region_id", "image_id", "version", name="pk_image_versions"),
+    _one_of("status", tuple(VersionStatus), "ck_image_versions_status"),
+)
+Index("ix_image_versions_valid_from_run", image_versions.c.valid_from_run)
+Index("ix_image_versions_valid_to_run", image_versions.c.valid_to_run)

@@ -16,6 +16,7 @@ from crawler.config import (
     CrawlConfig,
     Credentials,
     DatabaseConfig,
+    RetentionConfig,
     RetryConfig,
     TargetsConfig,
     database_url,
@@ -32,6 +33,7 @@ SECTIONS = {
     "retry": RetryConfig,
     "database": DatabaseConfig,
     "targets": TargetsConfig,
+    "retention": RetentionConfig,
 }
 
 
@@ -56,8 +58,9 @@ def test_defaults_are_the_contract_defaults() -> None:
         sign_date_nonce=False,
         max_response_bytes=8 * 1024 * 1024,
     )
-    assert config.crawl == CrawlConfig(64, 32, 0.0, "single", 0.0, 30.0)
+    assert config.crawl == CrawlConfig(64, 32, 0.0, "single", 0.0, 30.0, 0.2, 50)
     assert config.retry == RetryConfig(6, 0.5, 60.0)
+    assert config.retention == RetentionConfig(keep_runs=30)
     assert config.database.url == "sqlite+aiosqlite:///inventory.db"
     assert config.targets.file is None
     assert config.source is None
@@ -73,10 +76,11 @@ def test_an_empty_file_gives_the_defaults(tmp_path: Path) -> None:
 def test_the_example_parses_to_the_defaults() -> None:
     config = load_config(EXAMPLE)
     defaults = default_config()
-    assert (config.api, config.crawl, config.retry) == (
+    assert (config.api, config.crawl, config.retry, config.retention) == (
         defaults.api,
         defaults.crawl,
         defaults.retry,
+        defaults.retention,
     )
     # The deliberate differences: the example names a targets file, and paths are made absolute.
     assert config.database.url == f"sqlite+aiosqlite:///{EXAMPLE.parent / 'inventory.db'}"
@@ -382,3 +386,18 @@ def test_config_sections_are_frozen() -> None:
     config: Any = default_config()
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.crawl.concurrency = 1
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[crawl]\nmax_missing_fraction = 1.5", r"crawl\.max_missing_fraction: must be <= 1"),
+        ("[crawl]\nmax_missing_fraction = -0.1", r"crawl\.max_missing_fraction: must be >= 0"),
+        ("[crawl]\nmissing_guard_min = -1", r"crawl\.missing_guard_min: must be >= 0"),
+        ("[retention]\nkeep_runs = -1", r"retention\.keep_runs: must be >= 0"),
+        ("[retention]\nkeep = 3", r"retention\.keep: unknown key \(did you mean 'keep_runs'\?\)"),
+    ],
+)
+def test_guard_and_retention_keys_are_checked(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(_write(tmp_path, text))

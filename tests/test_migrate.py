@@ -253,4 +253,5 @@ def test_alembic_cli_from_the_repository_root(tmp_path: Path) -> None:
     )
     assert completed.returncode == 0, completed.stderr
     assert "Running upgrade  -> 0001" in completed.stderr
+    assert "Running upgrade 0002 -> 0003" in completed.stderr
     assert migrate.current_revision(url(path)) == migrate.head_revision()

@@ -30,7 +30,7 @@ def test_upgrade_builds_the_schema_the_table_definitions_describe(postgres_url: 
         with engine.connect() as connection:
             context = MigrationContext.configure(connection, opts={"compare_type": True})
             differences = compare_metadata(context, schema.metadata)
-            # The claim indexes are PostgreSQL's own (0002): not in the shared table definitions.
+            # The claim indexes are PostgreSQL's own (0003): not in the shared table definitions.
             extra = {diff[1].name for diff in differences if diff[0] == "remove_index"}
             assert extra == {"ix_crawl_targets_open", "ix_crawl_targets_leased"}
             assert [diff for diff in differences if diff[0] != "remove_index"] == []

@@ -297,28 +297,60 @@ async def test_a_rewrite_replaces_the_children(
     assert [count(db_path, table, target) for table in CHILD_TABLES] == [4, 3, 6]
 
 
-async def test_missing_marks_without_deleting_and_a_later_fetch_clears_it(
+async def test_missing_marks_at_the_end_of_the_run_without_deleting_and_a_fetch_clears_it(
     store: Store, inventory: Inventory, db_path: Path
 ) -> None:
     region, image = rich_image(inventory)
     target = target_of(region, image)
-    run_id = await store.create_run([target], strategy="single")
-    await store.write_results(run_id, [fetched(region, image, at(1))])
+    first = await store.create_run([target], strategy="single")
+    await store.write_results(first, [fetched(region, image, at(1))])
+    await store.finish_run(first, RunStatus.SUCCEEDED, requests=1, retries=0)
     children = dump_all(db_path, CHILD_TABLES, timestamps=True)
 
-    await store.write_results(run_id, [missing(target, at(2))])
-    await store.write_results(run_id, [missing(target, at(3))])  # still missing: first time kept
+    second = await store.create_run([target], strategy="single")
+    await store.write_results(second, [missing(target, at(2))])
+    assert image_row(db_path, target)["missing_since"] is None  # not before the run ends
+    await store.finish_run(second, RunStatus.SUCCEEDED, requests=1, retries=0)
+    third = await store.create_run([target], strategy="single")
+    await store.write_results(third, [missing(target, at(3))])
+    await store.finish_run(third, RunStatus.SUCCEEDED, requests=1, retries=0)
 
     row = image_row(db_path, target)
-    assert row["missing_since"] == "2024-05-01 08:02:00.000000"
+    assert row["missing_since"] == "2024-05-01 08:02:00.000000"  # the first time is kept
     assert row["last_seen_at"] == "2024-05-01 08:01:00.000000"
     assert dump_all(db_path, CHILD_TABLES, timestamps=True) == children
 
-    await store.write_results(run_id, [fetched(region, image, at(4))])
+    fourth = await store.create_run([target], strategy="single")
+    await store.write_results(fourth, [fetched(region, image, at(4))])
     row = image_row(db_path, target)
     assert row["missing_since"] is None
     assert row["first_seen_at"] == "2024-05-01 08:01:00.000000"
     assert row["last_seen_at"] == "2024-05-01 08:04:00.000000"
+    statuses = query(
+        db_path,
+        "SELECT version, valid_from_run, valid_to_run, status FROM image_versions ORDER BY 1",
+    )
+    assert statuses == [
+        (1, first, second, "present"),
+        (2, second, fourth, "missing"),
+        (3, fourth, None, "present"),
+    ]
+
+
+async def test_an_interrupted_or_failed_run_marks_nothing_missing(
+    store: Store, inventory: Inventory, db_path: Path
+) -> None:
+    region, image = rich_image(inventory)
+    target = target_of(region, image)
+    first = await store.create_run([target], strategy="single")
+    await store.write_results(first, [fetched(region, image, at(1))])
+    await store.finish_run(first, RunStatus.SUCCEEDED, requests=1, retries=0)
+    for status in (RunStatus.INTERRUPTED, RunStatus.FAILED):
+        run_id = await store.create_run([target], strategy="single")
+        await store.write_results(run_id, [missing(target, at(2))])
+        await store.finish_run(run_id, status, requests=1, retries=0)
+    assert image_row(db_path, target)["missing_since"] is None
+    assert query(db_path, "SELECT COUNT(*) FROM image_versions") == [(1,)]
 
 
 async def test_missing_for_a_never_seen_image_records_only_the_result(
@@ -374,6 +406,7 @@ async def test_a_batch_mixes_outcomes_and_the_last_result_for_a_target_wins(
     assert dict(outcomes) == expected
     assert image_row(db_path, targets[0])["last_seen_at"] == "2024-05-01 08:03:00.000000"
     assert count(db_path, "disks", targets[0]) == len(normalised(*pairs[0]).disks)
+    await store.finish_run(run_id, RunStatus.PARTIAL, requests=5, retries=0)
     assert image_row(db_path, targets[2])["missing_since"] == "2024-05-01 08:02:00.000000"
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
@@ -25,21 +26,30 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from crawler import schema
-from crawler.errors import StoreError
-from crawler.models import Outcome, RunStatus, Target, TargetResult
+from crawler.errors import CrawlerError, StoreError
+from crawler.models import Change, Outcome, RunStatus, Target, TargetResult
 from crawler.store.database import _parse_url, _translated, database_name
 from crawler.store.dialects import Dialect, dialect_for
+from crawler.store.history import change_counts
 from crawler.store.migrate import upgrade
+from crawler.store.retention import Pruned, prune_runs
 from crawler.store.statements import _WriteStatements
 from crawler.store.summaries import RunSummary
 from crawler.store.timestamps import format_utc, utc_now
+from crawler.store.versions import MissingCounts, MissingGuard, apply_missing, missing_counts
 from crawler.store.writer import _Batch
 
 # Targets inserted per executemany by create_run: bounded memory for any number of targets.
 TARGETS_CHUNK = 10_000
+# A run that ends with one of these marks its missing images (or is held by the guard).
+_MARKING_STATUSES = (RunStatus.SUCCEEDED, RunStatus.PARTIAL)
+_DEFAULT_GUARD = MissingGuard()
+
+log = logging.getLogger(__name__)
 
 # Given a write transaction and a batch of results, the results that may be written.
 Fence = Callable[[AsyncConnection, Sequence[TargetResult]], Awaitable[Sequence[TargetResult]]]
@@ -168,10 +178,17 @@ class Store:
         return None if status is None else RunStatus(status)
 
     async def leave_shared_run(
-        self, run_id: int, *, requests: int, retries: int, may_finish: bool
+        self,
+        run_id: int,
+        *,
+        requests: int,
+        retries: int,
+        may_finish: bool,
+        guard: MissingGuard = _DEFAULT_GUARD,
     ) -> tuple[RunSummary, bool]:
         """One worker of a shared run is done: add its requests and retries, and finish the run
-        if it is still `running` and every target has its result (and `may_finish`).
+        if it is still `running` and every target has its result (and `may_finish`): with its
+        counts and its missing marks behind the mass-deletion `guard`, as `finish_run` does.
 
         Several workers may get here at once; the run's row is locked first, so exactly one
         of them finds it running and finishes it.
@@ -199,11 +216,12 @@ class Store:
                 if finishing:
                     counts = await _outcome_counts(conn, run_id)
                     final = RunStatus.PARTIAL if counts.get(Outcome.FAILED) else RunStatus.SUCCEEDED
+                    final, message = await self._mark_missing(conn, run_id, guard, final, None)
                     values |= {
                         "status": str(final),
                         "finished_at": format_utc(self._clock()),
                         **{str(outcome): counts.get(outcome, 0) for outcome in Outcome},
-                        "message": None,
+                        "message": message,
                     }
                 await conn.execute(update(runs).where(runs.c.run_id == run_id).values(values))
                 return await _read_run(conn, self._name, run_id), finishing
@@ -284,6 +302,21 @@ class Store:
         """
         if not results:
             return 0
+        try:
+            return await self._write(run_id, results, fence)
+        except StoreError as exc:
+            if not _disconnected(exc):
+                raise
+        # The server ended the session (a restart, or a paused worker's idle transaction cut
+        # off): nothing of the batch was committed, so it is written again on a new connection.
+        # Had the COMMIT itself got through, the fence refuses the repeat; without one the
+        # upserts write the same rows.
+        log.warning("lost the connection to %s while writing; writing the batch again", self._name)
+        return await self._write(run_id, results, fence)
+
+    async def _write(
+        self, run_id: int, results: Sequence[TargetResult], fence: Fence | None
+    ) -> int:
         with _translated(self._name, f"write {len(results)} results of run {run_id}"):
             async with self._writer.begin() as conn:
                 if fence is not None:
@@ -299,8 +332,13 @@ class Store:
         requests: int,
         retries: int,
         message: str | None = None,
+        guard: MissingGuard = _DEFAULT_GUARD,
     ) -> RunSummary:
         """Close a run: its status, finish time, outcome counts and request totals.
+
+        A run that ends `succeeded` or `partial` also marks missing the images it newly found
+        missing, all at once, unless `guard` holds them back: then it ends `held` instead,
+        marks none, and its message says how many and how to apply them.
 
         Args:
             run_id: the run.
@@ -308,6 +346,7 @@ class Store:
             requests: requests sent in this session, added to the run's earlier sessions.
             retries: retries in this session, likewise added.
             message: why the run failed or stopped; never a secret.
+            guard: the mass-deletion guard's settings.
 
         Raises:
             StoreError: there is no such run, or it cannot be written.
@@ -315,6 +354,8 @@ class Store:
         runs = schema.crawl_runs
         with _translated(self._name, f"finish run {run_id}"):
             async with self._writer.begin() as conn:
+                if status in _MARKING_STATUSES:
+                    status, message = await self._mark_missing(conn, run_id, guard, status, message)
                 counts = await _outcome_counts(conn, run_id)
                 values = {
                     "status": str(status),
@@ -330,6 +371,69 @@ class Store:
                 if result.rowcount == 0:
                     raise StoreError(f"database {self._name} has no run {run_id} to finish")
                 return await _read_run(conn, self._name, run_id)
+
+    async def _mark_missing(
+        self,
+        conn: AsyncConnection,
+        run_id: int,
+        guard: MissingGuard,
+        status: RunStatus,
+        message: str | None,
+    ) -> tuple[RunStatus, str | None]:
+        counts = await missing_counts(conn, run_id)
+        if guard.holds(counts.newly_missing, counts.present_before):
+            held = _held_message(run_id, counts, guard)
+            return RunStatus.HELD, held if message is None else f"{message}; {held}"
+        await apply_missing(conn, run_id, format_utc(self._clock()))
+        return status, message
+
+    async def accept_run(self, run_id: int) -> tuple[RunSummary, int]:
+        """Apply the missing marks the guard held back for a `held` run, which then ends
+        `succeeded` (or `partial`, with failed targets). Images fetched by a later run since
+        are not marked.
+
+        Returns:
+            The run's new summary and how many images were marked missing.
+
+        Raises:
+            CrawlerError: the run is not `held`.
+            StoreError: there is no such run, or it cannot be written.
+        """
+        runs = schema.crawl_runs
+        with _translated(self._name, f"accept run {run_id}"):
+            async with self._writer.begin() as conn:
+                before = await _read_run(conn, self._name, run_id)
+                if before.status is not RunStatus.HELD:
+                    raise CrawlerError(
+                        f"run {run_id} is {before.status}, not held: it has no missing marks"
+                        " to accept"
+                    )
+                marked = await apply_missing(conn, run_id, format_utc(self._clock()))
+                status = RunStatus.PARTIAL if before.failed else RunStatus.SUCCEEDED
+                values = {"status": str(status), "message": f"accepted: {marked:,} marked missing"}
+                await conn.execute(update(runs).where(runs.c.run_id == run_id).values(values))
+                return await _read_run(conn, self._name, run_id), marked
+
+    async def prune(self, keep_runs: int, *, vacuum: bool = False) -> Pruned:
+        """Delete the `crawl_targets` and `crawl_results` of all but the newest `keep_runs`
+        runs (never of an unfinished or held run); `crawl_runs` and the history stay.
+
+        Args:
+            keep_runs: how many of the newest runs keep their rows; 0 keeps every run's.
+            vacuum: then give the freed space back to the file system.
+        """
+        with _translated(self._name, "prune old runs"):
+            async with self._writer.begin() as conn:
+                pruned = await prune_runs(conn, keep_runs)
+            if vacuum:
+                await self._dialect.vacuum(self._engine)
+        return pruned
+
+    async def change_counts(self, run_id: int) -> dict[Change, int]:
+        """How many images run `run_id` added, removed, restored and changed (zeros included)."""
+        with _translated(self._name, f"count the changes of run {run_id}"):
+            async with self._engine.connect() as conn:
+                return await change_counts(conn, run_id)
 
     async def settings(self) -> dict[str, Any]:
         """The connection settings in force, as a store connection sees them (on SQLite the
@@ -349,6 +453,17 @@ class Store:
                 return await _read_run(conn, self._name, run_id)
 
 
+def _held_message(run_id: int, counts: MissingCounts, guard: MissingGuard) -> str:
+    share = counts.newly_missing / counts.present_before if counts.present_before else 1.0
+    return (
+        f"held back {counts.newly_missing:,} missing marks: {counts.newly_missing:,} of the"
+        f" {counts.present_before:,} images present before this run answered 404 ({share:.0%},"
+        f" over max_missing_fraction {guard.max_fraction:g}); wrong credentials or account?"
+        f" If they are really gone, apply with `crawler accept {run_id}`"
+        " (or crawl with --accept-missing)"
+    )
+
+
 def _no_result() -> ColumnElement[bool]:
     targets, results = schema.crawl_targets, schema.crawl_results
     return ~exists().where(
@@ -356,6 +471,11 @@ def _no_result() -> ColumnElement[bool]:
         results.c.region_id == targets.c.region_id,
         results.c.image_id == targets.c.image_id,
     )
+
+
+def _disconnected(exc: StoreError) -> bool:
+    cause = exc.__cause__
+    return isinstance(cause, DBAPIError) and bool(cause.connection_invalidated)
 
 
 async def _has_pending(conn: AsyncConnection, run_id: int) -> bool:

@@ -77,12 +77,22 @@ def _result_upsert(dialect: Dialect) -> ClauseElement:
     return dialect.upsert(schema.crawl_results, ("run_id", "region_id", "image_id"))
 
 
-def _mark_missing() -> ClauseElement:
+def _image_touch() -> ClauseElement:
+    # An unchanged image: only its bookkeeping moves, its children are left as they are.
     images = schema.images
     return (
         update(images)
-        .where(*_key_match(images, _IMAGE_KEY), images.c.missing_since.is_(None))
-        .values(missing_since=bindparam("k_at"))
+        .where(*_key_match(images, _IMAGE_KEY))
+        .values(last_seen_at=bindparam("k_at"), last_run_id=bindparam("k_run_id"))
+    )
+
+
+def _version_close() -> ClauseElement:
+    versions = schema.image_versions
+    return (
+        update(versions)
+        .where(*_key_match(versions, (*_IMAGE_KEY, "version")))
+        .values(valid_to_run=bindparam("k_run_id"))
     )
 
 
@@ -95,7 +105,10 @@ class _WriteStatements:
     disk_insert: _Statement
     attachment_insert: _Statement
     tag_insert: _Statement
-    mark_missing: _Statement
+    image_touch: _Statement
+    version_insert: _Statement
+    version_close: _Statement
+    version_delete: _Statement
     result_upsert: _Statement
     target_insert: _Statement
 
@@ -104,7 +117,7 @@ class _WriteStatements:
         def build(statement: ClauseElement) -> _Statement:
             return _Statement.compile(statement, dialect)
 
-        disks = schema.disks
+        disks, versions = schema.disks, schema.image_versions
         statements = cls(
             image_upsert=build(_image_upsert(store_dialect)),
             # Deleting the disks cascades to their attachments and tags (foreign_keys=ON).
@@ -112,7 +125,12 @@ class _WriteStatements:
             disk_insert=build(insert(disks)),
             attachment_insert=build(insert(schema.attachments)),
             tag_insert=build(insert(schema.tags)),
-            mark_missing=build(_mark_missing()),
+            image_touch=build(_image_touch()),
+            version_insert=build(insert(versions)),
+            version_close=build(_version_close()),
+            version_delete=build(
+                delete(versions).where(*_key_match(versions, (*_IMAGE_KEY, "version")))
+            ),
             result_upsert=build(_result_upsert(store_dialect)),
             target_insert=build(
                 store_dialect.insert_or_ignore(schema.crawl_targets, _TARGET_KEY).values(
@@ -123,4 +141,12 @@ class _WriteStatements:
         # These two take plain key tuples rather than rows: the order must be as written here.
         assert statements.image_children_delete.names == ("k_region_id", "k_image_id")
         assert statements.target_insert.names == ("run_id", "region_id", "image_id")
+        assert statements.image_touch.names == ("k_at", "k_run_id", "k_region_id", "k_image_id")
+        assert statements.version_close.names == (
+            "k_run_id",
+            "k_region_id",
+            "k_image_id",
+            "k_version",
+        )
+        assert statements.version_delete.names == ("k_region_id", "k_image_id", "k_version")
         return statements

@@ -1,6 +1,9 @@
 """The inventory writer: one batch of outcomes turned into rows and written in one transaction.
 
-A reader sees an image either with all of its old children or all of its new ones.
+A reader sees an image either with all of its old children or all of its new ones. An image
+whose content is unchanged keeps its rows (only `last_seen_at` and `last_run_id` move); the
+others are rewritten and open a version (`crawler.store.versions`). A `missing` outcome is only
+recorded here: the marks are applied at the end of the run, for the whole run at once.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from crawler.models import ImageRows, Outcome, TargetResult
 from crawler.store.statements import _Statement, _WriteStatements
 from crawler.store.timestamps import format_utc
+from crawler.store.versions import current_versions, plan_versions
 
 
 @dataclass(slots=True)
@@ -25,7 +29,6 @@ class _Batch:
     # Fetched images by their rows' own key, so that the children deleted are exactly those
     # of the images row upserted, and an image given twice is written once.
     fetched: dict[tuple[str, str], tuple[ImageRows, str]] = field(default_factory=dict)
-    missing: list[tuple[Any, ...]] = field(default_factory=list)
     results: list[tuple[Any, ...]] = field(default_factory=list)
 
     @classmethod
@@ -44,10 +47,6 @@ class _Batch:
         if result.outcome is Outcome.FETCHED:
             rows = _rows_of(result)
             self.fetched[(rows.image["region_id"], rows.image["image_id"])] = (rows, at)
-        elif result.outcome is Outcome.MISSING:
-            target = result.target
-            missing = {"k_region_id": target.region_id, "k_image_id": target.image_id, "k_at": at}
-            self.missing.append(self.statements.mark_missing.values(missing))
         values = _result_values(self.run_id, result, at)
         self.results.append(self.statements.result_upsert.values(values))
 
@@ -75,6 +74,7 @@ class _Batch:
     async def write(self, conn: AsyncConnection) -> None:
         """Parents before children; an image's old children go before its new ones arrive."""
         statements = self.statements
+        await self.record_versions(conn)
         await statements.image_upsert.run_many(conn, self.image_params())
         await statements.image_children_delete.run_many(conn, list(self.fetched))
         for statement, kind in (
@@ -83,8 +83,22 @@ class _Batch:
             (statements.tag_insert, "tags"),
         ):
             await statement.run_many(conn, self.children(statement, kind))
-        await statements.mark_missing.run_many(conn, self.missing)
         await statements.result_upsert.run_many(conn, self.results)
+
+    async def record_versions(self, conn: AsyncConnection) -> None:
+        """Open the fetched images' new versions; touch the unchanged ones and drop them from
+        `fetched`, so that their rows are not rewritten."""
+        statements, run_id = self.statements, self.run_id
+        current = await current_versions(conn, list(self.fetched))
+        plan = plan_versions(statements, run_id, self.fetched, current)
+        touched = []
+        for key in plan.unchanged:
+            _, seen_at = self.fetched.pop(key)
+            touched.append((seen_at, run_id, *key))
+        await statements.image_touch.run_many(conn, touched)
+        await statements.version_delete.run_many(conn, plan.deletes)
+        await statements.version_close.run_many(conn, plan.closes)
+        await statements.version_insert.run_many(conn, plan.inserts)
 
 
 def _rows_of(result: TargetResult) -> ImageRows:

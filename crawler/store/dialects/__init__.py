@@ -57,6 +57,10 @@ class Dialect(ABC):
         """A connection on which every write fails; the database must already exist."""
 
     @abstractmethod
+    async def vacuum(self, engine: AsyncEngine) -> None:
+        """Give space freed by deletes back to the file system (outside any transaction)."""
+
+    @abstractmethod
     def is_readonly_violation(self, exc: DBAPIError) -> bool:
         """Whether a failed statement failed because the connection is read-only."""
 

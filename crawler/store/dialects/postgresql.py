@@ -88,6 +88,12 @@ class PostgreSQLDialect(Dialect):
     ) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
         return _readonly_connection(url)
 
+    async def vacuum(self, engine: AsyncEngine) -> None:
+        # VACUUM cannot run inside a transaction block: on an autocommit connection.
+        async with engine.connect() as conn:
+            autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await autocommit.exec_driver_sql("VACUUM (ANALYZE)")
+
     def is_readonly_violation(self, exc: DBAPIError) -> bool:
         return getattr(exc.orig, "sqlstate", None) == _READ_ONLY_SQLSTATE
 

@@ -67,6 +67,15 @@ class SQLiteDialect(Dialect):
     ) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
         return _readonly_connection(url)
 
+    async def vacuum(self, engine: AsyncEngine) -> None:
+        async with engine.connect() as conn:
+            raw = (await conn.get_raw_connection()).driver_connection
+            assert isinstance(raw, aiosqlite.Connection)
+            # On the driver's connection: SQLAlchemy would BEGIN first, and VACUUM cannot run
+            # in a transaction. The checkpoint then shrinks the WAL file the VACUUM filled.
+            await raw.execute("VACUUM")
+            await raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
     def is_readonly_violation(self, exc: DBAPIError) -> bool:
         return getattr(exc.orig, "sqlite_errorname", "") in _READONLY_ERRORS
 

@@ -1,7 +1,7 @@
 """Claims and the shared rate budget: several worker processes crawling one run (PostgreSQL).
 
-Revision ID: 0002
-Revises: 0001
+Revision ID: 0003
+Revises: 0002
 Create Date: 2026-12-01 09:00:00
 
 - `crawl_targets` gains the lease of a claim (CONTRACT.md §9): `claims` counts how often the
@@ -21,8 +21,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision: str = "0002"
-down_revision: str | None = "0001"
+revision: str = "0003"
+down_revision: str | None = "0002"
 branch_labels: str | None = None
 depends_on: str | None = None
 
