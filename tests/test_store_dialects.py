@@ -1,4 +1,5 @@
-"""The store on both databases: a new SQLite file and a new PostgreSQL database per test.
+"""The store and its history on both databases: a new SQLite file and a new PostgreSQL database
+per test.
 
 The same writes must leave the same rows in both, table by table (PostgreSQL's `raw` is jsonb, so
 it is compared as parsed JSON); the read-only side must refuse writes by name on both.
@@ -32,7 +33,10 @@ from crawler.simulator.inventory import Inventory, build_inventory
 from crawler.store import RunSummary, Store, query_readonly, recent_runs
 from crawler.store.migrate import sync_url
 
-TABLES = ("images", "disks", "attachments", "tags", "crawl_runs", "crawl_targets", "crawl_results")
+TABLES = (
+    "images", "disks", "attachments", "tags", "crawl_runs", "crawl_targets", "crawl_results",
+    "image_versions",
+)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +55,7 @@ def dump(url: str, table: str) -> list[tuple[Any, ...]]:
         engine.dispose()
 
     def plain(name: str, value: Any) -> Any:
-        if name == "raw":
+        if name in ("raw", "content"):
             return json.loads(value) if isinstance(value, str) else value
         if name == "lease_expires_at" and value is not None:
             return "set"  # an instant of the server's clock: present or not
