@@ -15,8 +15,12 @@ if [ -n "${CRAWLER_TEST_POSTGRES_URL:-}" ]; then
     exec "$@"
 fi
 
-# Settings for a scratch server: durability off (its files are deleted afterwards anyway).
+# Settings for a scratch server: durability off (its files are deleted afterwards anyway), unless
+# CRAWLER_PG_DURABLE=1 (benchmarks: a server configured as in production, fsync on).
 SCRATCH_GUCS="fsync=off synchronous_commit=off full_page_writes=off max_connections=200"
+if [ "${CRAWLER_PG_DURABLE:-}" = "1" ]; then
+    SCRATCH_GUCS="max_connections=200"
+fi
 
 pg_bindir() {
     for dir in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -t/ -k5 -n -r) \
