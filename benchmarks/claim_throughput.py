@@ -110,7 +110,7 @@ def measure(server_url: str, workers: int, count: int) -> dict[str, object]:
                 [sys.executable, __file__, "--worker", url, str(run_id), str(n)],
                 stdout=subprocess.PIPE,
                 text=True,
-            )  # fmt: skip
+            )
             for n in range(workers)
         ]
         done = [int(child.communicate()[0].strip() or 0) for child in children]
