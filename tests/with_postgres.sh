@@ -4,7 +4,8 @@
 #
 # - CRAWLER_TEST_POSTGRES_URL already set: that server is used as it is (each test creates and
 #   drops its own database there).
-# - Debian's pg_virtualenv (postgresql-common) if installed: works as root and as any user.
+# - Debian's pg_virtualenv (postgresql-common) if installed: works as root and as any user;
+#   -t puts the cluster in a temporary directory, so runs side by side do not collide.
 # - else initdb/pg_ctl into a temporary directory, listening on a Unix socket only (not as root:
 #   the server refuses to run as root).
 # - no server binaries: one line says so and the command runs without the URL, so the suite runs
@@ -51,7 +52,7 @@ if command -v pg_virtualenv >/dev/null 2>&1; then
     # pg_virtualenv exports PGHOST, PGPORT, PGUSER and PGPASSWORD; libpq (and so psycopg) reads
     # the password from PGPASSWORD, so the URL carries none.
     # shellcheck disable=SC2086
-    exec pg_virtualenv -v "$VERSION" $options sh -c '
+    exec pg_virtualenv -t -v "$VERSION" $options sh -c '
         CRAWLER_TEST_POSTGRES_URL="postgresql+psycopg://$PGUSER@$PGHOST:$PGPORT/$PGDATABASE"
         export CRAWLER_TEST_POSTGRES_URL
         exec "$@"' with_postgres "$@" </dev/null
