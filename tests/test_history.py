@@ -11,7 +11,11 @@ import asyncio
 import copy
 import io
 import json
+import os
 import random
+import subprocess
+import sys
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,8 +27,14 @@ from crawler.cli import Io, main
 from crawler.models import JsonObject
 from crawler.simulator import Simulator
 from crawler.store import run_changes
-from tests.conftest import ACCESS_KEY_ENV, SECRET_KEY_ENV, SimulatorFactory, write_config
-from tests.test_cli import Recorder, crawl, targets_file
+from tests.conftest import (
+    ACCESS_KEY_ENV,
+    SECRET_KEY_ENV,
+    SimulatorFactory,
+    crawl_environ,
+    write_config,
+)
+from tests.test_cli import REPO, Recorder, crawl, targets_file
 
 BOOKKEEPING = {"first_seen_at", "last_seen_at", "last_run_id", "missing_since", "raw"}
 KEYS = {
@@ -379,3 +389,72 @@ def test_image_changes_and_the_change_counts_of_a_run(
     assert {str(change): n for change, n in counts.items()} == {
         "added": 0, "removed": 1, "restored": 0, "changed": 1,
     }  # fmt: skip
+
+
+# --- a database made by the first release (migration 0001 only) --------------------------------
+
+# The last commit before history: its crawler writes databases at revision 0001.
+FIRST_RELEASE = "0f361e6"
+
+
+def first_release(folder: Path) -> Path:
+    """The first release's package, from git, with its own migrations inside it."""
+    archive = subprocess.run(
+        ["git", "archive", FIRST_RELEASE, "crawler", "migrations"],
+        cwd=REPO, capture_output=True, check=True, timeout=60,
+    )  # fmt: skip
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(folder, filter="data")
+    (folder / "migrations").rename(folder / "crawler" / "migrations")
+    return folder
+
+
+def old_crawl(release: Path, config: Path, targets: Path) -> None:
+    environ = {**os.environ, **crawl_environ(), "PYTHONPATH": str(release)}
+    completed = subprocess.run(
+        [sys.executable, "-m", "crawler", "crawl", "--config", str(config), "--no-progress",
+         "--targets", str(targets)],
+        cwd=release, env=environ, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr
+
+
+def test_a_first_release_database_upgrades_backfills_and_diffs_the_next_run(
+    simulator: SimulatorFactory, tmp_path: Path
+) -> None:
+    release = first_release(tmp_path / "release")
+    server = simulator(regions=("cn-north-1", "cn-east-2"), images_per_region=10, seed=5)
+    db = tmp_path / "inventory.db"
+    config = write_config(tmp_path, server.url, db=db)
+    targets = targets_file(tmp_path, server.sim)
+    images = [(r, image) for r, found in server.sim.inventory.images.items() for image in found]
+    (gone_region, gone), (edited_region, edited), (lost_region, lost) = images[:3]
+    gone_id, edited_id, lost_id = (str(image["imageId"]) for image in (gone, edited, lost))
+
+    old_crawl(release, config, targets)  # run 1: everything
+    server.sim.delete_image(gone_region, gone_id)
+    old_crawl(release, config, targets)  # run 2: one image missing
+    assert query(db, "SELECT version_num FROM alembic_version") == [{"version_num": "0001"}]
+    assert query(db, "SELECT image_id FROM images WHERE missing_since IS NOT NULL") == [
+        {"image_id": gone_id}
+    ]
+
+    server.sim.set_image(gone_region, gone)  # back
+    server.sim.set_image(edited_region, {**edited, "name": "edited-name"})
+    server.sim.delete_image(lost_region, lost_id)
+    assert crawl(config, "--targets", str(targets)) == 0  # run 3, by this release
+    assert list(tmp_path.glob("inventory.db.bak-*"))  # backed up before migrating
+
+    expected = [
+        (2, 3, gone_region, gone_id, "restored", []),
+        (2, 3, edited_region, edited_id, "changed", [("name", edited["name"], "edited-name")]),
+        (2, 3, lost_region, lost_id, "removed", []),
+    ]
+    assert cli_diff(db, "--from", "2", "--to", "3") == sorted(expected, key=lambda e: e[2:4])
+    assert cli_diff(db, "--from", "1", "--to", "2") == [(1, 2, gone_region, gone_id, "removed", [])]
+    # Every other image was unchanged: its backfilled version is still its only one.
+    counts = query(db, "SELECT image_id, COUNT(*) AS n FROM image_versions GROUP BY image_id")
+    changed = {gone_id: 3, edited_id: 2, lost_id: 2}
+    assert {row["image_id"]: row["n"] for row in counts} == {
+        str(image["imageId"]): changed.get(str(image["imageId"]), 1) for _, image in images
+    }
