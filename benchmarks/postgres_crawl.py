@@ -36,7 +36,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import (  # noqa: E402 - the benchmarks' own helpers, beside this file
+from harness import (
     ACCESS_KEY,
     SimulatorProcess,
     credentials_env,

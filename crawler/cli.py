@@ -7,18 +7,27 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
 import signal
 import sys
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 from crawler import demo as demo_module
 from crawler.app import CrawlJob, CrawlOptions, CrawlReport, Plan, discover_targets
+from crawler.changes import (
+    DIFF_FORMATS,
+    HISTORY_FORMATS,
+    describe_counts,
+    describe_pair,
+    render_diff,
+    render_history,
+)
 from crawler.config import Config, database_url, default_config, load_config
 from crawler.discovery import IMAGE_SOURCES, DiscoveryStats
 from crawler.errors import (
@@ -36,15 +45,26 @@ from crawler.progress import show_progress
 from crawler.render import FORMATS, describe_report, render, render_table
 from crawler.scheduler import Pacing
 from crawler.simulator import Simulator, SimulatorConfig, serve_forever
-from crawler.store import RunSummary, query_readonly, recent_runs
+from crawler.store import (
+    RunSummary,
+    Store,
+    crawl_lock,
+    query_readonly,
+    read_diff,
+    read_history,
+    recent_runs,
+    run_pair,
+)
 from crawler.store.migrate import upgrade
 
 log = logging.getLogger("crawler.cli")
+T = TypeVar("T")
 
 EXIT_OK = 0
 EXIT_FAILED_TARGETS = 1
 EXIT_USAGE = 2
 EXIT_FATAL = 3
+EXIT_HELD = 4  # the mass-deletion guard held back the run's missing marks
 EXIT_INTERNAL = 70  # EX_SOFTWARE: a bug, please report
 EXIT_LOCKED = 75
 EXIT_INTERRUPTED = 130
@@ -111,6 +131,7 @@ def run_crawl(args: argparse.Namespace, io: Io) -> int:
         dry_run=args.dry_run,
         join=args.join is not None,
         join_run_id=args.join or None,
+        accept_missing=args.accept_missing,
     )
     if options.join and (options.resume or options.targets is not None):
         print(
@@ -188,6 +209,8 @@ def _exit_code_for_report(report: CrawlReport, *, joined: bool = False) -> int:
         return EXIT_INTERRUPTED
     if joined:  # a joined worker's job is done when nothing is left to claim
         return EXIT_OK
+    if report.summary.status == RunStatus.HELD:
+        return EXIT_HELD
     if report.summary.status == RunStatus.SUCCEEDED:
         return EXIT_OK
     return EXIT_FAILED_TARGETS
@@ -319,6 +342,68 @@ def run_sql(args: argparse.Namespace, io: Io) -> int:
     return EXIT_OK
 
 
+# --- diff, history, accept, prune ------------------------------------------------------------
+
+
+def run_diff(args: argparse.Namespace, io: Io) -> int:
+    """`crawler diff`: exit 0, or with --exit-code 1 when anything changed."""
+    url = _db_url(args)
+    pair = asyncio.run(run_pair(url, args.from_run, args.to_run))
+    diffs = asyncio.run(read_diff(url, pair, region_id=args.region))
+    text = render_diff(pair, diffs, args.format)
+    if text:
+        print(text, file=io.stdout)
+    if args.format != "table":  # the table says it itself; keep jsonl and csv pure data
+        print(f"{describe_pair(pair)}: {describe_counts(diffs)}", file=io.stderr)
+    return EXIT_FAILED_TARGETS if args.exit_code and diffs else EXIT_OK
+
+
+def run_history(args: argparse.Namespace, io: Io) -> int:
+    """`crawler history REGION_ID IMAGE_ID`."""
+    entries = asyncio.run(read_history(_db_url(args), args.region_id, args.image_id))
+    if not entries:
+        raise CrawlerError(f"no history for {args.region_id}/{args.image_id} in this database")
+    print(render_history(entries, args.format), file=io.stdout)
+    return EXIT_OK
+
+
+def run_accept(args: argparse.Namespace, io: Io) -> int:
+    """`crawler accept RUN_ID`: apply the missing marks a held run held back."""
+    summary, marked = asyncio.run(
+        _locked(_db_url(args), lambda store: store.accept_run(args.run_id))
+    )
+    print(
+        f"run {summary.run_id} {summary.status}: {marked:,} images marked missing", file=io.stdout
+    )
+    return EXIT_OK
+
+
+def run_prune(args: argparse.Namespace, io: Io) -> int:
+    """`crawler prune`: delete old runs' targets and results; runs and history stay."""
+    url = _db_url(args)
+    keep_runs = args.keep_runs if args.keep_runs is not None else _config(args).retention.keep_runs
+    pruned = asyncio.run(_locked(url, lambda store: store.prune(keep_runs, vacuum=args.vacuum)))
+    runs = ", ".join(map(str, pruned.run_ids)) or "none"
+    print(
+        f"kept the newest {keep_runs} runs (0 = all); pruned runs: {runs}"
+        f" ({pruned.targets:,} targets, {pruned.results:,} results deleted)"
+        + ("; vacuumed" if args.vacuum else ""),
+        file=io.stdout,
+    )
+    return EXIT_OK
+
+
+async def _locked(url: str, action: Callable[[Store], Awaitable[T]]) -> T:
+    # These write: never beside a running crawl (exit 75 if one holds the lock).
+    lock = crawl_lock(url)
+    with lock if lock is not None else contextlib.nullcontext():
+        store = await Store.open(url)
+        try:
+            return await action(store)
+        finally:
+            await store.close()
+
+
 def _runs_table(runs: Sequence[RunSummary]) -> tuple[list[str], list[tuple[Any, ...]]]:
     columns = ["run_id", "status", "started_at", "finished_at", "targets", "fetched", "missing"]
     columns += ["failed", "requests", "retries", "message"]
@@ -333,8 +418,11 @@ def _runs_table(runs: Sequence[RunSummary]) -> tuple[list[str], list[tuple[Any, 
 def _db_url(args: argparse.Namespace) -> str:
     if args.db is not None:
         return database_url(args.db)
-    config = load_config(Path(args.config)) if args.config else default_config()
-    return config.database.url
+    return _config(args).database.url
+
+
+def _config(args: argparse.Namespace) -> Config:
+    return load_config(Path(args.config)) if args.config else default_config()
 
 
 # --- parser ------------------------------------------------------------------------------------
@@ -357,7 +445,43 @@ def _parser() -> argparse.ArgumentParser:
     sql = _add_db_command(commands, "sql", run_sql, "a read-only query over the inventory")
     sql.add_argument("query", help="one SQL statement; writes are refused")
     sql.add_argument("--format", choices=FORMATS, default="table")
+    _add_history_commands(commands)
     return parser
+
+
+def _add_history_commands(commands: Any) -> None:
+    diff = _add_db_command(commands, "diff", run_diff, "what changed between two runs")
+    diff.add_argument(
+        "--from", dest="from_run", type=_positive_int, metavar="RUN_ID",
+        help="the older run (default: the finished run before --to; none: a baseline)",
+    )  # fmt: skip
+    diff.add_argument(
+        "--to", dest="to_run", type=_positive_int, metavar="RUN_ID",
+        help="the newer run (default: the latest succeeded or partial run)",
+    )  # fmt: skip
+    diff.add_argument("--format", choices=DIFF_FORMATS, default="table")
+    diff.add_argument("--region", help="only this region id")
+    diff.add_argument(
+        "--exit-code", action="store_true", help="exit 1 when anything changed, like git diff"
+    )
+    history = _add_db_command(
+        commands, "history", run_history, "one image's versions as a timeline"
+    )
+    history.add_argument("region_id")
+    history.add_argument("image_id")
+    history.add_argument("--format", choices=HISTORY_FORMATS, default="table")
+    accept = _add_db_command(
+        commands, "accept", run_accept, "apply the missing marks the guard held back for a run"
+    )
+    accept.add_argument("run_id", type=_positive_int, metavar="RUN_ID")
+    prune = _add_db_command(
+        commands, "prune", run_prune, "delete old runs' targets and results; runs, history stay"
+    )
+    prune.add_argument(
+        "--keep-runs", type=_non_negative_int, metavar="N",
+        help="runs that keep their rows, newest first; 0 = all (default: [retention] keep_runs)",
+    )  # fmt: skip
+    prune.add_argument("--vacuum", action="store_true", help="then shrink the database file")
 
 
 def _add_crawl(commands: Any) -> None:
@@ -384,6 +508,10 @@ def _add_crawl(commands: Any) -> None:
     crawl.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
     crawl.add_argument("--no-progress", action="store_true")
     crawl.add_argument("--dry-run", action="store_true", help="validate and plan; send nothing")
+    crawl.add_argument(
+        "--accept-missing", action="store_true",
+        help="apply this run's missing marks even if the mass-deletion guard would hold them",
+    )  # fmt: skip
 
 
 def _add_discover(commands: Any) -> None:

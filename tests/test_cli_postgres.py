@@ -275,3 +275,48 @@ def test_two_hosts_with_one_key_share_one_rate_budget(
     assert query(
         postgres_url, "SELECT count(*) FROM crawl_targets WHERE lease_expires_at > now()"
     ) == [(0,)]
+
+
+def test_diff_history_accept_and_prune_on_postgresql(
+    simulator: SimulatorFactory, tmp_path: Path, postgres_url: str
+) -> None:
+    """Two runs with changes between them; the history commands read them back, on PostgreSQL."""
+    server = simulator(images_per_region=30, seed=5)
+    targets = targets_file(tmp_path, server.sim)
+    config = write_config(
+        tmp_path, server.url, db=tmp_path / "x.db", database_url=postgres_url,
+        extra_crawl="max_missing_fraction = 0.01\nmissing_guard_min = 1",
+    )  # fmt: skip
+    assert crawl(config, "--targets", str(targets)) == 0
+    region = "cn-north-1"
+    first, second, *_ = sorted(t.image_id for t in server.sim.targets() if t.region_id == region)
+    image = dict(server.sim.inventory.images[region][0])
+    image_id = str(image["imageId"])
+    server.sim.set_image(region, {**image, "name": "renamed-by-test"})
+    for gone in (first, second):
+        if gone != image_id:
+            server.sim.delete_image(region, gone)
+    recorder = Recorder()
+    assert crawl(config, "--targets", str(targets), recorder=recorder) == 4  # held by the guard
+    recorder = Recorder()
+    assert (
+        main(
+            ["diff", "--from", "1", "--to", "2", "--db", postgres_url, "--format", "jsonl"],
+            recorder.io(),
+        )
+        == 0
+    )
+    assert '"change": "changed"' in recorder.stdout.getvalue()
+    assert "renamed-by-test" in recorder.stdout.getvalue()
+    recorder = Recorder()
+    assert main(["history", region, image_id, "--db", postgres_url], recorder.io()) == 0
+    assert recorder.stdout.getvalue().count("\n") >= 2
+    recorder = Recorder()
+    assert main(["accept", "2", "--db", postgres_url], recorder.io()) == 0, (
+        recorder.stderr.getvalue()
+    )
+    assert "marked missing" in recorder.stdout.getvalue()
+    recorder = Recorder()
+    assert main(["prune", "--keep-runs", "1", "--vacuum", "--db", postgres_url], recorder.io()) == 0
+    assert "pruned runs: 1" in recorder.stdout.getvalue(), recorder.stdout.getvalue()
+    assert query(postgres_url, "SELECT DISTINCT run_id FROM crawl_results") == [(2,)]

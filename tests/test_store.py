@@ -8,6 +8,7 @@ store, and without anything SQLite's own (that is tests/test_dialect_sqlite.py's
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import threading
 import tracemalloc
@@ -21,11 +22,19 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import Engine, create_engine, inspect, text
 
-from crawler.errors import StoreError, TargetsError
+from crawler.errors import CrawlerError, StoreError, TargetsError
 from crawler.models import ImageRows, JsonObject, Outcome, RunStatus, Target, TargetResult
 from crawler.normalise import normalise_image
 from crawler.simulator.inventory import Inventory, build_inventory
-from crawler.store import RunSummary, Store, format_utc, parse_utc, query_readonly, recent_runs
+from crawler.store import (
+    MissingGuard,
+    RunSummary,
+    Store,
+    format_utc,
+    parse_utc,
+    query_readonly,
+    recent_runs,
+)
 from crawler.store.migrate import head_revision
 
 NAIVE_TZ = ZoneInfo("Asia/Shanghai")
@@ -175,6 +184,15 @@ def schema_of(path: Path) -> list[Any]:
     return [*tables, *sorted(views)]
 
 
+def execute(path: Path, sql: str, **params: Any) -> None:
+    engine = engine_of(path)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(sql), params)
+    finally:
+        engine.dispose()
+
+
 def image_row(path: Path, target: Target) -> dict[str, Any]:
     engine = engine_of(path)
     try:
@@ -263,6 +281,56 @@ async def test_rewriting_the_same_image_changes_nothing_but_timestamps(
     assert again["last_seen_at"] == "2024-05-01 08:02:00.000000"
 
 
+async def test_an_unchanged_image_writes_no_version_and_keeps_its_children(
+    store: Store, inventory: Inventory, db_path: Path
+) -> None:
+    region, image = rich_image(inventory)
+    target = target_of(region, image)
+    first = await store.create_run([target], strategy="single")
+    await store.write_results(first, [fetched(region, image, at(1))])
+    await store.finish_run(first, RunStatus.SUCCEEDED, requests=1, retries=0)
+    # A mark no crawl writes: a rewrite of the children from the API would remove it.
+    execute(db_path, "UPDATE disks SET name = 'not-from-the-api'")
+
+    second = await store.create_run([target], strategy="single")
+    reordered = dict(reversed(list(image.items())))  # the same image, its keys in another order
+    await store.write_results(second, [fetched(region, reordered, at(2))])
+
+    assert {row[0] for row in query(db_path, "SELECT name FROM disks")} == {"not-from-the-api"}
+    row = image_row(db_path, target)
+    assert (row["last_seen_at"], row["last_run_id"]) == ("2024-05-01 08:02:00.000000", second)
+    assert query(db_path, "SELECT version, valid_from_run, valid_to_run FROM image_versions") == [
+        (1, first, None)
+    ]
+
+
+async def test_a_changed_image_closes_its_version_and_opens_the_next(
+    store: Store, inventory: Inventory, db_path: Path
+) -> None:
+    region, image = rich_image(inventory)
+    target = target_of(region, image)
+    first = await store.create_run([target], strategy="single")
+    await store.write_results(first, [fetched(region, image, at(1))])
+    second = await store.create_run([target], strategy="single")
+    await store.write_results(second, [fetched(region, variant(image, 0), at(2))])
+    # Fetched again in the same run (a resume): that run's version is replaced, not stacked.
+    await store.write_results(second, [fetched(region, variant(image, 3), at(3))])
+
+    versions = query(
+        db_path,
+        "SELECT version, valid_from_run, valid_to_run, status, content_hash, recorded_at"
+        " FROM image_versions ORDER BY version",
+    )
+    assert [row[:4] for row in versions] == [
+        (1, first, second, "present"),
+        (2, second, None, "present"),
+    ]
+    assert versions[0][4] != versions[1][4]
+    assert versions[1][5] == "2024-05-01 08:03:00.000000"
+    stored = query(db_path, "SELECT content FROM image_versions WHERE version = 2")[0][0]
+    assert json.loads(stored)["disks"].keys() == {"system:0", "data:0", "data:1", "data:2"}
+
+
 async def test_fetched_rows_hold_what_normalise_produced(
     store: Store, inventory: Inventory, db_path: Path
 ) -> None:
@@ -335,6 +403,52 @@ async def test_missing_marks_at_the_end_of_the_run_without_deleting_and_a_fetch_
         (2, second, fourth, "missing"),
         (3, fourth, None, "present"),
     ]
+
+
+@pytest.mark.parametrize(
+    ("guard", "newly_missing", "present_before", "holds"),
+    [
+        (MissingGuard(0.2, 50), 50, 200, True),  # 25 % and 50 of them
+        (MissingGuard(0.2, 50), 49, 200, False),  # under the minimum
+        (MissingGuard(0.2, 50), 50, 250, False),  # exactly 20 %: not more than
+        (MissingGuard(0.2, 0), 1, 1, True),
+        (MissingGuard(1.0, 0), 100, 100, False),  # a fraction of 1 turns it off
+        (MissingGuard(0.2, 50, accept=True), 100, 100, False),  # --accept-missing
+        (MissingGuard(0.0, 1), 0, 10, False),  # nothing newly missing is never held
+    ],
+)
+def test_the_guard_holds_more_than_the_fraction_and_at_least_the_minimum(
+    guard: MissingGuard, newly_missing: int, present_before: int, holds: bool
+) -> None:
+    assert guard.holds(newly_missing, present_before) is holds
+
+
+async def test_a_held_run_marks_nothing_until_accepted(
+    store: Store, inventory: Inventory, db_path: Path
+) -> None:
+    pairs = existing(inventory)[:10]
+    targets = [target_of(*pair) for pair in pairs]
+    first = await store.create_run(targets, strategy="single")
+    await store.write_results(first, [fetched(*pair, at(1)) for pair in pairs])
+    await store.finish_run(first, RunStatus.SUCCEEDED, requests=10, retries=0)
+    second = await store.create_run(targets, strategy="single")
+    await store.write_results(second, [missing(target, at(2)) for target in targets[:3]])
+    await store.write_results(second, [failed(target, at(2)) for target in targets[3:4]])
+    await store.write_results(second, [fetched(*pair, at(2)) for pair in pairs[4:]])
+    summary = await store.finish_run(
+        second, RunStatus.PARTIAL, requests=10, retries=0, guard=MissingGuard(0.2, 3)
+    )
+    assert summary.status is RunStatus.HELD
+    assert summary.message is not None
+    assert "held back 3 missing marks: 3 of the 10 images" in summary.message
+    assert f"crawler accept {second}" in summary.message
+    assert query(db_path, "SELECT COUNT(*) FROM images WHERE missing_since IS NOT NULL") == [(0,)]
+
+    accepted, marked = await store.accept_run(second)
+    assert (accepted.status, marked) == (RunStatus.PARTIAL, 3)  # it had a failed target
+    assert query(db_path, "SELECT COUNT(*) FROM images WHERE missing_since IS NOT NULL") == [(3,)]
+    with pytest.raises(CrawlerError, match="not held"):
+        await store.accept_run(second)
 
 
 async def test_an_interrupted_or_failed_run_marks_nothing_missing(
@@ -660,6 +774,7 @@ async def filled(db_path: Path, inventory: Inventory) -> list[RunSummary]:
     pairs = existing(inventory)
     gone = {target_of(*pair) for pair in pairs[1::6]}  # 10 images deleted before run 2
     flaky = {target_of(*pair) for pair in pairs[4::10]}  # 6 images run 2 cannot fetch
+    edited = {target_of(*pair) for pair in pairs[2::12]}  # 5 images whose data disks change
     absent = [
         Target(region, image_id) for region in REGIONS for image_id in inventory.missing[region]
     ]
@@ -676,6 +791,8 @@ async def filled(db_path: Path, inventory: Inventory) -> list[RunSummary]:
                     results.append(missing(target, at(run_no * 60 + 1)))
                 elif run_no == 2 and target in flaky:
                     results.append(failed(target, at(run_no * 60 + 1)))
+                elif run_no == 2 and target in edited:
+                    results.append(fetched(region, variant(image, 2), at(run_no * 60 + 1)))
                 else:
                     results.append(fetched(region, image, at(run_no * 60 + 1)))
             for start in range(0, len(results), 25):
@@ -783,6 +900,8 @@ def test_the_cookbook_has_the_audit_questions() -> None:
     for topic in ("region and os", "not ready", "shared", "data disks", "attached", "tag keys"):
         assert topic in titles
     for topic in ("missing since the previous run", "failed in the last run"):
+        assert topic in titles
+    for topic in ("what changed last night", "as they were at run n", "appeared this week"):
         assert topic in titles
     assert len(cookbook_queries()) >= 8
 

@@ -5,11 +5,13 @@ Revises: 0001
 Create Date: 2026-12-01 09:00:00
 
 `image_versions` holds one row per change of an image's whole aggregate (CONTRACT.md §6, §7).
-Every image already in the database gets one version from its current rows, so a database made
-by the first release keeps working: the image's state as of its `last_run_id` is what its rows
-say now, `present`, or `missing` from the run that first found it missing. The canonical content
-and its hash come from `crawler.store.content`, the code the store writes versions with, so an
-unchanged image re-crawled after the upgrade writes no new version.
+Every image already in the database gets a version from its current rows, so a database made by
+the first release keeps working: the image is `present` with what its rows say now from the
+first run that fetched it (of those whose results are kept; else its `last_run_id`). A missing
+image is that up to the first run after its last fetch that found it missing, and `missing` from
+then on. Changes before the upgrade were overwritten, so the history cannot show them. The
+canonical content and its hash come from `crawler.store.content`, the code the store writes
+versions with, so an unchanged image re-crawled after the upgrade writes no new version.
 
 `crawl_runs.status` also allows `held` (the mass-deletion guard). SQLite cannot alter a CHECK
 constraint, so the table is rebuilt; the views that read it are dropped first and recreated
@@ -181,6 +183,17 @@ def _children(
     return grouped
 
 
+def _first_fetch(bind: sa.Connection) -> dict[tuple[str, str], int]:
+    """For each image, the first run whose kept results fetched it."""
+    rows = bind.execute(
+        sa.text(
+            "SELECT region_id, image_id, MIN(run_id) FROM crawl_results"
+            " WHERE outcome = 'fetched' GROUP BY region_id, image_id"
+        )
+    )
+    return {(region, image): int(run) for region, image, run in rows}
+
+
 def _missing_from(bind: sa.Connection) -> dict[tuple[str, str], int]:
     """For each missing image, the first run after its last fetch that found it missing."""
     rows = bind.execute(
@@ -195,10 +208,38 @@ def _missing_from(bind: sa.Connection) -> dict[tuple[str, str], int]:
     return {(region, image): int(run) for region, image, run in rows}
 
 
+def _versions(
+    image: dict[str, Any], content: Any, first_fetch: int | None, missing_from: int | None
+) -> list[dict[str, Any]]:
+    """The backfilled versions of one image: `present`, then `missing` if it went."""
+    valid_from = first_fetch or image["last_run_id"]
+    spans: list[tuple[int, int | None, str]] = []
+    if image["missing_since"] is None:
+        spans.append((valid_from, None, "present"))
+    else:
+        gone = missing_from or image["last_run_id"]
+        if valid_from < gone:
+            spans.append((valid_from, gone, "present"))
+        spans.append((gone, None, "missing"))
+    return [
+        {
+            "region_id": image["region_id"],
+            "image_id": image["image_id"],
+            "version": version,
+            "valid_from_run": start,
+            "valid_to_run": end,
+            "status": status,
+            "content_hash": content.hash,
+            "content": content.text,
+        }
+        for version, (start, end, status) in enumerate(spans, 1)
+    ]
+
+
 def _backfill(bind: sa.Connection) -> None:
     recorded_at = _recorded_at()
     first_run = bind.execute(sa.text("SELECT MIN(run_id) FROM crawl_runs")).scalar()
-    missing_from = _missing_from(bind)
+    first_fetch, missing_from = _first_fetch(bind), _missing_from(bind)
     for images in _image_chunks(bind):
         first, last = images[0], images[-1]
         disks = _children(bind, "disks", first, last)
@@ -207,26 +248,14 @@ def _backfill(bind: sa.Connection) -> None:
         versions = []
         for image in images:
             key = (image["region_id"], image["image_id"])
-            valid_from = image["last_run_id"] or first_run
-            if valid_from is None:
+            image["last_run_id"] = image["last_run_id"] or first_run
+            if image["last_run_id"] is None:
                 continue  # rows written by hand, with no run at all: history starts at a fetch
             columns = {name: value for name, value in image.items() if name not in _BOOKKEEPING}
             content = canonical(
                 content_of(columns, disks.get(key, []), attachments.get(key, []), tags.get(key, []))
             )
-            missing = image["missing_since"] is not None
-            versions.append(
-                {
-                    "region_id": key[0],
-                    "image_id": key[1],
-                    "version": 1,
-                    "valid_from_run": missing_from.get(key, valid_from) if missing else valid_from,
-                    "valid_to_run": None,
-                    "status": "missing" if missing else "present",
-                    "content_hash": content.hash,
-                    "content": content.text,
-                    "recorded_at": recorded_at,
-                }
-            )
+            for version in _versions(image, content, first_fetch.get(key), missing_from.get(key)):
+                versions.append({**version, "recorded_at": recorded_at})
         if versions:
             bind.execute(sa.insert(_VERSIONS), versions)
