@@ -320,3 +320,28 @@ def test_diff_history_accept_and_prune_on_postgresql(
     assert main(["prune", "--keep-runs", "1", "--vacuum", "--db", postgres_url], recorder.io()) == 0
     assert "pruned runs: 1" in recorder.stdout.getvalue(), recorder.stdout.getvalue()
     assert query(postgres_url, "SELECT DISTINCT run_id FROM crawl_results") == [(2,)]
+
+
+def test_resume_after_the_coordinator_died_finishes_the_run_once_its_leases_lapse(
+    simulator: SimulatorFactory, tmp_path: Path, postgres_url: str
+) -> None:
+    server = simulator(images_per_region=150, latency_ms=20)
+    targets = targets_file(tmp_path, server.sim)
+    total = len(list(server.sim.targets()))
+    config = write_config(
+        tmp_path, server.url, db=tmp_path / "x.db", database_url=postgres_url, concurrency=4,
+        extra_crawl="lease_s = 1",
+    )  # fmt: skip
+    coordinator = start(config, "--targets", str(targets))
+    try:
+        wait_until(lambda: results(postgres_url) >= 30, "the coordinator's first results")
+        coordinator.send_signal(signal.SIGKILL)
+    finally:
+        coordinator.kill()
+        coordinator.communicate()
+    assert query(postgres_url, "SELECT status FROM crawl_runs") == [("running",)]
+    assert 30 <= results(postgres_url) < total
+    recorder = Recorder()
+    assert crawl(config, "--resume", recorder=recorder) == 0, recorder.stderr.getvalue()
+    assert query(postgres_url, "SELECT status, fetched FROM crawl_runs") == [("succeeded", total)]
+    assert results(postgres_url) == total
