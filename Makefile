@@ -12,7 +12,7 @@ $(BIN)/python:
 
 # Reinstall only when the project's metadata changes; the install is editable, so code edits need none.
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,postgres]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -30,8 +30,9 @@ typecheck: $(STAMP)
 layers: $(STAMP)
 	$(BIN)/lint-imports
 
+# The suite runs against a throwaway PostgreSQL as well as SQLite (tests/with_postgres.sh).
 unit: $(STAMP)
-	$(BIN)/python -m pytest
+	tests/with_postgres.sh $(BIN)/python -m pytest
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/crawl_throughput.py

@@ -42,7 +42,7 @@ from harness import (
     write_crawl_config,
 )
 
-from crawler.inventory import missing_count
+from crawler.simulator.inventory import missing_count
 
 TARGET_RATIO = 1.5
 REGIONS = ("cn-north-1", "cn-east-1", "cn-east-2", "cn-south-1")

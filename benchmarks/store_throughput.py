@@ -1,8 +1,8 @@
 """How fast images are normalised and committed to SQLite by `crawler.store`.
 
-Builds N real-shaped `Image` objects (from `crawler.inventory`, the simulator's own generator, so
-with the same mix of disks, attachments and tags as a crawl of the simulator), then times, each
-into a fresh SQLite file under a temporary directory:
+Builds N real-shaped `Image` objects (from `crawler.simulator.inventory`, the simulator's own
+generator, so with the same mix of disks, attachments and tags as a crawl of the simulator), then
+times, each into a fresh SQLite file under a temporary directory:
 
 - normalise: `normalise_image` alone;
 - store: `Store.write_results` alone, in batches of already-normalised rows (first crawl);
@@ -13,10 +13,15 @@ into a fresh SQLite file under a temporary directory:
 
 Prints one JSON line (machine-readable) then one human line. Optionally (`--targets N`) also
 times `create_run` over N streamed targets and reports how much peak memory grew meanwhile.
+With `--postgres URL` (a server the benchmark may create databases on, e.g. from
+`tests/with_postgres.sh`: `$CRAWLER_TEST_POSTGRES_URL`) every phase runs on SQLite and then on a
+new PostgreSQL database, and both lines are printed one after the other.
 Run from the repository root once the package is installed (or with `PYTHONPATH=.`):
 
     .venv/bin/python benchmarks/store_throughput.py --images 20000 --batch 500
     .venv/bin/python benchmarks/store_throughput.py --shape rich --targets 1000000
+    CRAWLER_PG_DURABLE=1 tests/with_postgres.sh sh -c \
+        '.venv/bin/python benchmarks/store_throughput.py --postgres "$CRAWLER_TEST_POSTGRES_URL"'
 """
 
 from __future__ import annotations
@@ -28,15 +33,20 @@ import math
 import resource
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from crawler.inventory import build_inventory
+from sqlalchemy import create_engine
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
+
 from crawler.models import ImageRows, JsonObject, Outcome, Target, TargetResult
 from crawler.normalise import normalise_image
+from crawler.simulator.inventory import build_inventory
 from crawler.store import Store
 
 REGIONS = ("cn-north-1", "cn-east-1", "cn-east-2", "cn-south-1")
@@ -124,15 +134,50 @@ def batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
         yield items[start : start + size]
 
 
-async def open_run(directory: Path, name: str, targets: Sequence[Target]) -> tuple[Store, int]:
-    store = await Store.open(f"sqlite+aiosqlite:///{directory / name}")
+# A phase's database by name: an SQLite file in the temporary directory, or a new PostgreSQL one.
+UrlFor = Callable[[str], str]
+
+
+def sqlite_urls(directory: Path) -> UrlFor:
+    return lambda name: f"sqlite+aiosqlite:///{directory / name}"
+
+
+class PostgresDatabases:
+    """New databases on a PostgreSQL server, one per phase, dropped by `drop_all`."""
+
+    def __init__(self, server_url: str) -> None:
+        self.server = make_url(server_url)
+        self.created: list[str] = []
+
+    def _admin(self) -> Any:
+        return create_engine(self.server, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+
+    def __call__(self, name: str) -> str:
+        database = f"bench_{name.split('.')[0]}_{uuid.uuid4().hex[:8]}"
+        engine = self._admin()
+        with engine.connect() as conn:
+            conn.exec_driver_sql(f'CREATE DATABASE "{database}"')
+        engine.dispose()
+        self.created.append(database)
+        return self.server.set(database=database).render_as_string(hide_password=False)
+
+    def drop_all(self) -> None:
+        engine = self._admin()
+        with engine.connect() as conn:
+            for database in self.created:
+                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        engine.dispose()
+
+
+async def open_run(url_for: UrlFor, name: str, targets: Sequence[Target]) -> tuple[Store, int]:
+    store = await Store.open(url_for(name))
     return store, await store.create_run(targets, strategy="single")
 
 
-async def time_store(directory: Path, rows: Sequence[ImageRows], batch: int) -> tuple[float, float]:
+async def time_store(url_for: UrlFor, rows: Sequence[ImageRows], batch: int) -> tuple[float, float]:
     """Seconds for the first write of every image, then for rewriting them all."""
     results = fetched(rows, datetime.now(UTC))
-    store, run_id = await open_run(directory, "store.db", [r.target for r in results])
+    store, run_id = await open_run(url_for, "store.db", [r.target for r in results])
     try:
         timings = []
         for _ in range(2):
@@ -145,10 +190,10 @@ async def time_store(directory: Path, rows: Sequence[ImageRows], batch: int) -> 
     return timings[0], timings[1]
 
 
-async def time_both(directory: Path, images: Sequence[tuple[str, JsonObject]], batch: int) -> float:
+async def time_both(url_for: UrlFor, images: Sequence[tuple[str, JsonObject]], batch: int) -> float:
     """Seconds to normalise and write every image, batch by batch."""
     targets = [Target(region, str(image["imageId"])) for region, image in images]
-    store, run_id = await open_run(directory, "both.db", targets)
+    store, run_id = await open_run(url_for, "both.db", targets)
     try:
         started = time.perf_counter()
         for chunk in batches(images, batch):
@@ -165,11 +210,11 @@ def synthetic_targets(count: int) -> Iterator[Target]:
         yield Target(REGIONS[index % len(REGIONS)], f"img-{index:010d}")
 
 
-async def time_create_run(directory: Path, count: int) -> tuple[float, float]:
+async def time_create_run(url_for: UrlFor, count: int) -> tuple[float, float]:
     """Seconds for create_run over `count` streamed targets, and how much the process's peak
     resident memory grew meanwhile (MiB; run first, so earlier phases do not mask it)."""
     before_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    store = await Store.open(f"sqlite+aiosqlite:///{directory / 'targets.db'}")
+    store = await Store.open(url_for("targets.db"))
     try:
         started = time.perf_counter()
         await store.create_run(synthetic_targets(count), strategy="single")
@@ -184,10 +229,10 @@ def rate(count: int, seconds: float) -> float:
     return round(count / seconds, 1) if seconds > 0 else 0.0
 
 
-async def measure(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
-    figures: dict[str, Any] = {"benchmark": "store_throughput"}
+async def measure(args: argparse.Namespace, url_for: UrlFor, database: str) -> dict[str, Any]:
+    figures: dict[str, Any] = {"benchmark": "store_throughput", "database": database}
     if args.targets:
-        create_s, grown_mib = await time_create_run(directory, args.targets)
+        create_s, grown_mib = await time_create_run(url_for, args.targets)
         figures["create_run_targets"] = args.targets
         figures["create_run_targets_per_s"] = rate(args.targets, create_s)
         figures["create_run_peak_rss_growth_mib"] = round(grown_mib, 1)
@@ -195,8 +240,8 @@ async def measure(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
     started = time.perf_counter()
     rows = normalise_all(images)
     normalise_s = time.perf_counter() - started
-    store_s, rewrite_s = await time_store(directory, rows, args.batch)
-    both_s = await time_both(directory, images, args.batch)
+    store_s, rewrite_s = await time_store(url_for, rows, args.batch)
+    both_s = await time_both(url_for, images, args.batch)
     figures |= {
         "images": len(images),
         "batch": args.batch,
@@ -214,7 +259,7 @@ async def measure(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
 
 def describe(figures: dict[str, Any]) -> str:
     line = (
-        f"{figures['images']:,} images ({figures['disks_per_image']} disks,"
+        f"{figures['database']}: {figures['images']:,} images ({figures['disks_per_image']} disks,"
         f" {figures['attachments_per_image']} attachments, {figures['tags_per_image']} tags"
         f" each), batches of {figures['batch']}: normalise {figures['normalise_images_per_s']:,.0f}"
         f"/s, store {figures['store_images_per_s']:,.0f}/s, rewrite"
@@ -244,15 +289,27 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--targets", type=int, default=0, help="also time create_run over this many targets"
     )
+    parser.add_argument(
+        "--postgres", metavar="URL", help="also run every phase on new databases of this server"
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
+    runs = []
     with tempfile.TemporaryDirectory(prefix="store-bench-") as directory:
-        figures = asyncio.run(measure(args, Path(directory)))
-    print(json.dumps(figures))
-    print(describe(figures))
+        runs.append(asyncio.run(measure(args, sqlite_urls(Path(directory)), "sqlite")))
+    if args.postgres:
+        databases = PostgresDatabases(args.postgres)
+        try:
+            runs.append(asyncio.run(measure(args, databases, "postgresql")))
+        finally:
+            databases.drop_all()
+    for figures in runs:
+        print(json.dumps(figures))
+    for figures in runs:
+        print(describe(figures))
 
 
 if __name__ == "__main__":

@@ -13,13 +13,15 @@ import logging
 import math
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from functools import partial
 from typing import TextIO
 from zoneinfo import ZoneInfo
 
+from crawler.budget import SharedHold, SharedRate
+from crawler.claims import ClaimFeed, Claims, keep_renewed, release_claims
 from crawler.client import ApiClient, open_session
 from crawler.config import Config, Credentials, resolve_credentials
 from crawler.discovery import IMAGE_SOURCES, Discovery, DiscoveryStats
@@ -31,13 +33,19 @@ from crawler.errors import (
     RunNotFoundError,
     StoreError,
 )
-from crawler.lock import lock_for_url
-from crawler.models import JsonObject, RunStatus, Target
+from crawler.models import JsonObject, RunStatus, Target, TargetResult
 from crawler.normalise import normalise_image, scrub_text
 from crawler.retry import Retrier, RetryPolicy
-from crawler.scheduler import CrawlStats, Normaliser, Pacing, Scheduler, SchedulerConfig
+from crawler.scheduler import (
+    BATCH_MAX_IDS,
+    CrawlStats,
+    Normaliser,
+    Pacing,
+    Scheduler,
+    SchedulerConfig,
+)
 from crawler.signer import Signer
-from crawler.store import RunSummary, Store, unfinished_run_pending
+from crawler.store import MissingGuard, RunSummary, Store, crawl_lock, unfinished_run_pending
 from crawler.targets import TargetsReader, decoded_lines, is_valid_region_id
 
 log = logging.getLogger(__name__)
@@ -48,6 +56,8 @@ RESUMABLE_BY_ID = (RunStatus.RUNNING, RunStatus.INTERRUPTED, RunStatus.FAILED)
 
 # The dry run's time estimate needs a latency; this is a typical in-country API round trip.
 ASSUMED_LATENCY_S = 0.05
+# Databases on which several worker processes can share a run (CONTRACT.md §9).
+SHARED_URL_PREFIX = "postgresql+psycopg://"
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +70,9 @@ class CrawlOptions:
     resume_run_id: int | None = None
     skip_invalid: bool = False
     dry_run: bool = False
+    join: bool = False  # `--join`: one more worker on a running run (PostgreSQL)
+    join_run_id: int | None = None
+    accept_missing: bool = False  # apply the missing marks even if the guard would hold them
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,21 +167,32 @@ class CrawlJob:
         config = self.options.config
         credentials = resolve_credentials(config.api, self._environ)
         started = time.monotonic()
-        lock = lock_for_url(config.database.url)
+        if self.options.join and not config.database.url.startswith(SHARED_URL_PREFIX):
+            raise CrawlerError("--join needs a PostgreSQL database (postgresql+psycopg://...)")
+        # A joining worker is not a coordinator: it takes no lock and creates no run.
+        lock = None if self.options.join else crawl_lock(config.database.url)
         async with AsyncExitStack() as stack:
             if lock is not None:
                 stack.enter_context(lock)
             store = await Store.open(config.database.url)
             stack.push_async_callback(store.close)
-            self.run_id = await self._start_run(store)
+            self.run_id = await (
+                self._join_run(store) if self.options.join else self._start_run(store)
+            )
             if self._on_run_id is not None:
                 self._on_run_id(self.run_id)
+            if self.options.join:
+                log.info("run %d joined", self.run_id)
             try:
-                stats = await self._crawl(store, credentials)
+                if store.shared:
+                    stats, summary = await self._crawl_shared(store, credentials)
+                else:
+                    stats = await self._crawl(store, credentials)
+                    summary = await self._finish(store, stats)
             except CrawlerError:
                 await self._keep_failed_report(store, time.monotonic() - started)
                 raise
-            summary = await self._finish(store, stats)
+            await self._prune(store)
         duration_s = time.monotonic() - started
         return CrawlReport(summary, stats, duration_s, self.stopped_by, self.resumed)
 
@@ -182,6 +206,73 @@ class CrawlJob:
             return
         stats = self.scheduler.stats if self.scheduler else CrawlStats()
         self.failed_report = CrawlReport(summary, stats, duration_s, None, self.resumed)
+
+    async def _join_run(self, store: Store) -> int:
+        run_id = self.options.join_run_id or await store.latest_running_run()
+        if run_id is None:
+            raise CrawlerError("--join: this database has no running run to join")
+        status = await store.run_status(run_id)
+        if status is not RunStatus.RUNNING:
+            state = "no such run" if status is None else f"its status is {status}"
+            raise CrawlerError(f"--join: run {run_id} is not running ({state})")
+        return run_id
+
+    async def _crawl_shared(
+        self, store: Store, credentials: Credentials
+    ) -> tuple[CrawlStats, RunSummary]:
+        """Crawl the run as one of possibly many workers: targets by claims, one rate budget."""
+        config = self.options.config
+        run_id = self.run_id
+        assert run_id is not None
+        batch_size = BATCH_MAX_IDS if config.crawl.strategy == "batch" else 1
+        claims = Claims(run_id, lease_s=config.crawl.lease_s)
+        feed = ClaimFeed(
+            store.engine, claims, capacity=config.crawl.concurrency * batch_size,
+            batch_size=batch_size,
+        )  # fmt: skip
+        rate = None
+        if config.crawl.rate_limit_per_s > 0:
+            rate = SharedRate(
+                store.engine, credentials.access_key, config.crawl.rate_limit_per_s,
+                clock=self._pacing.clock, sleep=self._pacing.sleep,
+            )  # fmt: skip
+        hold = SharedHold(store.engine, credentials.access_key, clock=self._pacing.clock)
+        pending = await store.pending_counts(run_id)
+        renewer = asyncio.create_task(keep_renewed(store.engine, claims), name="lease-renewer")
+        try:
+            async with _api_client(config, credentials) as api:
+                self.scheduler = Scheduler(
+                    _scheduler_config(config), api, _FencedStore(store, claims),
+                    _normaliser(config), pacing=self._pacing, feed=feed, rate=rate,
+                    key_hold=hold,
+                )  # fmt: skip
+                if self.stopped_by is not None:
+                    self.scheduler.stop()
+                stats = await self._scheduled(
+                    store, pending, on_error=lambda: release_claims(store.engine, claims)
+                )
+        finally:
+            renewer.cancel()
+            await asyncio.gather(renewer, return_exceptions=True)
+        if self.stopped_by is not None:
+            await release_claims(store.engine, claims)
+        summary, finished = await store.leave_shared_run(
+            run_id, requests=stats.requests, retries=stats.retries,
+            may_finish=self.stopped_by is None, guard=self._guard(),
+        )  # fmt: skip
+        if finished:
+            log.info("run %d finished by this worker (%s)", run_id, claims.owner)
+            if summary.status is RunStatus.HELD:
+                log.warning("run %d %s", summary.run_id, summary.message)
+        elif self._coordinator_stopped(summary):  # as on SQLite: the run becomes resumable
+            status, message = self._final_status(stats)
+            summary = await store.finish_run(run_id, status, requests=0, retries=0, message=message)
+        if claims.refused or claims.reclaimed:
+            log.info(
+                "run %d: %d targets taken over from lapsed leases, %d late results refused",
+                run_id, claims.reclaimed, claims.refused,
+            )  # fmt: skip
+        return stats, summary
 
     async def _start_run(self, store: Store) -> int:
         if self.options.resume:
@@ -238,20 +329,40 @@ class CrawlJob:
             )
             if self.stopped_by is not None:  # a signal arrived while the run was being set up
                 self.scheduler.stop()
-            with self._deadline(config.crawl.deadline_s):
-                try:
-                    return await self.scheduler.run(self.run_id, pending)
-                except (AuthError, StoreError, EndpointUnreachableError, InternalError) as error:
-                    await self._fail(store, error)
-                    raise
-                except Exception as exc:
-                    # A bug: the run row says failed and why, the lock is released on the way out.
-                    log.error("internal error in the run", exc_info=exc)
-                    internal = InternalError(
-                        f"internal error (a bug, please report): {type(exc).__name__}: {exc}"
-                    )
-                    await self._fail(store, internal)
-                    raise internal from exc
+            return await self._scheduled(store, pending)
+
+    async def _scheduled(
+        self,
+        store: Store,
+        pending: dict[str, int],
+        *,
+        on_error: Callable[[], Awaitable[None]] | None = None,
+    ) -> CrawlStats:
+        """Run the scheduler; a run-ending error marks the run failed (a joined worker's
+        does not: the run goes on without it) after `on_error` (returning claims)."""
+        assert self.run_id is not None and self.scheduler is not None
+        with self._deadline(self.options.config.crawl.deadline_s):
+            try:
+                return await self.scheduler.run(self.run_id, pending)
+            except (AuthError, StoreError, EndpointUnreachableError, InternalError) as error:
+                await self._ended_by(store, error, on_error)
+                raise
+            except Exception as exc:
+                # A bug: the run row says failed and why, the lock is released on the way out.
+                log.error("internal error in the run", exc_info=exc)
+                internal = InternalError(
+                    f"internal error (a bug, please report): {type(exc).__name__}: {exc}"
+                )
+                await self._ended_by(store, internal, on_error)
+                raise internal from exc
+
+    async def _ended_by(
+        self, store: Store, error: CrawlerError, on_error: Callable[[], Awaitable[None]] | None
+    ) -> None:
+        if on_error is not None:
+            await on_error()
+        if not self.options.join:
+            await self._fail(store, error)
 
     def _log_start(self, run: RunSummary, pending: int) -> None:
         if self.resumed:
@@ -264,9 +375,32 @@ class CrawlJob:
     async def _finish(self, store: Store, stats: CrawlStats) -> RunSummary:
         assert self.run_id is not None
         status, message = self._final_status(stats)
-        return await store.finish_run(
-            self.run_id, status, requests=stats.requests, retries=stats.retries, message=message
+        summary = await store.finish_run(
+            self.run_id, status, requests=stats.requests, retries=stats.retries, message=message,
+            guard=self._guard(),
+        )  # fmt: skip
+        if summary.status is RunStatus.HELD:
+            log.warning("run %d %s", summary.run_id, summary.message)
+        return summary
+
+    def _guard(self) -> MissingGuard:
+        crawl = self.options.config.crawl
+        return MissingGuard(
+            crawl.max_missing_fraction, crawl.missing_guard_min, self.options.accept_missing
         )
+
+    async def _prune(self, store: Store) -> None:
+        keep_runs = self.options.config.retention.keep_runs
+        pruned = await store.prune(keep_runs)
+        if pruned.run_ids:
+            log.info(
+                "retention (keep_runs %d): deleted the targets and results of %d older runs",
+                keep_runs, len(pruned.run_ids),
+            )  # fmt: skip
+
+    def _coordinator_stopped(self, summary: RunSummary) -> bool:
+        joined, stopped = self.options.join, self.stopped_by is not None
+        return stopped and not joined and summary.status is RunStatus.RUNNING
 
     def _final_status(self, stats: CrawlStats) -> tuple[RunStatus, str | None]:
         if self.stopped_by == "deadline":
@@ -320,6 +454,26 @@ class CrawlJob:
             raise CrawlerError(f"cannot read the targets file {path}: {exc.strerror}") from exc
         with stream:
             yield TargetsReader(decoded_lines(stream, path), path, skip_invalid=skip_invalid)
+
+
+class _FencedStore:
+    """The store as one worker of a shared run writes to it: only results it still holds."""
+
+    def __init__(self, store: Store, claims: Claims) -> None:
+        self._store = store
+        self._claims = claims
+
+    async def pending_targets(
+        self, run_id: int, region_id: str, *, after_image_id: str | None, limit: int
+    ) -> list[Target]:
+        return await self._store.pending_targets(
+            run_id, region_id, after_image_id=after_image_id, limit=limit
+        )
+
+    async def write_results(self, run_id: int, results: Sequence[TargetResult]) -> int:
+        written = await self._store.write_results(run_id, results, fence=self._claims.fence_results)
+        self._claims.settle(results, written)
+        return written
 
 
 @contextlib.asynccontextmanager

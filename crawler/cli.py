@@ -19,16 +19,17 @@ import signal
 import sys
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from io import StringIO
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 # Only what parsing the command line and mapping errors need is imported here; each command
 # imports the rest itself, so `crawler --help`, `runs` and `sql` never load aiohttp, tenacity or
-# the scheduler, and nothing loads Alembic unless a database is behind (see crawler.migrate).
+# the scheduler, and nothing loads Alembic unless a database is behind (see crawler.store.migrate).
 # benchmarks/startup_cpu.py measures what each command costs to start.
+from crawler.changes import DIFF_FORMATS, HISTORY_FORMATS
 from crawler.discovery import IMAGE_SOURCES
 from crawler.errors import (
     ApiError,
@@ -61,14 +62,16 @@ if TYPE_CHECKING:
     from crawler.metrics import RunMetrics
     from crawler.scheduler import Pacing
     from crawler.simulator import Simulator
-    from crawler.store import MonitoringFacts
+    from crawler.store import MonitoringFacts, Store
 
 log = logging.getLogger("crawler.cli")
+T = TypeVar("T")
 
 EXIT_OK = 0
 EXIT_FAILED_TARGETS = 1
 EXIT_USAGE = 2
 EXIT_FATAL = 3
+EXIT_HELD = 4  # the mass-deletion guard held back the run's missing marks
 EXIT_INTERNAL = 70  # EX_SOFTWARE: a bug, please report
 EXIT_LOCKED = 75
 EXIT_INTERRUPTED = 130
@@ -232,7 +235,16 @@ def _crawl(args: argparse.Namespace, io: Io, context: RunContext, invocation: _I
         resume_run_id=args.resume or None,
         skip_invalid=args.skip_invalid,
         dry_run=args.dry_run,
+        join=args.join is not None,
+        join_run_id=args.join or None,
+        accept_missing=args.accept_missing,
     )
+    if options.join and (options.resume or options.targets is not None):
+        print(
+            "crawler crawl: --join takes the run's own targets; no --resume or --targets",
+            file=io.stderr,
+        )
+        return EXIT_USAGE
     invocation.url = options.config.database.url
     job = CrawlJob(
         options,
@@ -251,7 +263,7 @@ def _crawl(args: argparse.Namespace, io: Io, context: RunContext, invocation: _I
         invocation.report = job.failed_report
         raise
     invocation.report = report
-    code = _exit_code_for_report(report)
+    code = _exit_code_for_report(report, joined=options.join)
     _summarise(args, io, report, code)
     return code
 
@@ -317,9 +329,13 @@ def _crawl_config(args: argparse.Namespace) -> Config:
     return dataclasses.replace(config, crawl=crawl, database=database)
 
 
-def _exit_code_for_report(report: CrawlReport) -> int:
+def _exit_code_for_report(report: CrawlReport, *, joined: bool = False) -> int:
     if report.stopped_by == "signal":
         return EXIT_INTERRUPTED
+    if joined:  # a joined worker's job is done when nothing is left to claim
+        return EXIT_OK
+    if report.summary.status == RunStatus.HELD:
+        return EXIT_HELD
     if report.summary.status == RunStatus.SUCCEEDED:
         return EXIT_OK
     return EXIT_FAILED_TARGETS
@@ -519,7 +535,7 @@ def program_name(argv0: str, path: str | None) -> str:
 
 def run_migrate(args: argparse.Namespace, io: Io) -> int:
     """`crawler migrate`."""
-    from crawler.migrate import upgrade
+    from crawler.store.migrate import upgrade
 
     _modules_loaded()
     url = _db_url(args)
@@ -548,6 +564,80 @@ def run_sql(args: argparse.Namespace, io: Io) -> int:
     columns, rows = asyncio.run(query_readonly(_db_url(args), args.query))
     print(render(columns, rows, args.format), file=io.stdout)
     return EXIT_OK
+
+
+# --- diff, history, accept, prune ------------------------------------------------------------
+
+
+def run_diff(args: argparse.Namespace, io: Io) -> int:
+    """`crawler diff`: exit 0, or with --exit-code 1 when anything changed."""
+    from crawler.changes import describe_counts, describe_pair, render_diff
+    from crawler.store import read_diff, run_pair
+
+    _modules_loaded()
+    url = _db_url(args)
+    pair = asyncio.run(run_pair(url, args.from_run, args.to_run))
+    diffs = asyncio.run(read_diff(url, pair, region_id=args.region))
+    text = render_diff(pair, diffs, args.format)
+    if text:
+        print(text, file=io.stdout)
+    if args.format != "table":  # the table says it itself; keep jsonl and csv pure data
+        print(f"{describe_pair(pair)}: {describe_counts(diffs)}", file=io.stderr)
+    return EXIT_FAILED_TARGETS if args.exit_code and diffs else EXIT_OK
+
+
+def run_history(args: argparse.Namespace, io: Io) -> int:
+    """`crawler history REGION_ID IMAGE_ID`."""
+    from crawler.changes import render_history
+    from crawler.store import read_history
+
+    _modules_loaded()
+    entries = asyncio.run(read_history(_db_url(args), args.region_id, args.image_id))
+    if not entries:
+        raise CrawlerError(f"no history for {args.region_id}/{args.image_id} in this database")
+    print(render_history(entries, args.format), file=io.stdout)
+    return EXIT_OK
+
+
+def run_accept(args: argparse.Namespace, io: Io) -> int:
+    """`crawler accept RUN_ID`: apply the missing marks a held run held back."""
+    _modules_loaded()
+    summary, marked = asyncio.run(
+        _locked(_db_url(args), lambda store: store.accept_run(args.run_id))
+    )
+    print(
+        f"run {summary.run_id} {summary.status}: {marked:,} images marked missing", file=io.stdout
+    )
+    return EXIT_OK
+
+
+def run_prune(args: argparse.Namespace, io: Io) -> int:
+    """`crawler prune`: delete old runs' targets and results; runs and history stay."""
+    _modules_loaded()
+    url = _db_url(args)
+    keep_runs = args.keep_runs if args.keep_runs is not None else _config(args).retention.keep_runs
+    pruned = asyncio.run(_locked(url, lambda store: store.prune(keep_runs, vacuum=args.vacuum)))
+    runs = ", ".join(map(str, pruned.run_ids)) or "none"
+    print(
+        f"kept the newest {keep_runs} runs (0 = all); pruned runs: {runs}"
+        f" ({pruned.targets:,} targets, {pruned.results:,} results deleted)"
+        + ("; vacuumed" if args.vacuum else ""),
+        file=io.stdout,
+    )
+    return EXIT_OK
+
+
+async def _locked(url: str, action: Callable[[Store], Awaitable[T]]) -> T:
+    # These write: never beside a running crawl (exit 75 if one holds the lock).
+    from crawler.store import Store, crawl_lock
+
+    lock = crawl_lock(url)
+    with lock if lock is not None else contextlib.nullcontext():
+        store = await Store.open(url)
+        try:
+            return await action(store)
+        finally:
+            await store.close()
 
 
 def run_check(args: argparse.Namespace, io: Io) -> int:
@@ -597,12 +687,17 @@ def run_datasette_metadata(args: argparse.Namespace, io: Io) -> int:
 
 
 def _db_url(args: argparse.Namespace) -> str:
-    from crawler.config import database_url, default_config, load_config
+    from crawler.config import database_url
 
     if args.db is not None:
         return database_url(args.db)
-    config = load_config(Path(args.config)) if args.config else default_config()
-    return config.database.url
+    return _config(args).database.url
+
+
+def _config(args: argparse.Namespace) -> Config:
+    from crawler.config import default_config, load_config
+
+    return load_config(Path(args.config)) if args.config else default_config()
 
 
 # --- parser ------------------------------------------------------------------------------------
@@ -683,7 +778,45 @@ def build_parser() -> argparse.ArgumentParser:
         "print a Datasette metadata file (JSON): descriptions, hidden bookkeeping tables and "
         "the cookbook as canned queries",
     )  # fmt: skip
+    _add_history_commands(commands)
     return parser
+
+
+def _add_history_commands(commands: Any) -> None:
+    diff = _add_db_command(commands, "diff", run_diff, "what changed between two runs")
+    diff.add_argument(
+        "--from", dest="from_run", type=_positive_int, metavar="RUN_ID",
+        help="the older run (default: the finished run before --to; none: a baseline)",
+    )  # fmt: skip
+    diff.add_argument(
+        "--to", dest="to_run", type=_positive_int, metavar="RUN_ID",
+        help="the newer run (default: the latest succeeded or partial run)",
+    )  # fmt: skip
+    diff.add_argument("--format", choices=DIFF_FORMATS, default="table", help="output format")
+    diff.add_argument("--region", metavar="REGION_ID", help="only this region id")
+    diff.add_argument(
+        "--exit-code", action="store_true", help="exit 1 when anything changed, like git diff"
+    )
+    history = _add_db_command(
+        commands, "history", run_history, "one image's versions as a timeline"
+    )
+    history.add_argument("region_id", help="the image's region, e.g. cn-north-1")
+    history.add_argument("image_id", help="the image id, e.g. img-m5s0ed7ldz")
+    history.add_argument("--format", choices=HISTORY_FORMATS, default="table", help="output format")
+    accept = _add_db_command(
+        commands, "accept", run_accept, "apply the missing marks the guard held back for a run"
+    )
+    accept.add_argument(
+        "run_id", type=_positive_int, metavar="RUN_ID", help="the held run (`crawler runs`)"
+    )
+    prune = _add_db_command(
+        commands, "prune", run_prune, "delete old runs' targets and results; runs, history stay"
+    )
+    prune.add_argument(
+        "--keep-runs", type=_non_negative_int, metavar="N",
+        help="runs that keep their rows, newest first; 0 = all (default: [retention] keep_runs)",
+    )  # fmt: skip
+    prune.add_argument("--vacuum", action="store_true", help="then shrink the database file")
 
 
 def _add_crawl(commands: Any) -> None:
@@ -705,6 +838,15 @@ def _add_crawl(commands: Any) -> None:
         "interrupted one. "
         "With --targets: finish the latest unfinished run if there is one, else start a new run "
         "from those targets (what a nightly job wants)",
+    )  # fmt: skip
+    crawl.add_argument(
+        "--join", nargs="?", const=0, type=_positive_int, metavar="RUN_ID",
+        help="PostgreSQL: crawl a running run (default: the latest) as one more worker, from"
+        " any host; exits 0 when nothing is left to claim",
+    )  # fmt: skip
+    crawl.add_argument(
+        "--accept-missing", action="store_true",
+        help="apply this run's missing marks even if the mass-deletion guard would hold them",
     )  # fmt: skip
     crawl.add_argument(
         "--concurrency", type=_positive_int, metavar="N",

@@ -32,6 +32,8 @@ SignatureVersion = Literal["JDCLOUD3", "JDCLOUD2"]
 Strategy = Literal["single", "batch"]
 
 DEFAULT_DATABASE_URL: Final = "sqlite+aiosqlite:///inventory.db"
+# The drivers the store speaks; any other URL scheme is a config error.
+DATABASE_SCHEMES: Final = ("sqlite+aiosqlite", "postgresql+psycopg")
 MAX_RESPONSE_BYTES: Final = 8 * 1024 * 1024
 
 _ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -53,33 +55,21 @@ def database_url(value: str) -> str:
     """An SQLAlchemy URL: a plain path becomes `sqlite+aiosqlite:///path`; a URL is kept.
 
     Raises:
-        ConfigError: the value is empty.
+        ConfigError: the value is empty, or its scheme is neither `sqlite+aiosqlite` nor
+            `postgresql+psycopg` (CONTRACT.md §9); the message never repeats the URL, which may
+            hold a password.
     """
     if not value.strip():
         raise ConfigError("database.url: must not be empty")
-    url = value if "://" in value else f"sqlite+aiosqlite:///{value}"
-    check_database_scheme(url)
-    return url
-
-
-# The database drivers the store can open. PostgreSQL (postgresql+psycopg) joins this tuple when
-# its dialect lands; until then such a URL must fail here, as a config error, not mid-crawl.
-SUPPORTED_DATABASE_SCHEMES: Final = ("sqlite+aiosqlite",)
-
-
-def check_database_scheme(url: str) -> None:
-    """Refuse a database URL whose scheme (dialect+driver) the store cannot open.
-
-    Raises:
-        ConfigError: naming the scheme (never the rest of the URL, which may hold a password).
-    """
-    scheme = url.split("://", 1)[0]
-    if scheme not in SUPPORTED_DATABASE_SCHEMES:
-        supported = ", ".join(f"{name}://" for name in SUPPORTED_DATABASE_SCHEMES)
+    if "://" not in value:
+        return f"sqlite+aiosqlite:///{value}"
+    scheme = value.split("://", 1)[0]
+    if scheme not in DATABASE_SCHEMES:
         raise ConfigError(
-            f"database.url: the scheme {scheme}:// is not supported; use {supported} "
-            "(e.g. sqlite+aiosqlite:///inventory.db) or a plain file path"
+            f"database.url: unsupported scheme {scheme!r}; use a file path,"
+            " sqlite+aiosqlite:///PATH or postgresql+psycopg://USER@HOST[:PORT]/DB"
         )
+    return value
 
 
 class _Section:
@@ -236,12 +226,25 @@ class CrawlConfig(_Section):
     rate_limit_per_s: float = 0.0
     strategy: Strategy = "single"
     deadline_s: float = 0.0
+    lease_s: float = 30.0
+    # The mass-deletion guard (CONTRACT.md §7): hold a run's missing marks when it would newly
+    # mark more than this share of its present images, and at least `missing_guard_min` of them.
+    max_missing_fraction: float = 0.2
+    missing_guard_min: int = 50
 
     def _validate(self) -> None:
+        self._at_least("lease_s", 1)
         self._at_least("concurrency", 1)
         self._at_least("per_region_concurrency", 1)
         self._at_least("rate_limit_per_s", 0)
         self._at_least("deadline_s", 0)
+        self._at_least("max_missing_fraction", 0)
+        if self.max_missing_fraction > 1:
+            raise self._error(
+                "max_missing_fraction",
+                f"must be <= 1 (1 turns the guard off), got {self.max_missing_fraction}",
+            )
+        self._at_least("missing_guard_min", 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,6 +294,18 @@ class TargetsConfig(_Section):
 
 
 @dataclass(frozen=True, slots=True)
+class RetentionConfig(_Section):
+    """`[retention]`: how many runs keep their `crawl_targets` and `crawl_results` rows."""
+
+    SECTION: ClassVar[str] = "retention"
+
+    keep_runs: int = 30  # 0 = keep every run's rows
+
+    def _validate(self) -> None:
+        self._at_least("keep_runs", 0)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration; `source` is the file it came from, if any."""
 
@@ -299,6 +314,7 @@ class Config:
     retry: RetryConfig = field(default_factory=RetryConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     targets: TargetsConfig = field(default_factory=TargetsConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
     source: Path | None = None
 
 
@@ -308,6 +324,7 @@ _SECTIONS: Final[dict[str, type[_Section]]] = {
     "retry": RetryConfig,
     "database": DatabaseConfig,
     "targets": TargetsConfig,
+    "retention": RetentionConfig,
 }
 
 

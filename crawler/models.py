@@ -35,6 +35,24 @@ class RunStatus(enum.StrEnum):
     PARTIAL = "partial"
     FAILED = "failed"
     INTERRUPTED = "interrupted"
+    # Finished, but the mass-deletion guard held back its missing marks (`crawler accept`).
+    HELD = "held"
+
+
+class VersionStatus(enum.StrEnum):
+    """The status column of `image_versions`: whether the image existed in that span of runs."""
+
+    PRESENT = "present"
+    MISSING = "missing"
+
+
+class Change(enum.StrEnum):
+    """How an image differs between two runs (`crawler diff`, the `image_changes` view)."""
+
+    ADDED = "added"
+    REMOVED = "removed"
+    RESTORED = "restored"
+    CHANGED = "changed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,3 +98,20 @@ class TargetResult:
     error_message: str | None = None
     request_id: str | None = None
     rows: ImageRows | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TargetPage:
+    """The next targets of one region for the scheduler, from the store or from claims.
+
+    Attributes:
+        targets: the targets, by image id.
+        exhausted: the region has no more targets for this process, now or later.
+        short: the source had fewer than were asked for right now (None: it did not look).
+        retry_in_s: nothing (more) now, but maybe later: ask again after this long.
+    """
+
+    targets: list[Target]
+    exhausted: bool
+    short: bool | None = None
+    retry_in_s: float | None = None

@@ -119,6 +119,13 @@ class MinuteBudget:
         """True while the budget is spent and requests are being held back."""
         return self._remaining is not None and self._remaining <= self._in_flight
 
+    @property
+    def held_for_s(self) -> float:
+        """While the budget is spent: seconds until the next probe may go; else 0."""
+        if not self.exhausted:
+            return 0.0
+        return max(0.0, self._probe_at - self._clock())
+
     async def acquire(self) -> None:
         """Wait until a request may be sent under the key's budget."""
         while self.exhausted:

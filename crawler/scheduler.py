@@ -21,6 +21,7 @@ but transport failures since the run began.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import random
@@ -51,6 +52,7 @@ from crawler.models import (
     JsonObject,
     Outcome,
     Target,
+    TargetPage,
     TargetResult,
 )
 from crawler.normalise import scrub_text
@@ -104,7 +106,52 @@ class RunStore(Protocol):
         self, run_id: int, region_id: str, *, after_image_id: str | None, limit: int
     ) -> list[Target]: ...
 
-    async def write_results(self, run_id: int, results: Sequence[TargetResult]) -> None: ...
+    async def write_results(self, run_id: int, results: Sequence[TargetResult]) -> object: ...
+
+
+class TargetFeed(Protocol):
+    """Where the scheduler's lanes get their targets: the store's pages, or claims."""
+
+    async def next_page(
+        self, run_id: int, region_id: str, *, after_image_id: str | None, limit: int
+    ) -> TargetPage: ...
+
+    def crawled(self, result: TargetResult) -> None:
+        """A target from this feed has its outcome (it is on its way to the writer)."""
+
+
+class StorePages:
+    """The single-process feed: the run's pending targets, page by page from the store."""
+
+    def __init__(self, store: RunStore) -> None:
+        self._store = store
+
+    async def next_page(
+        self, run_id: int, region_id: str, *, after_image_id: str | None, limit: int
+    ) -> TargetPage:
+        """The next page after `after_image_id`; a short page is the region's last."""
+        page = await self._store.pending_targets(
+            run_id, region_id, after_image_id=after_image_id, limit=limit
+        )
+        short = len(page) < limit
+        return TargetPage(page, exhausted=short, short=short)
+
+    def crawled(self, result: TargetResult) -> None:
+        """Nothing to do: the store knows a target is done once its result is written."""
+
+
+class SendGate(Protocol):
+    """A cap on requests per second (`pacing.TokenBucket`, or one shared by many hosts)."""
+
+    async def acquire(self) -> None: ...
+
+
+class KeyHold(Protocol):
+    """The access key's per-minute budget as other processes crawling with the key see it."""
+
+    async def wait_s(self) -> float: ...
+
+    async def hold(self, hold_s: float) -> None: ...
 
 
 Normaliser = Callable[[str, JsonObject], ImageRows]
@@ -167,6 +214,7 @@ class Lane:
     queue: deque[Target] = field(default_factory=deque)
     cursor: str | None = None
     exhausted: bool = False
+    dry: bool = False  # the feed had no more for now (a batch may then go out short)
 
     @property
     def finished(self) -> bool:
@@ -195,7 +243,15 @@ class Scheduler:
         normalise: Normaliser,
         *,
         pacing: Pacing | None = None,
+        feed: TargetFeed | None = None,
+        rate: SendGate | None = None,
+        key_hold: KeyHold | None = None,
     ) -> None:
+        """Args beyond the obvious ones (all default to this process alone):
+        feed: where targets come from (default: the store's pending pages).
+        rate: the requests-per-second cap (default: `rate_limit_per_s` for this process).
+        key_hold: a per-minute hold shared with other processes using the same key.
+        """
         self.config = config
         self.stats = CrawlStats()
         self._api = api
@@ -203,9 +259,12 @@ class Scheduler:
         self._normalise = normalise
         self._pacing = pacing or Pacing()
         self._budget = MinuteBudget(clock=self._pacing.clock, sleep=self._pacing.sleep)
-        self._bucket = TokenBucket(
+        self._bucket: SendGate = rate or TokenBucket(
             config.rate_limit_per_s, clock=self._pacing.clock, sleep=self._pacing.sleep
         )
+        self._feed: TargetFeed = feed or StorePages(store)
+        self._key_hold = key_hold
+        self._key_held_until = 0.0
         self._retrier = Retrier(
             config.retry, sleep=self._pacing.sleep, rng=self._pacing.rng, on_retry=self._on_retry
         )
@@ -277,21 +336,31 @@ class Scheduler:
 
     async def _feed_loop(self, run_id: int) -> None:
         while not all(lane.exhausted for lane in self._lanes):
+            retry_in_s: float | None = None
             for lane in self._lanes:
                 if not lane.exhausted and len(lane.queue) < PAGE_SIZE // 2:
-                    await self._refill(run_id, lane)
+                    wait_s = await self._refill(run_id, lane)
+                    if wait_s is not None:
+                        retry_in_s = wait_s if retry_in_s is None else min(retry_in_s, wait_s)
             self._feeder_wanted.clear()
-            await self._feeder_wanted.wait()
+            if retry_in_s is None:
+                await self._feeder_wanted.wait()
+            else:  # a feed of claims may have more later (leases held elsewhere may lapse)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._feeder_wanted.wait(), retry_in_s)
 
-    async def _refill(self, run_id: int, lane: Lane) -> None:
-        page = await self._store.pending_targets(
+    async def _refill(self, run_id: int, lane: Lane) -> float | None:
+        page = await self._feed.next_page(
             run_id, lane.region_id, after_image_id=lane.cursor, limit=PAGE_SIZE
         )
-        lane.queue.extend(page)
-        lane.exhausted = len(page) < PAGE_SIZE
-        if page:
-            lane.cursor = page[-1].image_id
-        self._idle_workers.wake(len(page) if page else len(self._idle_workers))
+        lane.queue.extend(page.targets)
+        lane.exhausted = page.exhausted
+        if page.short is not None:
+            lane.dry = page.short
+        if page.targets:
+            lane.cursor = page.targets[-1].image_id
+        self._idle_workers.wake(len(page.targets) if page.targets else len(self._idle_workers))
+        return page.retry_in_s
 
     async def _next_targets(self) -> tuple[Lane, list[Target]] | None:
         """The next target (or batch) in region round-robin order, from a region with room."""
@@ -320,7 +389,12 @@ class Scheduler:
         if not lane.queue or not lane.limit.has_capacity():
             return False
         # A batch waits for a full load unless the region has no more: fewer, fuller calls.
-        return self.config.strategy != "batch" or lane.exhausted or len(lane.queue) >= BATCH_MAX_IDS
+        return (
+            self.config.strategy != "batch"
+            or lane.exhausted
+            or lane.dry
+            or len(lane.queue) >= BATCH_MAX_IDS
+        )
 
     def _take(self, lane: Lane) -> list[Target]:
         if self.config.strategy != "batch":
@@ -344,6 +418,7 @@ class Scheduler:
                 results = [await self._crawl_safely(lane, targets[0])]
             for result in results:
                 self._count(result)
+                self._feed.crawled(result)
                 await self._results.put(result)
 
     def _count(self, result: TargetResult) -> None:
@@ -463,6 +538,7 @@ class Scheduler:
     async def _send(self, lane: Lane, call: Callable[[], Awaitable[AnswerT]]) -> AnswerT:
         """One request under every limit: the first-answer gate, key budget, rate cap, region."""
         await self._wait_for_first_answer()
+        await self._wait_for_key_hold()
         await self._budget.acquire()
         await self._bucket.acquire()
         await lane.limit.acquire()
@@ -476,6 +552,8 @@ class Scheduler:
             if isinstance(error, AuthError):
                 self._abort(error)
             self._watch_endpoint(error)
+            if not isinstance(error, AuthError):
+                await self._share_key_hold()
             raise
         finally:
             lane.limit.release(congested=congested)
@@ -483,7 +561,25 @@ class Scheduler:
             self._first_answer.set()
         self._answered = True
         self._budget.observe(answer.remaining_minute)
+        await self._share_key_hold()
         return answer
+
+    async def _wait_for_key_hold(self) -> None:
+        """Hold while another process crawling with this key found its minute spent."""
+        if self._key_hold is None:
+            return
+        while (wait_s := await self._key_hold.wait_s()) > 0:
+            await self._pacing.sleep(wait_s)
+
+    async def _share_key_hold(self) -> None:
+        """Tell the other processes on this key when this one found its minute spent."""
+        hold_s = self._budget.held_for_s
+        if self._key_hold is None or hold_s <= 0:
+            return
+        until = self._pacing.clock() + hold_s
+        if until > self._key_held_until:  # once per new hold, not once per answer
+            self._key_held_until = until
+            await self._key_hold.hold(hold_s)
 
     def _watch_endpoint(self, error: ApiError) -> None:
         """Stop the run when the endpoint has given nothing but connection failures."""

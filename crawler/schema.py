@@ -15,6 +15,9 @@ Tables:
     crawl_runs     one row per crawl.
     crawl_targets  the targets of a run, so it can be resumed and audited.
     crawl_results  the outcome of each target of a run.
+    rate_budgets   the shared per-access-key rate budget of multi-host crawls (PostgreSQL).
+    image_versions one row per change of an image's whole aggregate, valid from one run to
+                   another (see `crawler.store.content` for the canonical content).
 
 Children cascade: deleting an images row deletes its disks, and a disks row its attachments and
 tags (with `PRAGMA foreign_keys=ON`); deleting a crawl_runs row deletes its targets and results.
@@ -24,8 +27,11 @@ The views the migrations add for audit queries are listed in `VIEW_NAMES`.
 from __future__ import annotations
 
 from sqlalchemy import (
+    JSON,
+    BigInteger,
     CheckConstraint,
     Column,
+    Float,
     ForeignKeyConstraint,
     Index,
     Integer,
@@ -35,8 +41,9 @@ from sqlalchemy import (
     Text,
     text,
 )
+from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP
 
-from crawler.models import Outcome, RunStatus
+from crawler.models import Outcome, RunStatus, VersionStatus
 
 metadata = MetaData()
 
@@ -53,6 +60,7 @@ VIEW_NAMES: tuple[str, ...] = (
     "tag_keys",
     "latest_run",
     "latest_run_failures",
+    "image_changes",
 )
 
 
@@ -66,6 +74,22 @@ def _int(name: str, *, nullable: bool = True) -> Column[int]:
 
 def _count(name: str) -> Column[int]:
     return Column(name, Integer, nullable=False, server_default=text("0"))
+
+
+# PostgreSQL's own types (the SQLite schema is unchanged by them): 64-bit integers where values
+# can pass 2**31, and jsonb for JSON so that `raw->>'name'` works in psql.
+BIG_INTEGER = Integer().with_variant(BigInteger(), "postgresql")
+JSON_TEXT = Text().with_variant(JSONB(), "postgresql")
+# An instant the database compares itself (a lease's expiry): timestamptz on PostgreSQL.
+INSTANT = Text().with_variant(TIMESTAMP(timezone=True), "postgresql")
+
+
+def _big(name: str, *, nullable: bool = True) -> Column[int]:
+    return Column(name, BIG_INTEGER, nullable=nullable)
+
+
+def _big_count(name: str) -> Column[int]:
+    return Column(name, BIG_INTEGER, nullable=False, server_default=text("0"))
 
 
 def _one_of(column: str, values: tuple[str, ...], name: str) -> CheckConstraint:
@@ -88,7 +112,7 @@ images = Table(
     _text("status"),
     _int("progress"),
     _text("root_device_type"),
-    _int("size_mb"),
+    _big("size_mb"),
     _int("system_disk_size_gb"),
     _text("snapshot_id"),
     _text("created_at"),
@@ -105,7 +129,7 @@ images = Table(
     _text("last_seen_at"),
     _int("last_run_id"),
     _text("missing_since"),
-    _text("raw", nullable=False),
+    Column("raw", JSON_TEXT, nullable=False),
     PrimaryKeyConstraint("region_id", "image_id", name="pk_images"),
 )
 Index("ix_images_image_id", images.c.image_id)
@@ -208,8 +232,8 @@ crawl_runs = Table(
     _count("fetched"),
     _count("missing"),
     _count("failed"),
-    _count("requests"),
-    _count("retries"),
+    _big_count("requests"),
+    _big_count("retries"),
     _text("strategy"),
     _text("message"),
     _one_of("status", tuple(RunStatus), "ck_crawl_runs_status"),
@@ -223,10 +247,24 @@ crawl_targets = Table(
     _int("run_id", nullable=False),
     _text("region_id", nullable=False),
     _text("image_id", nullable=False),
+    # The lease of a claim when several workers crawl one run (PostgreSQL; see crawler.claims).
+    Column("claims", Integer, nullable=False, server_default=text("0")),
+    _text("lease_owner"),
+    Column("lease_expires_at", INSTANT),
     PrimaryKeyConstraint("run_id", "region_id", "image_id", name="pk_crawl_targets"),
     ForeignKeyConstraint(
         ["run_id"], ["crawl_runs.run_id"], name="fk_crawl_targets_crawl_runs", ondelete="CASCADE"
     ),
+)
+
+# The token bucket that every host crawling with one access key draws from (crawler.budget).
+rate_budgets = Table(
+    "rate_budgets",
+    metadata,
+    _text("key_id", nullable=False),
+    Column("next_free_s", Float, nullable=False, server_default=text("0")),
+    Column("held_until_s", Float, nullable=False, server_default=text("0")),
+    PrimaryKeyConstraint("key_id", name="pk_rate_budgets"),
 )
 
 crawl_results = Table(
@@ -249,3 +287,22 @@ crawl_results = Table(
     _one_of("outcome", tuple(Outcome), "ck_crawl_results_outcome"),
 )
 Index("ix_crawl_results_run_id_outcome", crawl_results.c.run_id, crawl_results.c.outcome)
+
+image_versions = Table(
+    "image_versions",
+    metadata,
+    _text("region_id", nullable=False),
+    _text("image_id", nullable=False),
+    _int("version", nullable=False),
+    _int("valid_from_run", nullable=False),
+    _int("valid_to_run"),
+    _text("status", nullable=False),
+    _text("content_hash", nullable=False),
+    # JSON text on SQLite, jsonb on PostgreSQL; the store writes the canonical text itself.
+    Column("content", JSON().with_variant(JSONB(), "postgresql"), nullable=False),
+    _text("recorded_at", nullable=False),
+    PrimaryKeyConstraint("region_id", "image_id", "version", name="pk_image_versions"),
+    _one_of("status", tuple(VersionStatus), "ck_image_versions_status"),
+)
+Index("ix_image_versions_valid_from_run", image_versions.c.valid_from_run)
+Index("ix_image_versions_valid_to_run", image_versions.c.valid_to_run)

@@ -1,1 +1,4 @@
-"""The crawler's Alembic migrations (installed as `crawler.migrations`; see `crawler.migrate`)."""
+"""The crawler's Alembic migrations (installed as `crawler.migrations`).
+
+See `crawler.store.migrate`.
+"""

@@ -2,8 +2,8 @@
 
 Two ways in:
 
-- `crawler.migrate` (used by `crawler migrate` and `crawler crawl`) hands over an open connection,
-  already inside a transaction, as `config.attributes["connection"]`.
+- `crawler.store.migrate` (used by `crawler migrate` and `crawler crawl`) hands over an open
+  connection, already inside a transaction, as `config.attributes["connection"]`.
 - The `alembic` command line, from the repository root (`[tool.alembic]` in pyproject.toml): the
   database is `-x url=...`, else the `sqlalchemy.url` option, else `sqlite:///inventory.db`, e.g.
   `.venv/bin/alembic -x url=sqlite+aiosqlite:///demo.db upgrade head`. Async URLs are migrated
@@ -19,8 +19,8 @@ from alembic import context
 from alembic.util import CommandError
 from sqlalchemy.engine import Connection
 
-from crawler.migrate import migration_engine, sync_url
 from crawler.schema import metadata
+from crawler.store.migrate import migration_engine, sync_url
 
 DEFAULT_URL = "sqlite:///inventory.db"
 
@@ -55,7 +55,7 @@ def _run_on(connection: Connection) -> None:
 
 
 def run_online() -> None:
-    """Migrate on the connection `crawler.migrate` passed in, else on one of our own."""
+    """Migrate on the connection `crawler.store.migrate` passed in, else on one of our own."""
     given = context.config.attributes.get("connection")
     if given is not None:
         _run_on(given)

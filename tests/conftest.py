@@ -7,12 +7,17 @@ in-process (it calls `asyncio.run`) or as a subprocess against it.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
 
 from crawler.simulator import RunningSimulator, Simulator, SimulatorConfig, start_simulator
 
@@ -76,9 +81,12 @@ def write_config(
     initial_backoff_s: float = 0.01,
     max_backoff_s: float = 0.05,
     extra_crawl: str = "",
+    database_url: str | None = None,
+    name: str = "crawler.toml",
 ) -> Path:
-    """A crawl config pointed at a simulator, with short backoffs for tests."""
-    path = folder / "crawler.toml"
+    """A crawl config pointed at a simulator, with short backoffs for tests; the database is
+    the SQLite file `db` unless `database_url` is given."""
+    path = folder / name
     path.write_text(
         f"""
 [api]
@@ -98,7 +106,7 @@ initial_backoff_s = {initial_backoff_s}
 max_backoff_s = {max_backoff_s}
 
 [database]
-url = "sqlite+aiosqlite:///{db}"
+url = "{database_url or "sqlite+aiosqlite:///" + str(db)}"
 """,
         encoding="utf-8",
     )
@@ -108,3 +116,42 @@ url = "sqlite+aiosqlite:///{db}"
 def crawl_environ(secret: str = SECRET_KEY) -> dict[str, str]:
     """The environment a crawl reads its credentials from."""
     return {ACCESS_KEY_ENV: "TESTAK", SECRET_KEY_ENV: secret}
+
+
+# --- PostgreSQL ---------------------------------------------------------------------------------
+
+POSTGRES_URL_ENV = "CRAWLER_TEST_POSTGRES_URL"
+
+
+def _postgres_server_url() -> str:
+    """The throwaway server's URL from `tests/with_postgres.sh`, or a skip (a failure under CI)."""
+    url = os.environ.get(POSTGRES_URL_ENV)
+    if url:
+        return url
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{POSTGRES_URL_ENV} is not set: CI runs the PostgreSQL tests (make test)")
+    pytest.skip(f"no PostgreSQL server ({POSTGRES_URL_ENV} unset; `make test` starts one)")
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A new, empty database on the test server for this test alone, dropped afterwards."""
+    server = make_url(_postgres_server_url())
+    name = f"crawler_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(server, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}" TEMPLATE template0')
+        yield server.set(database=name).render_as_string(hide_password=False)
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The same test on a new SQLite file and on a new PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'inventory.db'}"
+    return str(request.getfixturevalue("postgres_url"))

@@ -177,7 +177,7 @@ def test_a_database_url_the_crawler_cannot_open_is_a_config_error(tmp_path: Path
         recorder = Recorder()
         assert crawl(config, "--targets", "-", "--db", url, *extra, recorder=recorder) == 2
         message = recorder.stderr.getvalue()
-        assert "is not supported; use sqlite+aiosqlite://" in message
+        assert "unsupported scheme" in message and "sqlite+aiosqlite:///PATH" in message
         assert "Traceback" not in message and "ModuleNotFoundError" not in message
 
 
@@ -578,7 +578,7 @@ def test_the_demos_hint_names_a_command_that_runs_from_here(tmp_path: Path) -> N
 def test_a_held_lock_is_a_json_error_and_a_metrics_file_with_exit_75(
     simulator: SimulatorFactory, tmp_path: Path
 ) -> None:
-    from crawler.lock import DatabaseLock
+    from crawler.store.dialects.sqlite import DatabaseLock
 
     server = simulator(images_per_region=2)
     db = tmp_path / "inventory.db"

@@ -37,8 +37,9 @@ from crawler.errors import (
     TransientApiError,
 )
 from crawler.models import Target
-from crawler.signer import Signer, format_date, verify_request
+from crawler.signer import Signer, format_date
 from crawler.simulator import RunningSimulator, Simulator, SimulatorConfig, start_simulator
+from crawler.simulator.verify import verify_request
 
 AK = "SIMULATORAK"
 SK = "SIMULATORSK"

@@ -31,8 +31,8 @@ from aiohttp import web
 
 from crawler.cli import exit_code_for, main
 from crawler.errors import CrawlerError, EndpointUnreachableError, InternalError, StoreError
-from crawler.lock import lock_for_url
 from crawler.scheduler import Pacing
+from crawler.store import crawl_lock
 from tests.conftest import write_config
 from tests.test_cli import Recorder, crawl, rows
 
@@ -465,7 +465,7 @@ def test_a_database_refusing_a_batch_ends_the_run_with_the_lock_released(
     )[0]
     assert status == "failed"
     assert "injected write fault" in str(message)
-    lock = lock_for_url(f"sqlite+aiosqlite:///{hostile_db}")
+    lock = crawl_lock(f"sqlite+aiosqlite:///{hostile_db}")
     assert lock is not None
     with lock:  # released: a second crawl would not exit 75
         pass
@@ -539,7 +539,7 @@ def test_a_writer_bug_ends_the_run_with_exit_70_and_the_lock_released(
     )[0]
     assert status == "failed"
     assert "injected writer bug" in str(message)
-    lock = lock_for_url(f"sqlite+aiosqlite:///{hostile_db}")
+    lock = crawl_lock(f"sqlite+aiosqlite:///{hostile_db}")
     assert lock is not None
     with lock:
         pass

@@ -16,9 +16,10 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool
 
-from crawler import migrate, schema
+from crawler import schema
 from crawler.models import ImageRows, Outcome, RunStatus
 from crawler.normalise import normalise_image
+from crawler.store import migrate
 
 DOCS_EXAMPLE = Path(__file__).parent / "data" / "docs_describeImages_example.json"
 BEIJING = ZoneInfo("Asia/Shanghai")
@@ -183,7 +184,9 @@ def test_duplicate_targets_fold(db: sqlite3.Connection) -> None:
     run_id = new_run(db)
     for _ in range(2):
         db.execute(
-            "INSERT OR IGNORE INTO crawl_targets VALUES (?, 'cn-north-1', 'img-a')", (run_id,)
+            "INSERT OR IGNORE INTO crawl_targets (run_id, region_id, image_id)"
+            " VALUES (?, 'cn-north-1', 'img-a')",
+            (run_id,),
         )
     assert count(db, "crawl_targets") == 1
 

@@ -12,13 +12,6 @@ from urllib.parse import urlsplit
 import pytest
 
 from crawler.signer import (
-    INVALID_ACCESS_KEY,
-    LACK_AUTHORIZATION,
-    LACK_CREDENTIAL,
-    LACK_DATE,
-    LACK_SIGNED_HEADERS,
-    SIGNATURE_MISMATCH,
-    ParsedAuthorization,
     SignatureVersion,
     Signer,
     canonical_host,
@@ -26,6 +19,15 @@ from crawler.signer import (
     canonical_request,
     canonical_uri,
     format_date,
+)
+from crawler.simulator.verify import (
+    INVALID_ACCESS_KEY,
+    LACK_AUTHORIZATION,
+    LACK_CREDENTIAL,
+    LACK_DATE,
+    LACK_SIGNED_HEADERS,
+    SIGNATURE_MISMATCH,
+    ParsedAuthorization,
     parse_authorization,
     verify_request,
 )

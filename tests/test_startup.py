@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from crawler import migrate
+from crawler.store import migrate
 
 # Run a command in-process in a fresh interpreter, then say which of these it had imported.
 _PROGRAM = """

@@ -1,18 +1,18 @@
 """The store against real, migrated SQLite files under tmp_path, filled with real normalised images.
 
-Images come from `crawler.inventory` (the simulator's generator) through `normalise_image`; the
-tests read the files back with the standard library's sqlite3, independently of the store.
+Images come from `crawler.simulator.inventory` (the simulator's generator) through
+`normalise_image`; the tests read the database back through SQLAlchemy, independently of the
+store, and without anything SQLite's own (that is tests/test_dialect_sqlite.py's).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
-import sqlite3
 import threading
 import tracemalloc
 from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import closing
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,13 +20,22 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from sqlalchemy import Engine, create_engine, inspect, text
 
-from crawler.errors import StoreError, TargetsError
-from crawler.inventory import Inventory, build_inventory
-from crawler.migrate import head_revision
+from crawler.errors import CrawlerError, StoreError, TargetsError
 from crawler.models import ImageRows, JsonObject, Outcome, RunStatus, Target, TargetResult
 from crawler.normalise import normalise_image
-from crawler.store import RunSummary, Store, format_utc, parse_utc, query_readonly, recent_runs
+from crawler.simulator.inventory import Inventory, build_inventory
+from crawler.store import (
+    MissingGuard,
+    RunSummary,
+    Store,
+    format_utc,
+    parse_utc,
+    query_readonly,
+    recent_runs,
+)
+from crawler.store.migrate import head_revision
 
 NAIVE_TZ = ZoneInfo("Asia/Shanghai")
 REGIONS = ("cn-north-1", "cn-east-2")
@@ -123,17 +132,31 @@ def rich_image(inventory: Inventory) -> tuple[str, JsonObject]:
 # --- reading the file back, independently of the store -------------------------------------------
 
 
-def query(path: Path, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-    with closing(sqlite3.connect(path)) as conn:
-        return conn.execute(sql, params).fetchall()
+def engine_of(path: Path) -> Engine:
+    return create_engine(f"sqlite:///{path}")
+
+
+def query(path: Path, sql: str, **params: Any) -> list[tuple[Any, ...]]:
+    engine = engine_of(path)
+    try:
+        with engine.connect() as conn:
+            return [tuple(row) for row in conn.execute(text(sql), params)]
+    finally:
+        engine.dispose()
 
 
 def dump(path: Path, table: str, *, timestamps: bool = False) -> list[tuple[Any, ...]]:
     """Every row of `table`, sorted; without the `*_at` columns unless `timestamps`."""
-    with closing(sqlite3.connect(path)) as conn:
-        columns = [row[1] for row in conn.execute(f"PRAGMA table_info({table})")]
+    engine = engine_of(path)
+    try:
+        columns = [column["name"] for column in inspect(engine).get_columns(table)]
         kept = [c for c in columns if timestamps or not c.endswith("_at")]
-        rows = conn.execute(f"SELECT {', '.join(kept)} FROM {table}").fetchall()
+        with engine.connect() as conn:
+            rows = [
+                tuple(row) for row in conn.execute(text(f"SELECT {', '.join(kept)} FROM {table}"))
+            ]
+    finally:
+        engine.dispose()
     return sorted(rows, key=repr)
 
 
@@ -141,20 +164,52 @@ def dump_all(path: Path, tables: Sequence[str], **options: bool) -> dict[str, li
     return {table: dump(path, table, **options) for table in tables}
 
 
+def schema_of(path: Path) -> list[Any]:
+    """Every table with its columns and indexes, and every view, as reflected: to see that none
+    changed."""
+    engine = engine_of(path)
+    try:
+        inspector = inspect(engine)
+        tables = [
+            (
+                table,
+                [(c["name"], str(c["type"]), c["nullable"]) for c in inspector.get_columns(table)],
+                sorted(map(str, inspector.get_indexes(table))),
+            )
+            for table in sorted(inspector.get_table_names())
+        ]
+        views = [(v, inspector.get_view_definition(v)) for v in inspector.get_view_names()]
+    finally:
+        engine.dispose()
+    return [*tables, *sorted(views)]
+
+
+def execute(path: Path, sql: str, **params: Any) -> None:
+    engine = engine_of(path)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(sql), params)
+    finally:
+        engine.dispose()
+
+
 def image_row(path: Path, target: Target) -> dict[str, Any]:
-    with closing(sqlite3.connect(path)) as conn:
-        conn.row_factory = sqlite3.Row
-        row = conn.execute(
-            "SELECT * FROM images WHERE region_id = ? AND image_id = ?",
-            (target.region_id, target.image_id),
-        ).fetchone()
+    engine = engine_of(path)
+    try:
+        with engine.connect() as conn:
+            row = conn.execute(
+                text("SELECT * FROM images WHERE region_id = :region AND image_id = :image"),
+                {"region": target.region_id, "image": target.image_id},
+            ).first()
+    finally:
+        engine.dispose()
     assert row is not None, f"no images row for {target}"
-    return dict(row)
+    return dict(row._mapping)
 
 
 def count(path: Path, table: str, target: Target) -> int:
-    sql = f"SELECT COUNT(*) FROM {table} WHERE region_id = ? AND image_id = ?"
-    return int(query(path, sql, (target.region_id, target.image_id))[0][0])
+    sql = f"SELECT COUNT(*) FROM {table} WHERE region_id = :region AND image_id = :image"
+    return int(query(path, sql, region=target.region_id, image=target.image_id)[0][0])
 
 
 # --- timestamps ---------------------------------------------------------------------------------
@@ -168,30 +223,23 @@ def count(path: Path, table: str, target: Target) -> int:
         datetime(2024, 5, 1, 8, 0, 0, 120),  # naive: taken as UTC
     ],
 )
-def test_the_crawlers_timestamps_are_utc_text_sqlite_can_read(moment: datetime) -> None:
-    text = format_utc(moment)
-    assert text == "2024-05-01 08:00:00.000120"
-    assert parse_utc(text) == datetime(2024, 5, 1, 8, 0, 0, 120, tzinfo=UTC)
-    with closing(sqlite3.connect(":memory:")) as conn:
-        assert conn.execute("SELECT datetime(?)", (text,)).fetchone() == ("2024-05-01 08:00:00",)
+def test_the_crawlers_timestamps_are_utc_text(moment: datetime) -> None:
+    stored = format_utc(moment)
+    assert stored == "2024-05-01 08:00:00.000120"
+    assert parse_utc(stored) == datetime(2024, 5, 1, 8, 0, 0, 120, tzinfo=UTC)
 
 
 # --- opening ------------------------------------------------------------------------------------
 
 
-async def test_open_migrates_a_new_file_and_sets_the_pragmas(db_path: Path) -> None:
+async def test_open_migrates_a_new_file(db_path: Path) -> None:
     store = await Store.open(url_of(db_path))
-    try:
-        pragmas = await store.pragmas()
-    finally:
-        await store.close()
+    await store.close()
     assert query(db_path, "SELECT version_num FROM alembic_version") == [(head_revision(),)]
-    tables = {name for (name,) in query(db_path, "SELECT name FROM sqlite_master")}
+    engine = engine_of(db_path)
+    tables = set(inspect(engine).get_table_names())
+    engine.dispose()
     assert {"images", *CHILD_TABLES, "crawl_runs", "crawl_targets", "crawl_results"} <= tables
-    assert pragmas["journal_mode"] == "wal"
-    assert pragmas["foreign_keys"] == 1
-    assert pragmas["synchronous"] == 1  # NORMAL
-    assert pragmas["busy_timeout"] > 0
 
 
 async def test_open_reports_an_unusable_database_as_store_error(tmp_path: Path) -> None:
@@ -233,6 +281,56 @@ async def test_rewriting_the_same_image_changes_nothing_but_timestamps(
     assert again["last_seen_at"] == "2024-05-01 08:02:00.000000"
 
 
+async def test_an_unchanged_image_writes_no_version_and_keeps_its_children(
+    store: Store, inventory: Inventory, db_path: Path
+) -> None:
+    region, image = rich_image(inventory)
+    target = target_of(region, image)
+    first = await store.create_run([target], strategy="single")
+    await store.write_results(first, [fetched(region, image, at(1))])
+    await store.finish_run(first, RunStatus.SUCCEEDED, requests=1, retries=0)
+    # A mark no crawl writes: a rewrite of the children from the API would remove it.
+    execute(db_path, "UPDATE disks SET name = 'not-from-the-api'")
+
+    second = await store.create_run([target], strategy="single")
+    reordered = dict(reversed(list(image.items())))  # the same image, its keys in another order
+    await store.write_results(second, [fetched(region, reordered, at(2))])
+
+    assert {row[0] for row in query(db_path, "SELECT name FROM disks")} == {"not-from-the-api"}
+    row = image_row(db_path, target)
+    assert (row["last_seen_at"], row["last_run_id"]) == ("2024-05-01 08:02:00.000000", second)
+    assert query(db_path, "SELECT version, valid_from_run, valid_to_run FROM image_versions") == [
+        (1, first, None)
+    ]
+
+
+async def test_a_changed_image_closes_its_version_and_opens_the_next(
+    store: Store, inventory: Inventory, db_path: Path
+) -> None:
+    region, image = rich_image(inventory)
+    target = target_of(region, image)
+    first = await store.create_run([target], strategy="single")
+    await store.write_results(first, [fetched(region, image, at(1))])
+    second = await store.create_run([target], strategy="single")
+    await store.write_results(second, [fetched(region, variant(image, 0), at(2))])
+    # Fetched again in the same run (a resume): that run's version is replaced, not stacked.
+    await store.write_results(second, [fetched(region, variant(image, 3), at(3))])
+
+    versions = query(
+        db_path,
+        "SELECT version, valid_from_run, valid_to_run, status, content_hash, recorded_at"
+        " FROM image_versions ORDER BY version",
+    )
+    assert [row[:4] for row in versions] == [
+        (1, first, second, "present"),
+        (2, second, None, "present"),
+    ]
+    assert versions[0][4] != versions[1][4]
+    assert versions[1][5] == "2024-05-01 08:03:00.000000"
+    stored = query(db_path, "SELECT content FROM image_versions WHERE version = 2")[0][0]
+    assert json.loads(stored)["disks"].keys() == {"system:0", "data:0", "data:1", "data:2"}
+
+
 async def test_fetched_rows_hold_what_normalise_produced(
     store: Store, inventory: Inventory, db_path: Path
 ) -> None:
@@ -267,28 +365,106 @@ async def test_a_rewrite_replaces_the_children(
     assert [count(db_path, table, target) for table in CHILD_TABLES] == [4, 3, 6]
 
 
-async def test_missing_marks_without_deleting_and_a_later_fetch_clears_it(
+async def test_missing_marks_at_the_end_of_the_run_without_deleting_and_a_fetch_clears_it(
     store: Store, inventory: Inventory, db_path: Path
 ) -> None:
     region, image = rich_image(inventory)
     target = target_of(region, image)
-    run_id = await store.create_run([target], strategy="single")
-    await store.write_results(run_id, [fetched(region, image, at(1))])
+    first = await store.create_run([target], strategy="single")
+    await store.write_results(first, [fetched(region, image, at(1))])
+    await store.finish_run(first, RunStatus.SUCCEEDED, requests=1, retries=0)
     children = dump_all(db_path, CHILD_TABLES, timestamps=True)
 
-    await store.write_results(run_id, [missing(target, at(2))])
-    await store.write_results(run_id, [missing(target, at(3))])  # still missing: first time kept
+    second = await store.create_run([target], strategy="single")
+    await store.write_results(second, [missing(target, at(2))])
+    assert image_row(db_path, target)["missing_since"] is None  # not before the run ends
+    await store.finish_run(second, RunStatus.SUCCEEDED, requests=1, retries=0)
+    third = await store.create_run([target], strategy="single")
+    await store.write_results(third, [missing(target, at(3))])
+    await store.finish_run(third, RunStatus.SUCCEEDED, requests=1, retries=0)
 
     row = image_row(db_path, target)
-    assert row["missing_since"] == "2024-05-01 08:02:00.000000"
+    assert row["missing_since"] == "2024-05-01 08:02:00.000000"  # the first time is kept
     assert row["last_seen_at"] == "2024-05-01 08:01:00.000000"
     assert dump_all(db_path, CHILD_TABLES, timestamps=True) == children
 
-    await store.write_results(run_id, [fetched(region, image, at(4))])
+    fourth = await store.create_run([target], strategy="single")
+    await store.write_results(fourth, [fetched(region, image, at(4))])
     row = image_row(db_path, target)
     assert row["missing_since"] is None
     assert row["first_seen_at"] == "2024-05-01 08:01:00.000000"
     assert row["last_seen_at"] == "2024-05-01 08:04:00.000000"
+    statuses = query(
+        db_path,
+        "SELECT version, valid_from_run, valid_to_run, status FROM image_versions ORDER BY 1",
+    )
+    assert statuses == [
+        (1, first, second, "present"),
+        (2, second, fourth, "missing"),
+        (3, fourth, None, "present"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("guard", "newly_missing", "present_before", "holds"),
+    [
+        (MissingGuard(0.2, 50), 50, 200, True),  # 25 % and 50 of them
+        (MissingGuard(0.2, 50), 49, 200, False),  # under the minimum
+        (MissingGuard(0.2, 50), 50, 250, False),  # exactly 20 %: not more than
+        (MissingGuard(0.2, 0), 1, 1, True),
+        (MissingGuard(1.0, 0), 100, 100, False),  # a fraction of 1 turns it off
+        (MissingGuard(0.2, 50, accept=True), 100, 100, False),  # --accept-missing
+        (MissingGuard(0.0, 1), 0, 10, False),  # nothing newly missing is never held
+    ],
+)
+def test_the_guard_holds_more_than_the_fraction_and_at_least_the_minimum(
+    guard: MissingGuard, newly_missing: int, present_before: int, holds: bool
+) -> None:
+    assert guard.holds(newly_missing, present_before) is holds
+
+
+async def test_a_held_run_marks_nothing_until_accepted(
+    store: Store, inventory: Inventory, db_path: Path
+) -> None:
+    pairs = existing(inventory)[:10]
+    targets = [target_of(*pair) for pair in pairs]
+    first = await store.create_run(targets, strategy="single")
+    await store.write_results(first, [fetched(*pair, at(1)) for pair in pairs])
+    await store.finish_run(first, RunStatus.SUCCEEDED, requests=10, retries=0)
+    second = await store.create_run(targets, strategy="single")
+    await store.write_results(second, [missing(target, at(2)) for target in targets[:3]])
+    await store.write_results(second, [failed(target, at(2)) for target in targets[3:4]])
+    await store.write_results(second, [fetched(*pair, at(2)) for pair in pairs[4:]])
+    summary = await store.finish_run(
+        second, RunStatus.PARTIAL, requests=10, retries=0, guard=MissingGuard(0.2, 3)
+    )
+    assert summary.status is RunStatus.HELD
+    assert summary.message is not None
+    assert "held back 3 missing marks: 3 of the 10 images" in summary.message
+    assert f"crawler accept {second}" in summary.message
+    assert query(db_path, "SELECT COUNT(*) FROM images WHERE missing_since IS NOT NULL") == [(0,)]
+
+    accepted, marked = await store.accept_run(second)
+    assert (accepted.status, marked) == (RunStatus.PARTIAL, 3)  # it had a failed target
+    assert query(db_path, "SELECT COUNT(*) FROM images WHERE missing_since IS NOT NULL") == [(3,)]
+    with pytest.raises(CrawlerError, match="not held"):
+        await store.accept_run(second)
+
+
+async def test_an_interrupted_or_failed_run_marks_nothing_missing(
+    store: Store, inventory: Inventory, db_path: Path
+) -> None:
+    region, image = rich_image(inventory)
+    target = target_of(region, image)
+    first = await store.create_run([target], strategy="single")
+    await store.write_results(first, [fetched(region, image, at(1))])
+    await store.finish_run(first, RunStatus.SUCCEEDED, requests=1, retries=0)
+    for status in (RunStatus.INTERRUPTED, RunStatus.FAILED):
+        run_id = await store.create_run([target], strategy="single")
+        await store.write_results(run_id, [missing(target, at(2))])
+        await store.finish_run(run_id, status, requests=1, retries=0)
+    assert image_row(db_path, target)["missing_since"] is None
+    assert query(db_path, "SELECT COUNT(*) FROM image_versions") == [(1,)]
 
 
 async def test_missing_for_a_never_seen_image_records_only_the_result(
@@ -344,6 +520,7 @@ async def test_a_batch_mixes_outcomes_and_the_last_result_for_a_target_wins(
     assert dict(outcomes) == expected
     assert image_row(db_path, targets[0])["last_seen_at"] == "2024-05-01 08:03:00.000000"
     assert count(db_path, "disks", targets[0]) == len(normalised(*pairs[0]).disks)
+    await store.finish_run(run_id, RunStatus.PARTIAL, requests=5, retries=0)
     assert image_row(db_path, targets[2])["missing_since"] == "2024-05-01 08:02:00.000000"
 
 
@@ -420,12 +597,16 @@ class Reader:
     torn: tuple[Any, ...] | None = None
 
     def run(self) -> None:
-        with closing(sqlite3.connect(self.path, isolation_level=None)) as conn:
-            while not self.stop.is_set():
-                self.check(conn.execute(CONSISTENCY_SQL).fetchall())
-                with self.looked:
-                    self.snapshots += 1
-                    self.looked.notify_all()
+        engine = engine_of(self.path)
+        try:
+            with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                while not self.stop.is_set():
+                    self.check([tuple(row) for row in conn.execute(text(CONSISTENCY_SQL))])
+                    with self.looked:
+                        self.snapshots += 1
+                        self.looked.notify_all()
+        finally:
+            engine.dispose()
 
     def check(self, rows: list[tuple[Any, ...]]) -> None:
         for row in rows:
@@ -479,7 +660,7 @@ async def test_create_run_folds_duplicate_targets(store: Store, db_path: Path) -
     assert summary.strategy == "batch"
     assert summary.started_at == START + timedelta(seconds=1)
     assert summary.finished_at is None
-    assert len(query(db_path, "SELECT * FROM crawl_targets WHERE run_id = ?", (run_id,))) == 5
+    assert len(query(db_path, "SELECT * FROM crawl_targets WHERE run_id = :run", run=run_id)) == 5
 
 
 async def test_create_run_leaves_nothing_when_the_targets_raise(
@@ -593,6 +774,7 @@ async def filled(db_path: Path, inventory: Inventory) -> list[RunSummary]:
     pairs = existing(inventory)
     gone = {target_of(*pair) for pair in pairs[1::6]}  # 10 images deleted before run 2
     flaky = {target_of(*pair) for pair in pairs[4::10]}  # 6 images run 2 cannot fetch
+    edited = {target_of(*pair) for pair in pairs[2::12]}  # 5 images whose data disks change
     absent = [
         Target(region, image_id) for region in REGIONS for image_id in inventory.missing[region]
     ]
@@ -609,6 +791,8 @@ async def filled(db_path: Path, inventory: Inventory) -> list[RunSummary]:
                     results.append(missing(target, at(run_no * 60 + 1)))
                 elif run_no == 2 and target in flaky:
                     results.append(failed(target, at(run_no * 60 + 1)))
+                elif run_no == 2 and target in edited:
+                    results.append(fetched(region, variant(image, 2), at(run_no * 60 + 1)))
                 else:
                     results.append(fetched(region, image, at(run_no * 60 + 1)))
             for start in range(0, len(results), 25):
@@ -648,14 +832,14 @@ async def test_query_readonly_refuses_writes_and_changes_nothing(
 ) -> None:
     await filled(db_path, inventory)
     before = dump_all(db_path, (*IMAGE_TABLES, "crawl_runs", "crawl_results"), timestamps=True)
-    schema_before = query(db_path, "SELECT sql FROM sqlite_master ORDER BY name")
+    schema_before = schema_of(db_path)
 
     with pytest.raises(StoreError, match=r"^crawler sql is read-only: "):
         await query_readonly(url_of(db_path), sql.format(tmp=tmp_path))
 
     after = dump_all(db_path, (*IMAGE_TABLES, "crawl_runs", "crawl_results"), timestamps=True)
     assert after == before
-    assert query(db_path, "SELECT sql FROM sqlite_master ORDER BY name") == schema_before
+    assert schema_of(db_path) == schema_before
     assert not (tmp_path / "other.db").exists()
 
 
@@ -716,6 +900,8 @@ def test_the_cookbook_has_the_audit_questions() -> None:
     for topic in ("region and os", "not ready", "shared", "data disks", "attached", "tag keys"):
         assert topic in titles
     for topic in ("missing since the previous run", "failed in the last run"):
+        assert topic in titles
+    for topic in ("what changed last night", "as they were at run n", "appeared this week"):
         assert topic in titles
     assert len(cookbook_queries()) >= 8
 

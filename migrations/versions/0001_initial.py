@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import postgresql
 
 revision: str = "0001"
 down_revision: str | None = None
@@ -145,6 +146,20 @@ def _count(name: str) -> sa.Column[int]:
     return sa.Column(name, sa.Integer(), nullable=False, server_default=sa.text("0"))
 
 
+# On PostgreSQL only (SQLite's INTEGER is 64-bit and its TEXT holds JSON already, so the SQLite
+# schema is exactly what it was): 64-bit integers where values can pass 2**31, jsonb for JSON.
+_BIG = sa.Integer().with_variant(sa.BigInteger(), "postgresql")
+_JSON = sa.Text().with_variant(postgresql.JSONB(), "postgresql")
+
+
+def _big(name: str, *, nullable: bool = True) -> sa.Column[int]:
+    return sa.Column(name, _BIG, nullable=nullable)
+
+
+def _big_count(name: str) -> sa.Column[int]:
+    return sa.Column(name, _BIG, nullable=False, server_default=sa.text("0"))
+
+
 def upgrade() -> None:
     """Create the tables, their indexes, then the views."""
     _create_images()
@@ -189,7 +204,7 @@ def _create_images() -> None:
         _text("status"),
         _int("progress"),
         _text("root_device_type"),
-        _int("size_mb"),
+        _big("size_mb"),
         _int("system_disk_size_gb"),
         _text("snapshot_id"),
         _text("created_at"),
@@ -206,7 +221,7 @@ def _create_images() -> None:
         _text("last_seen_at"),
         _int("last_run_id"),
         _text("missing_since"),
-        _text("raw", nullable=False),
+        sa.Column("raw", _JSON, nullable=False),
         sa.PrimaryKeyConstraint("region_id", "image_id", name="pk_images"),
     )
     for columns in _IMAGE_INDEXES:
@@ -309,8 +324,8 @@ def _create_crawl_tables() -> None:
         _count("fetched"),
         _count("missing"),
         _count("failed"),
-        _count("requests"),
-        _count("retries"),
+        _big_count("requests"),
+        _big_count("retries"),
         _text("strategy"),
         _text("message"),
         sa.CheckConstraint(

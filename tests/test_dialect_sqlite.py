@@ -1,22 +1,27 @@
-"""The per-database lock: exclusive, names its holder, taken over from a dead process."""
+"""SQLite's own: the per-database lock (exclusive, names its holder, taken over from a dead
+process) and the connection PRAGMAs."""
 
 from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
+from contextlib import closing
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from crawler.errors import LockHeldError
-from crawler.lock import DatabaseLock, lock_for_url
+from crawler.errors import LockHeldError, StoreError
+from crawler.store import Store, crawl_lock, format_utc
+from crawler.store.dialects.sqlite import DatabaseLock
 
 HOLD_LOCK = """
 import sys, time
 from pathlib import Path
-from crawler.lock import DatabaseLock
+from crawler.store.dialects.sqlite import DatabaseLock
 lock = DatabaseLock(Path(sys.argv[1]))
 lock.acquire()
 print("held", flush=True)
@@ -75,9 +80,32 @@ def test_release_lets_the_next_crawl_in(tmp_path: Path) -> None:
         ("sqlite+aiosqlite:////var/lib/crawler/x.db?mode=rwc", "/var/lib/crawler/x.db.lock"),
         ("sqlite+aiosqlite://", None),
         ("sqlite+aiosqlite:///:memory:", None),
-        ("postgresql+asyncpg://host/db", None),
     ],
 )
 def test_lock_path_follows_the_database_file(url: str, expected: str | None) -> None:
-    lock = lock_for_url(url)
+    lock = crawl_lock(url)
+    assert isinstance(lock, DatabaseLock | None)
     assert (str(lock.path) if lock else None) == expected
+
+
+def test_a_database_without_a_dialect_is_refused_by_name() -> None:
+    with pytest.raises(StoreError, match="'mysql' is not supported"):
+        crawl_lock("mysql://host/db")
+
+
+async def test_the_store_sets_its_pragmas_on_every_connection(tmp_path: Path) -> None:
+    store = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 'inventory.db'}")
+    try:
+        pragmas = await store.settings()
+    finally:
+        await store.close()
+    assert pragmas["journal_mode"] == "wal"
+    assert pragmas["foreign_keys"] == 1
+    assert pragmas["synchronous"] == 1  # NORMAL
+    assert pragmas["busy_timeout"] > 0
+
+
+def test_the_crawlers_timestamps_are_text_sqlites_date_functions_read() -> None:
+    stored = format_utc(datetime(2024, 5, 1, 8, 0, 0, 120, tzinfo=UTC))
+    with closing(sqlite3.connect(":memory:")) as conn:
+        assert conn.execute("SELECT datetime(?)", (stored,)).fetchone() == ("2024-05-01 08:00:00",)

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from crawler.inventory import Inventory, build_inventory, missing_count
 from crawler.models import JsonObject
+from crawler.simulator.inventory import Inventory, build_inventory, missing_count
 
 REGIONS = ("cn-north-1", "cn-east-1", "cn-east-2", "cn-south-1")
 EXAMPLE = Path(__file__).parent / "data" / "docs_describeImages_example.json"

@@ -2,7 +2,7 @@
 
 Faithful to jdcloud-api.md where it matters to a client: the same URLs, the `requestId`
 envelope, the gateway's and the service's error bodies, request signing (JDCLOUD3 and JDCLOUD2,
-checked with `crawler.signer.verify_request`), the per-minute limit per access key with its
+checked by `crawler.simulator.verify`), the per-minute limit per access key with its
 `x-jdcloud-*-minute` headers, and an 8 KB URL limit. On top it injects seeded faults (500, 503,
 429 with `Retry-After`), latency and missing images, and counts what it saw.
 
@@ -31,9 +31,9 @@ from aiohttp import web
 from multidict import MultiMapping
 
 from crawler.errors import ConfigError
-from crawler.inventory import ID_ALPHABET, IMAGE_SOURCES, Inventory, build_inventory
 from crawler.models import JsonObject, Target
-from crawler.signer import verify_request
+from crawler.simulator.inventory import ID_ALPHABET, IMAGE_SOURCES, Inventory, build_inventory
+from crawler.simulator.verify import parse_authorization, verify_request
 
 DEFAULT_REGIONS = ("cn-north-1", "cn-east-1", "cn-east-2", "cn-south-1")
 CONTENT_TYPE = "application/json; charset=utf-8"
@@ -83,6 +83,8 @@ class SimulatorConfig:
         access_key: the only access key the simulator knows.
         secret_key: its secret (never in repr).
         max_url_bytes: longer URLs are answered 414 `HTTP_URI_TOO_LONG`.
+        other_account_keys: (access key, secret) pairs of another account: accepted, but that
+            account cannot see this one's private images, which answer 404 `NOT_FOUND` to it.
     """
 
     regions: tuple[str, ...] = DEFAULT_REGIONS
@@ -101,6 +103,7 @@ class SimulatorConfig:
     access_key: str = "SIMULATORAK"
     secret_key: str = field(default="SIMULATORSK", repr=False)
     max_url_bytes: int = 8192
+    other_account_keys: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
         for name in ("fail_rate", "throttle_rate", "rate_500", "rate_503"):
@@ -256,6 +259,8 @@ class Simulator:
         }
         self._window_index = -1
         self._window_counts: Counter[str] = Counter()
+        # Per region, what another account sees (no private images); rebuilt after a change.
+        self._hidden: dict[str, dict[str, bytes]] = {}
 
     def targets(self) -> Iterator[Target]:
         """Every target, existing and missing, in a fixed order with regions interleaved."""
@@ -313,7 +318,12 @@ class Simulator:
         failure = self._authenticate(request, path, query, body)
         if failure is not None:
             return failure
-        return self._limit() or self._fault(keys) or self._serve(region, image_id, request.query)
+        foreign = self._is_other_account(request)
+        return (
+            self._limit()
+            or self._fault(keys)
+            or self._serve(region, image_id, request.query, other_account=foreign)
+        )
 
     def _count_attempts(
         self, region: str, image_id: str | None, query: MultiMapping[str]
@@ -346,7 +356,40 @@ class Simulator:
         return _error(401, "ACCESS_ERROR", message)
 
     def _secret_for(self, access_key: str) -> str | None:
-        return self.config.secret_key if access_key == self.config.access_key else None
+        if access_key == self.config.access_key:
+            return self.config.secret_key
+        return dict(self.config.other_account_keys).get(access_key)
+
+    def _is_other_account(self, request: web.Request) -> bool:
+        if not self.config.other_account_keys:
+            return False
+        parsed = parse_authorization(request.headers.get("authorization", ""))
+        return parsed.access_key != self.config.access_key
+
+    def set_image(self, region: str, image: JsonObject) -> None:
+        """Add or replace an image (by its `imageId`) in a region that exists: for tests that
+        change the inventory between crawls."""
+        image_id = str(image["imageId"])
+        self._by_id[region][image_id] = image
+        self._encoded[region][image_id] = _encode(image)
+        self._hidden.pop(region, None)
+
+    def delete_image(self, region: str, image_id: str) -> None:
+        """Remove an image, which then answers 404 `NOT_FOUND` (absent already: nothing)."""
+        self._by_id[region].pop(image_id, None)
+        self._encoded[region].pop(image_id, None)
+        self._hidden.pop(region, None)
+
+    def _other_account_view(self, region: str) -> dict[str, bytes]:
+        view = self._hidden.get(region)
+        if view is None:
+            images = self._by_id[region]
+            view = self._hidden[region] = {
+                image_id: encoded
+                for image_id, encoded in self._encoded[region].items()
+                if images[image_id].get("imageSource") != "private"
+            }
+        return view
 
     def _limit(self) -> _Reply | None:
         """Count the request in the access key's window; the 429 once it is spent."""
@@ -403,10 +446,19 @@ class Simulator:
             return self._throttle
         return None
 
-    def _serve(self, region: str, image_id: str | None, query: MultiMapping[str]) -> _Reply:
+    def _serve(
+        self,
+        region: str,
+        image_id: str | None,
+        query: MultiMapping[str],
+        *,
+        other_account: bool = False,
+    ) -> _Reply:
         images = self._encoded.get(region)
         if images is None:
             return _error(400, "INVALID_ARGUMENT", f"Invalid region '{region}'")
+        if other_account:
+            images = self._other_account_view(region)
         if image_id is not None:
             return _describe_image(images, image_id)
         return self._describe_images(region, images, query)
@@ -419,7 +471,9 @@ class Simulator:
             return params
         ids, page_number, page_size = params
         candidates = self._by_id[region] if not ids else _pick(self._by_id[region], ids)
-        matches = [images[i] for i, image in candidates.items() if _matches(image, query)]
+        matches = [
+            images[i] for i, image in candidates.items() if i in images and _matches(image, query)
+        ]
         start = (page_number - 1) * page_size
         page = b",".join(matches[start : start + page_size])
         payload = b'{"images":[%s],"totalCount":%d}' % (page, len(matches))

@@ -1,13 +1,13 @@
 """Bringing a database's schema to the newest migration (the only module that drives Alembic).
 
 The migrations live in the `migrations/` directory of the repository, installed as the package
-`crawler.migrations`; `script_location()` finds them in either place. Upgrading an existing SQLite
-file that is behind head first copies it beside itself as `NAME.bak-YYYYMMDDTHHMMSSZ`.
+`crawler.migrations`; `script_location()` finds them in either place. Upgrading an existing
+database file that is behind head first copies it beside itself as `NAME.bak-YYYYMMDDTHHMMSSZ`
+(the dialect says which databases are files and how to copy one consistently).
 
 Migrations run on a synchronous connection (an async URL such as `sqlite+aiosqlite:///x.db` is
-migrated through the sync `sqlite` driver), inside one transaction: SQLite runs DDL
-transactionally once BEGIN is ours to send, so a failed upgrade leaves the database as it was.
-The functions block; call them from async code with `asyncio.to_thread`.
+migrated through the sync `sqlite` driver), inside one transaction, so a failed upgrade leaves the
+database as it was. The functions block; call them from async code with `asyncio.to_thread`.
 
 Alembic is imported only when a database is behind `HEAD_REVISION` (or a revision is asked of the
 migration scripts): a crawl of an up-to-date database reads `alembic_version` with one query and
@@ -19,36 +19,33 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import sqlite3
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from sqlalchemy import create_engine, event, text
-from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from crawler.errors import StoreError
+from crawler.store.dialects import dialect_for
 
 if TYPE_CHECKING:
     from alembic.config import Config
 
 logger = logging.getLogger(__name__)
 
-# Async drivers and the sync driver that migrates the same database.
-_SYNC_DRIVERS = {"sqlite+aiosqlite": "sqlite"}
-
 # The newest migration's revision, known without reading the scripts (see the module docstring).
-HEAD_REVISION = "0001"
+HEAD_REVISION = "0003"
 
 # Library failures that mean "this database cannot be migrated", translated to StoreError once;
 # Alembic's own are added by `_failures` once Alembic is imported.
-_BASE_FAILURES: tuple[type[Exception], ...] = (SQLAlchemyError, sqlite3.Error, OSError)
+_BASE_FAILURES: tuple[type[Exception], ...] = (SQLAlchemyError, OSError)
 
 
 def _failures() -> tuple[type[Exception], ...]:
@@ -66,7 +63,7 @@ def _utc_now() -> datetime:
 
 @dataclass(frozen=True, slots=True)
 class _Database:
-    """A database URL resolved once: the sync URL, a printable name, the SQLite file if any."""
+    """A database URL resolved once: the sync URL, a printable name, the database file if any."""
 
     url: URL
     name: str
@@ -83,51 +80,21 @@ def sync_url(url: str | URL) -> URL:
         parsed = make_url(url)
     except ArgumentError as exc:
         raise StoreError(f"not a database URL: {exc}") from exc
-    driver = _SYNC_DRIVERS.get(parsed.drivername)
-    return parsed if driver is None else parsed.set(drivername=driver)
-
-
-def _sqlite_file(url: URL) -> Path | None:
-    database = url.database
-    if url.get_backend_name() != "sqlite" or not database or database == ":memory:":
-        return None
-    if url.query.get("uri") == "true" or database.startswith("file:"):
-        return None  # a URI filename (mode=memory, ...): not a plain file to back up
-    return Path(database)
+    return dialect_for(parsed).sync_url(parsed)
 
 
 def _resolve(url: str | URL) -> _Database:
     parsed = sync_url(url)
-    path = _sqlite_file(parsed)
+    path = dialect_for(parsed).database_file(parsed)
     name = str(path) if path is not None else parsed.render_as_string(hide_password=True)
     return _Database(parsed, name, path)
 
 
-def _own_sqlite_begin(dbapi_connection: Any, _record: Any) -> None:
-    # The sqlite3 module's legacy mode never BEGINs before DDL, so each CREATE would commit on
-    # its own; taking BEGIN over (see `_begin_immediate`) makes a whole upgrade one transaction.
-    dbapi_connection.isolation_level = None
-    cursor = dbapi_connection.cursor()
-    # Foreign keys stay off while migrating: a batch table rebuild drops the old table, which
-    # with them on would cascade-delete every child row.
-    cursor.execute("PRAGMA foreign_keys=OFF")
-    cursor.close()
-
-
-def _begin_immediate(connection: Connection) -> None:
-    # IMMEDIATE takes the write lock up front, so two migrators queue instead of deadlocking.
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-
 def migration_engine(url: str | URL) -> Engine:
-    """A sync engine for migrating `url`; on SQLite, DDL runs inside real transactions.
-
-    The caller disposes of it.
-    """
-    engine = create_engine(sync_url(url), poolclass=NullPool)
-    if engine.dialect.name == "sqlite":
-        event.listen(engine, "connect", _own_sqlite_begin)
-        event.listen(engine, "begin", _begin_immediate)
+    """A sync engine for migrating `url`, DDL inside real transactions; the caller disposes."""
+    parsed = sync_url(url)
+    engine = create_engine(parsed, poolclass=NullPool)
+    dialect_for(parsed).prepare_migration_engine(engine)
     return engine
 
 
@@ -141,7 +108,7 @@ def script_location() -> str:
     if spec is not None and spec.submodule_search_locations:
         return str(next(iter(spec.submodule_search_locations)))
     # Running from a checkout: `migrations/` sits beside the `crawler/` package.
-    checkout = Path(__file__).resolve().parent.parent / "migrations"
+    checkout = Path(__file__).resolve().parents[2] / "migrations"
     if (checkout / "env.py").is_file():
         return str(checkout)
     raise StoreError("the crawler's migrations are not installed (no crawler.migrations)")
@@ -241,16 +208,6 @@ def _free_backup_path(path: Path, at: datetime, backup_dir: Path | None) -> Path
     return candidate
 
 
-def _backup(path: Path, target: Path) -> None:
-    # SQLite's online backup, not a file copy: it is consistent even with a WAL file beside it.
-    source_uri = f"{path.resolve().as_uri()}?mode=ro"
-    with (
-        closing(sqlite3.connect(source_uri, uri=True)) as source,
-        closing(sqlite3.connect(target)) as copy,
-    ):
-        source.backup(copy)
-
-
 def _backup_if_behind(
     database: _Database, current: str | None, clock: Callable[[], datetime], backup_dir: Path | None
 ) -> Path | None:
@@ -260,7 +217,7 @@ def _backup_if_behind(
     if current == head_revision():
         return None
     target = _free_backup_path(path, clock(), backup_dir)
-    _backup(path, target)
+    dialect_for(database.url).backup(path, target)
     logger.info("backed up %s (revision %s) to %s before migrating", path, current, target)
     return target
 

@@ -1,0 +1,221 @@
+"""A crawl into PostgreSQL beside the same crawl into SQLite, and two hosts sharing one rate.
+
+`crawl` (default): one simulator process (`--latency-ms`, 20 by default) and, `--repeat` times,
+interleaved, `crawler crawl --concurrency C` into a fresh SQLite file and into a fresh PostgreSQL
+database, as a user runs it. Reports each run's working time (`crawl_runs.started_at` to
+`finished_at`) and requests/s, and the medians side by side.
+
+`rate`: two `crawler crawl` processes with one access key and `rate_limit_per_s` R (50) on one
+PostgreSQL database (the second with `--join`), for `--seconds` (60) after both are working;
+the rate is counted at the simulator (`/_simulator/stats`), so it is what the API saw.
+
+    CRAWLER_PG_DURABLE=1 tests/with_postgres.sh sh -c \\
+        '.venv/bin/python benchmarks/postgres_crawl.py --postgres "$CRAWLER_TEST_POSTGRES_URL"'
+    CRAWLER_PG_DURABLE=1 tests/with_postgres.sh sh -c \\
+        '.venv/bin/python benchmarks/postgres_crawl.py rate --postgres "$CRAWLER_TEST_POSTGRES_URL"'
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import (
+    ACCESS_KEY,
+    SimulatorProcess,
+    credentials_env,
+    machine_note,
+    median,
+    new_secret,
+    project_python,
+)
+
+REGIONS = "cn-north-1,cn-east-1,cn-east-2,cn-south-1"
+
+
+def new_database(server_url: str) -> str:
+    server = make_url(server_url)
+    name = f"bench_crawl_{uuid.uuid4().hex[:8]}"
+    engine = create_engine(server, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    with engine.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    engine.dispose()
+    return server.set(database=name).render_as_string(hide_password=False)
+
+
+def drop_database(url: str) -> None:
+    parsed = make_url(url)
+    admin = parsed.set(database="postgres")
+    engine = create_engine(admin, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    with engine.connect() as conn:
+        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{parsed.database}" WITH (FORCE)')
+    engine.dispose()
+
+
+def run_row(url: str) -> dict[str, Any]:
+    """The newest run's status, counts and working time (from its own UTC text timestamps)."""
+    engine = create_engine(url.replace("+aiosqlite", ""), poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            row = conn.execute(
+                text(
+                    "SELECT status, fetched, missing, failed, requests, started_at, finished_at"
+                    " FROM crawl_runs ORDER BY run_id DESC LIMIT 1"
+                )
+            ).one()
+    finally:
+        engine.dispose()
+    from datetime import datetime
+
+    work_s = (
+        datetime.fromisoformat(row.finished_at) - datetime.fromisoformat(row.started_at)
+    ).total_seconds()
+    return {
+        "status": row.status, "fetched": row.fetched, "missing": row.missing,
+        "failed": row.failed, "requests": row.requests, "work_s": round(work_s, 3),
+        "requests_per_s": round(row.requests / work_s, 1) if work_s else 0.0,
+    }  # fmt: skip
+
+
+def write_config(path: Path, endpoint: str, concurrency: int, extra: str = "") -> Path:
+    path.write_text(
+        f'[api]\nendpoint = "{endpoint}"\n[crawl]\nconcurrency = {concurrency}\n'
+        f"per_region_concurrency = {concurrency}\n{extra}",
+        encoding="utf-8",
+    )
+    return path
+
+
+def crawl_once(
+    python: str, env: dict[str, str], config: Path, targets: Path, url: str, *extra: str
+) -> None:
+    subprocess.run(
+        [python, "-m", "crawler", "crawl", "--config", str(config), "--targets", str(targets),
+         "--db", url, "--no-progress", *extra],
+        env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=900,
+    )  # fmt: skip
+
+
+def compare_crawls(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
+    python, secret = project_python(), new_secret()
+    env = {**os.environ, **credentials_env(secret)}
+    targets = workdir / "targets.csv"
+    sim_args = [
+        "--regions", REGIONS, "--images-per-region", str(args.targets // 4),
+        "--latency-ms", str(args.latency_ms), "--write-targets", str(targets),
+        "--access-key", ACCESS_KEY,
+    ]  # fmt: skip
+    figures = []
+    with SimulatorProcess(sim_args, env, start_timeout_s=120, python=python) as sim:
+        config = write_config(workdir / "crawler.toml", sim.url, args.concurrency)
+        for repeat in range(args.repeat):
+            for database in ("sqlite", "postgresql"):
+                if database == "sqlite":
+                    url = f"sqlite+aiosqlite:///{workdir / f'crawl-{repeat}.db'}"
+                else:
+                    url = new_database(args.postgres)
+                try:
+                    crawl_once(python, env, config, targets, url)
+                    row = run_row(url)
+                finally:
+                    if database == "postgresql":
+                        drop_database(url)
+                figures.append({"kind": "crawl", "database": database, "repeat": repeat, **row})
+    for database in ("sqlite", "postgresql"):
+        runs = [f for f in figures if f.get("database") == database]
+        figures.append({
+            "kind": "summary", "database": database, "latency_ms": args.latency_ms,
+            "concurrency": args.concurrency, "targets": args.targets,
+            "median_work_s": median([f["work_s"] for f in runs]),
+            "median_requests_per_s": median([f["requests_per_s"] for f in runs]),
+        })  # fmt: skip
+    return figures
+
+
+def simulator_requests(url: str) -> int:
+    with urllib.request.urlopen(f"{url}/_simulator/stats", timeout=10) as answer:
+        return int(json.load(answer)["requests"])
+
+
+def shared_rate(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
+    python, secret = project_python(), new_secret()
+    env = {**os.environ, **credentials_env(secret)}
+    targets = workdir / "targets.csv"
+    per_region = int(args.rate * (args.seconds + 30) / 4) + 1
+    sim_args = [
+        "--regions", REGIONS, "--images-per-region", str(per_region), "--latency-ms", "10",
+        "--write-targets", str(targets), "--access-key", ACCESS_KEY,
+    ]  # fmt: skip
+    url = new_database(args.postgres)
+    children: list[subprocess.Popen[bytes]] = []
+    try:
+        with SimulatorProcess(sim_args, env, start_timeout_s=120, python=python) as sim:
+            config = write_config(
+                workdir / "rate.toml", sim.url, 16, f"rate_limit_per_s = {args.rate}\n"
+            )
+            base = [python, "-m", "crawler", "crawl", "--config", str(config), "--db", url,
+                    "--no-progress"]  # fmt: skip
+            quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+            children.append(subprocess.Popen([*base, "--targets", str(targets)], env=env, **quiet))
+            time.sleep(3)
+            children.append(subprocess.Popen([*base, "--join"], env=env, **quiet))
+            time.sleep(5)  # both started, migrated and crawling
+            before, started = simulator_requests(sim.url), time.monotonic()
+            time.sleep(args.seconds)
+            sent, elapsed_s = simulator_requests(sim.url) - before, time.monotonic() - started
+            alive = [child.poll() is None for child in children]
+            for child in children:
+                child.send_signal(signal.SIGINT)
+            for child in children:
+                child.wait(timeout=60)
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+        drop_database(url)
+    rate = sent / elapsed_s
+    return [{
+        "kind": "shared_rate", "hosts": 2, "rate_limit_per_s": args.rate,
+        "seconds": round(elapsed_s, 1), "requests": sent, "requests_per_s": round(rate, 2),
+        "deviation_pct": round((rate / args.rate - 1) * 100, 2), "both_alive": all(alive),
+    }]  # fmt: skip
+
+
+def main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("mode", nargs="?", choices=("crawl", "rate"), default="crawl")
+    parser.add_argument("--postgres", required=True, metavar="URL")
+    parser.add_argument("--targets", type=int, default=20_000)
+    parser.add_argument("--latency-ms", type=float, default=20.0)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--rate", type=float, default=50.0)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="pg-bench-") as directory:
+        work = compare_crawls if args.mode == "crawl" else shared_rate
+        figures = work(args, Path(directory))
+    print(machine_note())
+    for figure in figures:
+        print(json.dumps(figure))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

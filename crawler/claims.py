@@ -1,0 +1,352 @@
+"""Claims: several worker processes, on any number of hosts, crawling one run (PostgreSQL).
+
+CONTRACT.md §9. Every process crawling a run on PostgreSQL, the coordinator as well as each
+`crawl --join` worker, takes its targets through claims rather than by paging `crawl_targets`:
+
+- A **claim** takes up to N open targets of one region with `FOR UPDATE SKIP LOCKED`, so two
+  workers never block on, or take, the same rows. Each claimed row's `claims` counter goes up by
+  one: that number is the claim's **fencing token**. The row records the worker
+  (`lease_owner`) and when the lease lapses (`lease_expires_at`, the server's clock, so hosts'
+  clocks do not matter).
+- A worker **renews** all its leases in one statement while it has work in flight.
+- A **completion** is accepted only if the row still carries the worker's token and an open lease:
+  the fencing UPDATE runs in the same transaction as the inventory rows (see `fence_results`), so
+  a result is either written together with the end of its lease or not at all. A worker that was
+  paused past its lease (a zombie) finds its token superseded once another worker took the target,
+  and its late results are dropped.
+- A done target keeps its token and owner and has `lease_expires_at` NULL; a lapsed or released
+  lease can be claimed again. Release (on SIGINT/SIGTERM) sets the expiry to `-infinity`.
+
+A target is open when never claimed (`claims = 0`) or leased (`lease_expires_at` set); partial
+indexes from migration 0003 keep claims and renewals to the open rows only.
+
+Lessons from job queues built the same way: procrastinate's jobs stayed `doing` forever after a
+worker died (#307, #1518) because nothing expired them: here every lease expires by itself.
+pgqueuer ran jobs twice when heartbeats were rarer than the timeout (#430, #674): here a lease is
+renewed every third of `lease_s`, and even a double claim cannot double a result, because the
+completion is fenced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from crawler.errors import StoreError
+from crawler.models import Target, TargetPage, TargetResult
+
+log = logging.getLogger(__name__)
+
+# How often, as a fraction of the lease, a worker with work in flight renews its leases: three
+# renewals may fail or be late before a lease lapses.
+RENEW_FRACTION = 1 / 3
+
+_OPEN = "(t.claims = 0 OR t.lease_expires_at IS NOT NULL)"
+# No anti-join with crawl_results: on PostgreSQL every result is written by a fenced completion,
+# which closes the lease in the same transaction, so "open" already means "no result yet". (An
+# anti-join here was planned as a scan of the region's results per candidate row while the
+# table's statistics were young: 36 ms per claim of 100 at 5,000 results.)
+_CLAIMABLE = "(t.claims = 0 OR t.lease_expires_at < clock_timestamp())"
+
+CLAIM_SQL = f"""
+WITH picked AS (
+    SELECT t.run_id, t.region_id, t.image_id
+      FROM crawl_targets AS t
+     WHERE t.run_id = %(run_id)s AND t.region_id = %(region_id)s AND t.image_id > %(after)s
+       AND {_OPEN} AND {_CLAIMABLE}
+     ORDER BY t.image_id
+     LIMIT %(limit)s
+       FOR UPDATE OF t SKIP LOCKED
+)
+UPDATE crawl_targets AS t
+   SET claims = t.claims + 1,
+       lease_owner = %(owner)s,
+       lease_expires_at = clock_timestamp() + make_interval(secs => %(lease_s)s)
+  FROM picked AS p
+ WHERE t.run_id = p.run_id AND t.region_id = p.region_id AND t.image_id = p.image_id
+RETURNING t.image_id, t.claims
+"""
+
+RENEW_SQL = """
+UPDATE crawl_targets
+   SET lease_expires_at = clock_timestamp() + make_interval(secs => %(lease_s)s)
+ WHERE lease_owner = %(owner)s AND lease_expires_at IS NOT NULL AND run_id = %(run_id)s
+"""
+
+RELEASE_SQL = """
+UPDATE crawl_targets SET lease_expires_at = '-infinity'
+ WHERE lease_owner = %(owner)s AND lease_expires_at IS NOT NULL AND run_id = %(run_id)s
+"""
+
+FENCE_SQL = """
+UPDATE crawl_targets AS t SET lease_expires_at = NULL
+  FROM unnest(%(regions)s::text[], %(images)s::text[], %(tokens)s::int[])
+       AS c(region_id, image_id, token)
+ WHERE t.run_id = %(run_id)s AND t.region_id = c.region_id AND t.image_id = c.image_id
+   AND t.claims = c.token AND t.lease_owner = %(owner)s AND t.lease_expires_at IS NOT NULL
+RETURNING t.region_id, t.image_id
+"""
+
+OUTLOOK_SQL = f"""
+SELECT count(*) FILTER (WHERE {_CLAIMABLE}),
+       count(*) FILTER (WHERE t.lease_expires_at >= clock_timestamp()
+                          AND t.lease_owner IS DISTINCT FROM %(owner)s),
+       extract(epoch FROM min(t.lease_expires_at) FILTER (
+           WHERE t.lease_expires_at >= clock_timestamp()) - clock_timestamp())
+  FROM crawl_targets AS t
+ WHERE t.run_id = %(run_id)s AND t.region_id = %(region_id)s AND {_OPEN}
+"""
+
+
+def worker_name() -> str:
+    """This process as a lease owner: host, pid and a random part (pids repeat across hosts)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+@dataclass(frozen=True, slots=True)
+class Outlook:
+    """What is left of one region of a run, as another worker sees it.
+
+    Attributes:
+        claimable: targets that may be claimed now (never claimed, or their lease lapsed).
+        leased_elsewhere: targets under a live lease of another worker.
+        next_expiry_s: seconds until the soonest live lease lapses, None without any.
+    """
+
+    claimable: int
+    leased_elsewhere: int
+    next_expiry_s: float | None
+
+    @property
+    def finished(self) -> bool:
+        """Nothing to claim and nobody else holding anything: this region is done."""
+        return self.claimable == 0 and self.leased_elsewhere == 0
+
+
+class Claims:
+    """One worker's claims on one run: the SQL of claiming, renewing, fencing and releasing.
+
+    The token of every target claimed and not yet written is kept here, so `fence_results`
+    can check it. `in_flight` counts the claimed targets not yet crawled (queued or being
+    requested), which sizes the next claim; results waiting for the writer keep their lease but
+    no longer take a slot.
+    """
+
+    def __init__(self, run_id: int, *, lease_s: float, owner: str | None = None) -> None:
+        self.run_id = run_id
+        self.lease_s = lease_s
+        self.owner = owner or worker_name()
+        self.refused = 0
+        self.reclaimed = 0
+        self._tokens: dict[Target, int] = {}
+        self._in_hand: set[Target] = set()
+
+    @property
+    def in_flight(self) -> int:
+        """Targets claimed by this worker and not yet crawled."""
+        return len(self._in_hand)
+
+    @property
+    def held(self) -> int:
+        """Targets claimed by this worker whose results are not yet written (leases to renew)."""
+        return len(self._tokens)
+
+    def crawled(self, target: Target) -> None:
+        """`target` has its outcome; its slot is free, its lease lasts until the write."""
+        self._in_hand.discard(target)
+
+    def _params(self, **more: object) -> dict[str, object]:
+        return {"run_id": self.run_id, "owner": self.owner, "lease_s": self.lease_s, **more}
+
+    async def claim(
+        self, conn: AsyncConnection, region_id: str, limit: int, *, after: str = ""
+    ) -> list[Target]:
+        """Claim up to `limit` open targets of `region_id` with image ids after `after`, in
+        image id order, in the caller's transaction; rows other workers are claiming at the same
+        moment are skipped.
+
+        `after` lets a worker go on from where its last claim ended instead of stepping over
+        every target done since the run began (their index entries stay until a vacuum);
+        whoever finds nothing after it looks again from the start, for lapsed leases.
+        """
+        if limit <= 0:
+            return []
+        result = await conn.exec_driver_sql(
+            CLAIM_SQL, self._params(region_id=region_id, limit=limit, after=after)
+        )
+        rows: list[Any] = list(result.all())
+        claimed = []
+        for image_id, token in rows:
+            target = Target(region_id, str(image_id))
+            self._tokens[target] = int(token)
+            self._in_hand.add(target)
+            self.reclaimed += int(token) > 1
+            claimed.append(target)
+        claimed.sort()
+        return claimed
+
+    async def outlook(self, conn: AsyncConnection, region_id: str) -> Outlook:
+        """What remains of `region_id` for this run, besides this worker's own leases."""
+        result = await conn.exec_driver_sql(OUTLOOK_SQL, self._params(region_id=region_id))
+        row: Any = result.one()
+        expiry = None if row[2] is None else max(0.0, float(row[2]))
+        return Outlook(int(row[0]), int(row[1]), expiry)
+
+    async def renew(self, conn: AsyncConnection) -> int:
+        """Extend every live lease of this worker by `lease_s`; returns how many."""
+        result = await conn.exec_driver_sql(RENEW_SQL, self._params())
+        return int(result.rowcount)
+
+    async def release(self, conn: AsyncConnection) -> int:
+        """Hand every unfinished claim back to the pool at once (a clean stop)."""
+        result = await conn.exec_driver_sql(RELEASE_SQL, self._params())
+        self._tokens.clear()
+        self._in_hand.clear()
+        return int(result.rowcount)
+
+    async def fence_results(
+        self, conn: AsyncConnection, results: Sequence[TargetResult]
+    ) -> list[TargetResult]:
+        """End the leases of `results` that still carry this worker's token, in the caller's
+        transaction, and return just those: the rest were taken over and must not be written.
+
+        A result for a target this worker never claimed is refused as well.
+        """
+        known = [result for result in results if result.target in self._tokens]
+        accepted: set[tuple[str, str]] = set()
+        if known:
+            params = self._params(
+                regions=[result.target.region_id for result in known],
+                images=[result.target.image_id for result in known],
+                tokens=[self._tokens[result.target] for result in known],
+            )
+            rows: list[Any] = list((await conn.exec_driver_sql(FENCE_SQL, params)).all())
+            accepted = {(str(region), str(image)) for region, image in rows}
+        kept = [r for r in results if (r.target.region_id, r.target.image_id) in accepted]
+        return kept
+
+    def settle(self, results: Sequence[TargetResult], accepted: int) -> None:
+        """After the completion's transaction committed: forget the tokens, count refusals."""
+        for result in results:
+            self._tokens.pop(result.target, None)
+            self._in_hand.discard(result.target)
+        refused = len(results) - accepted
+        if refused:
+            self.refused += refused
+            log.warning(
+                "%d late results of run %d refused: their targets were taken over by another"
+                " worker after this one's lease lapsed",
+                refused,
+                self.run_id,
+            )
+
+
+# While other workers hold leases of a region and nothing is claimable, look again this often:
+# their targets end in a result (the region is done) or their leases lapse (claim them).
+POLL_S = 0.5
+# While this worker's slots are full, the scheduler asks again after this long (no round trip).
+FULL_RETRY_S = 0.05
+
+
+class ClaimFeed:
+    """The scheduler's `TargetFeed` on PostgreSQL: each page is a claim sized to free slots.
+
+    `capacity` is how many targets this worker can have in flight (its concurrency, times 100 for
+    the batch strategy, whose claims are whole describeImages batches of one region). A claim is
+    made once at least a quarter of that is free, so a busy worker claims in batches rather than
+    one target per round trip.
+    """
+
+    def __init__(
+        self, engine: AsyncEngine, claims: Claims, *, capacity: int, batch_size: int = 1
+    ) -> None:
+        self._engine = engine
+        self._claims = claims
+        self._capacity = max(capacity, batch_size)
+        self._batch_size = batch_size
+
+    async def next_page(
+        self, run_id: int, region_id: str, *, after_image_id: str | None, limit: int
+    ) -> TargetPage:
+        """Claim what fits; say whether the region is done, or when to look again."""
+        assert run_id == self._claims.run_id
+        free = self._capacity - self._claims.in_flight
+        want = min(limit, free) // self._batch_size * self._batch_size
+        threshold = max(self._batch_size, self._capacity // 4)
+        if want <= 0 or (want < threshold and self._claims.in_flight > 0):
+            return TargetPage([], exhausted=False, retry_in_s=FULL_RETRY_S)
+        with translated("claim targets"):
+            async with self._engine.begin() as conn:
+                claimed = await self._claims.claim(
+                    conn, region_id, want, after=after_image_id or ""
+                )
+                if len(claimed) < want and after_image_id:  # the rest of the region, from the top
+                    more = await self._claims.claim(conn, region_id, want - len(claimed))
+                    claimed = sorted({*claimed, *more})
+                if len(claimed) == want:
+                    return TargetPage(claimed, exhausted=False, short=False)
+                outlook = await self._claims.outlook(conn, region_id)
+        if claimed:
+            return TargetPage(claimed, exhausted=False, short=True, retry_in_s=POLL_S)
+        if outlook.finished:
+            return TargetPage([], exhausted=True, short=True)
+        retry_s = POLL_S
+        if outlook.claimable == 0 and outlook.next_expiry_s is not None:
+            retry_s = min(POLL_S, outlook.next_expiry_s + 0.01)
+        return TargetPage([], exhausted=False, short=True, retry_in_s=retry_s)
+
+    def crawled(self, result: TargetResult) -> None:
+        """Free the target's slot for the next claim."""
+        self._claims.crawled(result.target)
+
+
+async def keep_renewed(engine: AsyncEngine, claims: Claims) -> None:
+    """Renew this worker's leases every third of `lease_s` while it has any; runs until cancelled.
+
+    A renewal that fails (the database is briefly unreachable) is logged and tried again at the
+    next tick: the leases still have two thirds of their time to run.
+    """
+    interval_s = claims.lease_s * RENEW_FRACTION
+    while True:
+        await asyncio.sleep(interval_s)
+        if claims.held == 0:
+            continue
+        try:
+            async with engine.begin() as conn:
+                await claims.renew(conn)
+        except _FAILURES as exc:
+            log.warning("could not renew the leases of run %d: %s", claims.run_id, exc)
+
+
+async def release_claims(engine: AsyncEngine, claims: Claims) -> None:
+    """Give back what this worker still holds (a clean stop); failures only cost `lease_s`."""
+    try:
+        async with engine.begin() as conn:
+            released = await claims.release(conn)
+    except _FAILURES as exc:
+        log.warning("could not release the claims of run %d: %s", claims.run_id, exc)
+        return
+    if released:
+        log.info("returned %d claimed targets of run %d to the pool", released, claims.run_id)
+
+
+_FAILURES = (SQLAlchemyError, OSError)
+
+
+@contextlib.contextmanager
+def translated(doing: str) -> Iterator[None]:
+    """Library failures as StoreError (the run ends, exit 3), once, here."""
+    try:
+        yield
+    except _FAILURES as exc:
+        raise StoreError(f"cannot {doing}: {exc}") from exc

@@ -1,0 +1,150 @@
+"""An image's whole aggregate as one canonical value: what `image_versions` stores and hashes.
+
+The content of an image is its `images` columns and its `disks`, `attachments` and `tags` rows,
+without what the crawler itself keeps: the key (it is the version row's), the bookkeeping columns
+(`first_seen_at`, `last_seen_at`, `last_run_id`, `missing_since`) and `raw`. `raw` is left out
+because every column is read from it (so a change that matters shows in a column) and because
+keeping it would double the history's size; its key order therefore cannot move the hash.
+
+    {"image": {"name": ..., ...},
+     "disks": {"system:0": {...}, "data:1": {...}},
+     "attachments": {"data:1:0": {...}},
+     "tags": {"data:1": {"env": "prod"}}}
+
+NULL columns are left out (NULL and absent are one thing), empty kinds too, booleans are 0/1 as in
+the tables, and the JSON text has sorted keys and no spaces: equal aggregates give equal bytes,
+whatever order the rows or the API's keys came in. `content_hash` is the SHA-256 of those bytes.
+
+`changed_fields` lists how two contents differ, with the paths of CONTRACT.md §7:
+`name`, `disks[data:1].disk_type`, `attachments[data:1:0].status`, `tags[system:0].env`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from crawler import schema
+from crawler.models import ImageRows, Row
+
+BOOKKEEPING_COLUMNS = ("first_seen_at", "last_seen_at", "last_run_id", "missing_since")
+_IMAGE_EXCLUDED = frozenset({"region_id", "image_id", "raw", *BOOKKEEPING_COLUMNS})
+_DISK_KEY = ("slot", "position")
+_ATTACHMENT_KEY = ("slot", "position", "seq")
+_CHILD_EXCLUDED = frozenset({"region_id", "image_id", "slot", "position", "seq"})
+# Canonical text: sorted keys, no spaces, UTF-8 as is. One encoder, built once.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+
+# Column order, for listing changed fields in the order of the tables.
+_IMAGE_ORDER = {name: rank for rank, name in enumerate(schema.images.columns.keys())}
+_DISK_ORDER = {name: rank for rank, name in enumerate(schema.disks.columns.keys())}
+_ATTACHMENT_ORDER = {name: rank for rank, name in enumerate(schema.attachments.columns.keys())}
+_SLOT_ORDER = {"system": 0, "data": 1}
+
+JsonContent = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Canonical:
+    """An image's canonical content: its JSON text and the text's SHA-256 in hex."""
+
+    text: str
+    hash: str
+
+
+def _value(value: Any) -> Any:
+    return int(value) if isinstance(value, bool) else value
+
+
+def _columns(row: Row, excluded: frozenset[str]) -> dict[str, Any]:
+    return {
+        name: _value(value)
+        for name, value in row.items()
+        if value is not None and name not in excluded
+    }
+
+
+def _child_key(row: Row, names: tuple[str, ...]) -> str:
+    return ":".join(str(row[name]) for name in names)
+
+
+def content_of(
+    image: Row, disks: Iterable[Row], attachments: Iterable[Row], tags: Iterable[Row]
+) -> JsonContent:
+    """The content of one image from its rows (as normalised, or as read from the tables)."""
+    content: JsonContent = {"image": _columns(image, _IMAGE_EXCLUDED)}
+    disk_map = {_child_key(row, _DISK_KEY): _columns(row, _CHILD_EXCLUDED) for row in disks}
+    attachment_map = {
+        _child_key(row, _ATTACHMENT_KEY): _columns(row, _CHILD_EXCLUDED) for row in attachments
+    }
+    tag_map: dict[str, dict[str, Any]] = {}
+    for row in tags:
+        tag_map.setdefault(_child_key(row, _DISK_KEY), {})[row["key"]] = row["value"]
+    for kind, children in (("disks", disk_map), ("attachments", attachment_map), ("tags", tag_map)):
+        if children:
+            content[kind] = children
+    return content
+
+
+def canonical(content: Mapping[str, Any]) -> Canonical:
+    """The canonical text of `content` and its hash."""
+    text = _ENCODER.encode(content)
+    return Canonical(text, hashlib.sha256(text.encode()).hexdigest())
+
+
+def canonical_rows(rows: ImageRows) -> Canonical:
+    """The canonical content of a normalised image."""
+    return canonical(content_of(rows.image, rows.disks, rows.attachments, rows.tags))
+
+
+# --- comparing two contents ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FieldChange:
+    """One field that differs between two versions; None where the field is absent."""
+
+    path: str
+    before: Any
+    after: Any
+
+
+def _slot_rank(key: str) -> tuple[Any, ...]:
+    slot, *numbers = key.split(":")
+    return (_SLOT_ORDER.get(slot, 2), slot, *(int(number) for number in numbers))
+
+
+def _flatten(content: Mapping[str, Any]) -> Iterator[tuple[tuple[Any, ...], str, Any]]:
+    """(sort key, path, value) of every field of a content."""
+    for name, value in content.get("image", {}).items():
+        yield (0, _IMAGE_ORDER.get(name, len(_IMAGE_ORDER)), name), name, value
+    for key, columns in content.get("disks", {}).items():
+        for name, value in columns.items():
+            rank = (1, *_slot_rank(key), _DISK_ORDER.get(name, len(_DISK_ORDER)), name)
+            yield rank, f"disks[{key}].{name}", value
+    for key, columns in content.get("attachments", {}).items():
+        for name, value in columns.items():
+            order = _ATTACHMENT_ORDER.get(name, len(_ATTACHMENT_ORDER))
+            yield (2, *_slot_rank(key), order, name), f"attachments[{key}].{name}", value
+    for key, tags in content.get("tags", {}).items():
+        for tag, value in tags.items():
+            yield (3, *_slot_rank(key), tag), f"tags[{key}].{tag}", value
+
+
+def changed_fields(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[FieldChange]:
+    """Every field whose value differs, in table and column order; a field only one side has
+    is listed with None on the other (a child that appears or goes, column by column)."""
+    old = {path: (rank, value) for rank, path, value in _flatten(before)}
+    new = {path: (rank, value) for rank, path, value in _flatten(after)}
+    changes = []
+    for path in old.keys() | new.keys():
+        old_value = old[path][1] if path in old else None
+        new_value = new[path][1] if path in new else None
+        if old_value != new_value or type(old_value) is not type(new_value):
+            rank = (old.get(path) or new[path])[0]
+            changes.append((rank, FieldChange(path, old_value, new_value)))
+    changes.sort(key=lambda pair: pair[0])
+    return [change for _, change in changes]

@@ -1,0 +1,116 @@
+"""What the store needs from a database that SQL and SQLAlchemy do not already make portable.
+
+The store's logic (ledger, writer, history, readers, migrations) is written once against
+SQLAlchemy Core; whatever is one database's own — connection settings, how a write transaction
+begins, the lock that keeps two crawls apart, read-only connections, the backup before a
+migration, upserts — sits behind `Dialect`, one module per database in this package.
+`dialect_for` picks the module by the URL's backend name, so adding a database means adding a
+module here and a line to `_MODULES`, and touches no logic.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Table
+from sqlalchemy.engine import URL, Engine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql.dml import Insert
+
+from crawler.errors import StoreError
+
+# Backend name (`URL.get_backend_name()`) to the module whose `DIALECT` serves it.
+_MODULES = {
+    "sqlite": "crawler.store.dialects.sqlite",
+    "postgresql": "crawler.store.dialects.postgresql",
+}
+
+
+class Dialect(ABC):
+    """One database's own behaviour, as the store uses it."""
+
+    #: The SQLAlchemy backend name, as in `URL.get_backend_name()`.
+    name: str
+
+    # --- connections
+
+    @abstractmethod
+    def create_engine(self, url: URL) -> AsyncEngine:
+        """The store's engine, with the connection settings this database needs."""
+
+    @abstractmethod
+    def writer(self, engine: AsyncEngine) -> AsyncEngine:
+        """`engine` as the store's write transactions use it (e.g. taking the write lock early)."""
+
+    @abstractmethod
+    async def settings(self, conn: AsyncConnection) -> dict[str, Any]:
+        """The connection settings in force, by name: for diagnostics and the dialect's tests."""
+
+    @abstractmethod
+    def readonly_connection(self, url: URL) -> AbstractAsyncContextManager[AsyncConnection]:
+        """A connection on which every write fails; the database must already exist."""
+
+    @abstractmethod
+    async def vacuum(self, engine: AsyncEngine) -> None:
+        """Give space freed by deletes back to the file system (outside any transaction)."""
+
+    @abstractmethod
+    def is_readonly_violation(self, exc: DBAPIError) -> bool:
+        """Whether a failed statement failed because the connection is read-only."""
+
+    @abstractmethod
+    def crawl_lock(self, url: URL) -> AbstractContextManager[object] | None:
+        """The lock that keeps two crawls off one database, not yet taken; None if none is needed.
+
+        Entering it raises `LockHeldError` naming the holder when another crawl has it.
+        """
+
+    # --- statements
+
+    @abstractmethod
+    def upsert(self, table: Table, key: Sequence[str], kept: Sequence[str] = ()) -> Insert:
+        """An insert that, for a row whose `key` exists, updates every column but `key`, `kept`."""
+
+    @abstractmethod
+    def insert_or_ignore(self, table: Table, key: Sequence[str]) -> Insert:
+        """An insert that skips a row whose `key` already exists."""
+
+    # --- migrations
+
+    @abstractmethod
+    def sync_url(self, url: URL) -> URL:
+        """The URL migrations run on: the async driver swapped for its sync sibling."""
+
+    @abstractmethod
+    def prepare_migration_engine(self, engine: Engine) -> None:
+        """Make `engine`'s upgrades transactional and safe (hooks on the sync engine)."""
+
+    @abstractmethod
+    def database_file(self, url: URL) -> Path | None:
+        """The file holding the database, for a file database that can be backed up."""
+
+    @abstractmethod
+    def backup(self, path: Path, target: Path) -> None:
+        """Copy the database file `path` to `target`, consistently."""
+
+
+def dialect_for(url: URL) -> Dialect:
+    """The dialect for a database URL.
+
+    Raises:
+        StoreError: the URL names a database the crawler does not support.
+    """
+    backend = url.get_backend_name()
+    module = _MODULES.get(backend)
+    if module is None:
+        supported = ", ".join(sorted(_MODULES))
+        raise StoreError(f"database {backend!r} is not supported (supported: {supported})")
+    dialect = importlib.import_module(module).DIALECT
+    assert isinstance(dialect, Dialect)
+    return dialect

@@ -1,0 +1,152 @@
+"""The write path's statements: built with SQLAlchemy Core, compiled once per store.
+
+The write path is the crawler's hot loop (tens of thousands of rows a second). Its statements are
+built from `crawler.schema` (upserts through the dialect), compiled once per store, and executed
+with `executemany` over plain tuples: SQLAlchemy's per-row parameter processing would otherwise
+cost more than the database's own work.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import ClauseElement, bindparam, delete, insert, update
+from sqlalchemy.engine import Dialect as SADialect
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.compiler import SQLCompiler
+
+from crawler import schema
+from crawler.models import Row
+from crawler.store.dialects import Dialect
+
+_IMAGE_KEY = ("region_id", "image_id")
+_TARGET_KEY = ("run_id", "region_id", "image_id")
+
+
+@dataclass(frozen=True, slots=True)
+class _Statement:
+    """A Core statement compiled once: its SQL and the column behind each `?`, in order."""
+
+    sql: str
+    names: tuple[str, ...]
+    values: Callable[[Mapping[str, Any]], tuple[Any, ...]]
+
+    @classmethod
+    def compile(cls, statement: ClauseElement, dialect: SADialect) -> _Statement:
+        compiled = statement.compile(dialect=dialect)
+        assert isinstance(compiled, SQLCompiler)
+        names = tuple(compiled.positiontup or ())
+        assert len(names) > 1  # itemgetter of one name would give a bare value, not a tuple
+        # itemgetter builds a row's tuple in C: this runs for every row the crawler writes.
+        return cls(compiled.string, names, operator.itemgetter(*names))
+
+    def rows(self, rows: Sequence[Row]) -> list[tuple[Any, ...]]:
+        """Each row's values in parameter order; a column a row lacks is NULL."""
+        try:
+            return list(map(self.values, rows))
+        except KeyError:  # rows from elsewhere than `normalise_image`, which fills every column
+            return [tuple(map(row.get, self.names)) for row in rows]
+
+    def row(self, row: Row) -> tuple[Any, ...]:
+        """One row's values in parameter order; a column it lacks is NULL."""
+        try:
+            return self.values(row)
+        except KeyError:
+            return tuple(map(row.get, self.names))
+
+    async def run_many(self, conn: AsyncConnection, params: list[tuple[Any, ...]]) -> None:
+        """One executemany; nothing at all for no rows."""
+        if params:
+            await conn.exec_driver_sql(self.sql, params)
+
+
+def _key_match(table: Any, names: Sequence[str]) -> Any:
+    # Bind names differ from column names: UPDATE reserves a column's own name for its SET value.
+    return [table.c[name] == bindparam(f"k_{name}") for name in names]
+
+
+def _image_upsert(dialect: Dialect) -> ClauseElement:
+    # first_seen_at keeps the first fetch's time
+    return dialect.upsert(schema.images, _IMAGE_KEY, kept=("first_seen_at",))
+
+
+def _result_upsert(dialect: Dialect) -> ClauseElement:
+    return dialect.upsert(schema.crawl_results, ("run_id", "region_id", "image_id"))
+
+
+def _image_touch() -> ClauseElement:
+    # An unchanged image: only its bookkeeping moves, its children are left as they are.
+    images = schema.images
+    return (
+        update(images)
+        .where(*_key_match(images, _IMAGE_KEY))
+        .values(last_seen_at=bindparam("k_at"), last_run_id=bindparam("k_run_id"))
+    )
+
+
+def _version_close() -> ClauseElement:
+    versions = schema.image_versions
+    return (
+        update(versions)
+        .where(*_key_match(versions, (*_IMAGE_KEY, "version")))
+        .values(valid_to_run=bindparam("k_run_id"))
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _WriteStatements:
+    """The statements `write_results` runs, compiled for one dialect."""
+
+    image_upsert: _Statement
+    image_children_delete: _Statement
+    disk_insert: _Statement
+    attachment_insert: _Statement
+    tag_insert: _Statement
+    image_touch: _Statement
+    version_insert: _Statement
+    version_close: _Statement
+    version_delete: _Statement
+    result_upsert: _Statement
+    target_insert: _Statement
+
+    @classmethod
+    def compile(cls, store_dialect: Dialect, dialect: SADialect) -> _WriteStatements:
+        def build(statement: ClauseElement) -> _Statement:
+            return _Statement.compile(statement, dialect)
+
+        disks, versions = schema.disks, schema.image_versions
+        statements = cls(
+            image_upsert=build(_image_upsert(store_dialect)),
+            # Deleting the disks cascades to their attachments and tags (foreign_keys=ON).
+            image_children_delete=build(delete(disks).where(*_key_match(disks, _IMAGE_KEY))),
+            disk_insert=build(insert(disks)),
+            attachment_insert=build(insert(schema.attachments)),
+            tag_insert=build(insert(schema.tags)),
+            image_touch=build(_image_touch()),
+            version_insert=build(insert(versions)),
+            version_close=build(_version_close()),
+            version_delete=build(
+                delete(versions).where(*_key_match(versions, (*_IMAGE_KEY, "version")))
+            ),
+            result_upsert=build(_result_upsert(store_dialect)),
+            target_insert=build(
+                store_dialect.insert_or_ignore(schema.crawl_targets, _TARGET_KEY).values(
+                    {name: bindparam(name) for name in _TARGET_KEY}
+                )  # only the key: the other columns are leases (crawler.claims)
+            ),
+        )
+        # These two take plain key tuples rather than rows: the order must be as written here.
+        assert statements.image_children_delete.names == ("k_region_id", "k_image_id")
+        assert statements.target_insert.names == ("run_id", "region_id", "image_id")
+        assert statements.image_touch.names == ("k_at", "k_run_id", "k_region_id", "k_image_id")
+        assert statements.version_close.names == (
+            "k_run_id",
+            "k_region_id",
+            "k_image_id",
+            "k_version",
+        )
+        assert statements.version_delete.names == ("k_region_id", "k_image_id", "k_version")
+        return statements

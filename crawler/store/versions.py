@@ -1,0 +1,241 @@
+"""History, written: the versions a batch of fetched images opens, and a run's missing marks.
+
+An image's state as of run R is its `image_versions` row with `valid_from_run <= R` and
+(`valid_to_run` NULL or `> R`); the current one has `valid_to_run` NULL. A fetched image whose
+canonical content (`crawler.store.content`) equals its current `present` version's writes no
+version and keeps its rows: the writer only moves its `last_seen_at` and `last_run_id`. Any other
+fetch closes the current version at this run and opens the next.
+
+Missing marks are applied once per run, at its end (`apply_missing`), so that the mass-deletion
+guard (`MissingGuard`) can look at the whole run first: each image newly found missing closes its
+`present` version and opens a `missing` one holding the same content, and gets `missing_since`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    and_,
+    exists,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from crawler import schema
+from crawler.models import ImageRows, Outcome, VersionStatus
+from crawler.store.content import canonical_rows
+from crawler.store.statements import _WriteStatements
+
+ImageKey = tuple[str, str]
+# Keys per `IN` list when reading current versions: far below any database's parameter limit.
+_KEYS_PER_QUERY = 500
+_PRESENT, _MISSING = str(VersionStatus.PRESENT), str(VersionStatus.MISSING)
+
+
+@dataclass(frozen=True, slots=True)
+class CurrentVersion:
+    """The open version of an image."""
+
+    version: int
+    status: str
+    content_hash: str
+    valid_from_run: int
+
+
+async def current_versions(
+    conn: AsyncConnection, keys: Sequence[ImageKey]
+) -> dict[ImageKey, CurrentVersion]:
+    """The current version of each image in `keys` that has one."""
+    versions = schema.image_versions
+    found: dict[ImageKey, CurrentVersion] = {}
+    for start in range(0, len(keys), _KEYS_PER_QUERY):
+        chunk = keys[start : start + _KEYS_PER_QUERY]
+        statement = select(
+            versions.c.region_id, versions.c.image_id, versions.c.version, versions.c.status,
+            versions.c.content_hash, versions.c.valid_from_run,
+        ).where(
+            tuple_(versions.c.region_id, versions.c.image_id).in_(chunk),
+            versions.c.valid_to_run.is_(None),
+        )  # fmt: skip
+        for region_id, image_id, *rest in await conn.execute(statement):
+            found[(region_id, image_id)] = CurrentVersion(*rest)
+    return found
+
+
+@dataclass(slots=True)
+class VersionPlan:
+    """What one batch writes to `image_versions`, as parameter tuples, and what it leaves."""
+
+    unchanged: list[ImageKey] = field(default_factory=list)
+    deletes: list[tuple[Any, ...]] = field(default_factory=list)
+    closes: list[tuple[Any, ...]] = field(default_factory=list)
+    inserts: list[tuple[Any, ...]] = field(default_factory=list)
+
+
+def plan_versions(
+    statements: _WriteStatements,
+    run_id: int,
+    fetched: Mapping[ImageKey, tuple[ImageRows, str]],
+    current: Mapping[ImageKey, CurrentVersion],
+) -> VersionPlan:
+    """Compare each fetched image with its current version; `fetched` values are (rows, the
+    fetch's time as stored)."""
+    plan = VersionPlan()
+    for key, (rows, at) in fetched.items():
+        content = canonical_rows(rows)
+        was = current.get(key)
+        if was is not None and was.status == _PRESENT and was.content_hash == content.hash:
+            plan.unchanged.append(key)
+            continue
+        version = 1
+        if was is not None:
+            where = {"k_region_id": key[0], "k_image_id": key[1], "k_version": was.version}
+            if was.valid_from_run == run_id:  # fetched twice in one run: the later fetch wins
+                plan.deletes.append(statements.version_delete.values(where))
+                version = was.version
+            else:
+                plan.closes.append(statements.version_close.values({**where, "k_run_id": run_id}))
+                version = was.version + 1
+        row = {
+            "region_id": key[0],
+            "image_id": key[1],
+            "version": version,
+            "valid_from_run": run_id,
+            "valid_to_run": None,
+            "status": _PRESENT,
+            "content_hash": content.hash,
+            "content": content.text,
+            "recorded_at": at,
+        }
+        plan.inserts.append(statements.version_insert.values(row))
+    return plan
+
+
+# --- the end of a run: missing marks and the guard ---------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MissingGuard:
+    """`[crawl] max_missing_fraction` and `missing_guard_min`, and `--accept-missing`."""
+
+    max_fraction: float = 0.2
+    min_count: int = 50
+    accept: bool = False
+
+    def holds(self, newly_missing: int, present_before: int) -> bool:
+        """Whether a run that would newly mark `newly_missing` of its `present_before` images
+        missing must hold its marks back."""
+        if self.accept or self.max_fraction >= 1:
+            return False
+        return (
+            newly_missing >= self.min_count and newly_missing > self.max_fraction * present_before
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class MissingCounts:
+    """A run's targets that were present before it, and how many of those it found missing."""
+
+    present_before: int
+    newly_missing: int
+
+
+def _same_image(table: Any, other: Any) -> ColumnElement[bool]:
+    return and_(table.c.region_id == other.c.region_id, table.c.image_id == other.c.image_id)
+
+
+def _newly_missing(run_id: int) -> Any:
+    """The run's `missing` results whose image is still present and not seen after the run,
+    joined with that image's current version (`v`) and result (`r`)."""
+    results, images = schema.crawl_results, schema.images
+    current = schema.image_versions.alias("v")
+    return (
+        select(current, results.c.finished_at)
+        .select_from(results)
+        .join(current, _same_image(current, results))
+        .join(images, _same_image(images, results))
+        .where(
+            results.c.run_id == run_id,
+            results.c.outcome == str(Outcome.MISSING),
+            current.c.valid_to_run.is_(None),
+            current.c.status == _PRESENT,
+            # A later run that fetched it (an `accept` of an older run) knows better.
+            or_(images.c.last_run_id.is_(None), images.c.last_run_id <= run_id),
+        )
+    )
+
+
+async def missing_counts(conn: AsyncConnection, run_id: int) -> MissingCounts:
+    """What the guard weighs for `run_id`."""
+    results, versions = schema.crawl_results, schema.image_versions
+    present_before = (
+        select(func.count())
+        .select_from(results)
+        .where(
+            results.c.run_id == run_id,
+            exists().where(
+                _same_image(versions, results),
+                versions.c.status == _PRESENT,
+                versions.c.valid_from_run < run_id,
+                or_(versions.c.valid_to_run.is_(None), versions.c.valid_to_run >= run_id),
+            ),
+        )
+    )
+    newly = select(func.count()).select_from(_newly_missing(run_id).subquery())
+    return MissingCounts(
+        int((await conn.execute(present_before)).scalar_one()),
+        int((await conn.execute(newly)).scalar_one()),
+    )
+
+
+async def apply_missing(conn: AsyncConnection, run_id: int, recorded_at: str) -> int:
+    """Mark missing every image `run_id` newly found missing; returns how many."""
+    versions, images, results = schema.image_versions, schema.images, schema.crawl_results
+    found = _newly_missing(run_id).subquery()
+    columns = [column.name for column in versions.columns]
+    opened = select(
+        found.c.region_id, found.c.image_id, found.c.version + 1, literal(run_id),
+        literal(None), literal(_MISSING), found.c.content_hash, found.c.content,
+        literal(recorded_at),
+    )  # fmt: skip
+    marked = (await conn.execute(insert(versions).from_select(columns, opened))).rowcount
+    # Close the present versions just succeeded by a missing one opened in this run.
+    successor = versions.alias("m")
+    opened_here = exists().where(
+        _same_image(successor, versions),
+        successor.c.version == versions.c.version + 1,
+        successor.c.valid_from_run == run_id,
+        successor.c.status == _MISSING,
+    )
+    await conn.execute(
+        update(versions)
+        .where(versions.c.valid_to_run.is_(None), versions.c.status == _PRESENT, opened_here)
+        .values(valid_to_run=run_id)
+    )
+    missing_version = exists().where(
+        _same_image(versions, images),
+        versions.c.valid_from_run == run_id,
+        versions.c.status == _MISSING,
+        versions.c.valid_to_run.is_(None),
+    )
+    found_at = (
+        select(results.c.finished_at)
+        .where(_same_image(results, images), results.c.run_id == run_id)
+        .scalar_subquery()
+    )
+    await conn.execute(
+        update(images)
+        .where(images.c.missing_since.is_(None), missing_version)
+        .values(missing_since=found_at)
+    )
+    return int(marked)

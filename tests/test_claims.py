@@ -1,0 +1,132 @@
+"""Claims, leases, fencing and the shared rate budget on a real PostgreSQL (crawler.claims,
+crawler.budget), driven directly: two `Claims` on one run stand for two worker processes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import pytest
+
+from crawler.budget import SharedHold, SharedRate
+from crawler.claims import ClaimFeed, Claims
+from crawler.models import Outcome, Target, TargetResult
+from crawler.store import Store
+
+REGION = "cn-north-1"
+
+
+@pytest.fixture
+async def store(postgres_url: str) -> AsyncIterator[Store]:
+    opened = await Store.open(postgres_url)
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+async def new_run(store: Store, count: int) -> int:
+    targets = [Target(REGION, f"img-{n:04d}") for n in range(count)]
+    return await store.create_run(targets, strategy="single")
+
+
+async def claim(store: Store, claims: Claims, limit: int) -> list[Target]:
+    async with store.engine.begin() as conn:
+        return await claims.claim(conn, REGION, limit)
+
+
+def failed(target: Target) -> TargetResult:
+    return TargetResult(target, Outcome.FAILED, 1, datetime.now(UTC), error_status="TEST")
+
+
+async def complete(store: Store, run_id: int, claims: Claims, targets: list[Target]) -> int:
+    results = [failed(target) for target in targets]
+    written = await store.write_results(run_id, results, fence=claims.fence_results)
+    claims.settle(results, written)
+    return written
+
+
+async def test_two_workers_claim_disjoint_targets(store: Store) -> None:
+    run_id = await new_run(store, 8)
+    first, second = Claims(run_id, lease_s=30), Claims(run_id, lease_s=30)
+    mine, theirs = await claim(store, first, 5), await claim(store, second, 5)
+    assert len(mine) == 5 and len(theirs) == 3
+    assert not set(mine) & set(theirs)
+    assert await claim(store, second, 5) == []  # everything is leased
+
+
+async def test_a_lapsed_lease_is_taken_over_and_the_late_result_refused(store: Store) -> None:
+    run_id = await new_run(store, 3)
+    slow, fast = Claims(run_id, lease_s=1), Claims(run_id, lease_s=30)
+    taken = await claim(store, slow, 3)
+    await asyncio.sleep(1.2)  # past the lease, unrenewed
+    again = await claim(store, fast, 3)
+    assert again == taken and fast.reclaimed == 3
+    assert await complete(store, run_id, slow, taken) == 0  # the zombie's: refused
+    assert slow.refused == 3
+    assert await complete(store, run_id, fast, again) == 3
+    assert (await store.pending_counts(run_id)) == {}
+
+
+async def test_renewal_keeps_a_lease_and_release_frees_it_at_once(store: Store) -> None:
+    run_id = await new_run(store, 2)
+    holder, other = Claims(run_id, lease_s=1), Claims(run_id, lease_s=30)
+    taken = await claim(store, holder, 2)
+    for _ in range(3):
+        await asyncio.sleep(0.4)
+        async with store.engine.begin() as conn:
+            assert await holder.renew(conn) == 2
+    assert await claim(store, other, 2) == []  # 1.2 s later, still held
+    async with store.engine.begin() as conn:
+        assert await holder.release(conn) == 2
+    assert await claim(store, other, 2) == taken
+
+
+async def test_the_feed_waits_for_other_workers_leases_then_reports_the_region_done(
+    store: Store,
+) -> None:
+    run_id = await new_run(store, 4)
+    other = Claims(run_id, lease_s=30)
+    held = await claim(store, other, 4)
+    feed = ClaimFeed(store.engine, Claims(run_id, lease_s=30), capacity=4)
+    page = await feed.next_page(run_id, REGION, after_image_id=None, limit=512)
+    assert page.targets == [] and not page.exhausted and page.retry_in_s is not None
+    await complete(store, run_id, other, held)
+    page = await feed.next_page(run_id, REGION, after_image_id=None, limit=512)
+    assert page.targets == [] and page.exhausted
+
+
+async def test_hosts_sharing_a_key_are_spaced_by_one_schedule(store: Store) -> None:
+    waits: list[float] = []
+
+    async def record(delay_s: float) -> None:
+        waits.append(delay_s)  # measured, not slept: the schedule lives in the database
+
+    hosts = [
+        SharedRate(store.engine, "AK-SHARED", 10.0, sleep=record),
+        SharedRate(store.engine, "AK-SHARED", 10.0, sleep=record),
+    ]
+    for turn in range(20):
+        await hosts[turn % 2].acquire()
+    # 20 sends at 10/s from two hosts: one schedule 0.1 s apart, ~1.9 s for the last one.
+    assert len(waits) >= 18
+    assert 1.6 <= max(waits) <= 2.1
+    alone = SharedRate(store.engine, "AK-OTHER", 10.0, sleep=record)
+    waits.clear()
+    await alone.acquire()
+    assert waits == []  # another key has a budget of its own
+
+
+async def test_a_spent_minute_seen_by_one_host_holds_the_others(store: Store) -> None:
+    seen, other = SharedHold(store.engine, "AK"), SharedHold(store.engine, "AK")
+    assert await other.wait_s() == 0
+    await seen.hold(5.0)
+    other_fresh = SharedHold(store.engine, "AK")
+    assert 4.0 <= await other_fresh.wait_s() <= 5.0
+    row = await store.engine.connect()
+    try:
+        keys = (await row.exec_driver_sql("SELECT key_id FROM rate_budgets")).scalars().all()
+    finally:
+        await row.close()
+    assert keys and all("AK" not in key for key in keys)  # a hash, never the key

@@ -1,0 +1,460 @@
+"""History through the real CLI: diff, history, the mass-deletion guard, accept and prune.
+
+The simulator on loopback is changed between crawls (`set_image`, `delete_image`); what the crawler
+says changed is checked against a brute-force comparison of the inventory tables themselves,
+snapshotted after each run, with none of the store's history code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import io
+import json
+import os
+import random
+import subprocess
+import sys
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from crawler.cli import Io, main
+from crawler.models import JsonObject
+from crawler.simulator import Simulator
+from crawler.store import run_changes
+from tests.conftest import (
+    ACCESS_KEY_ENV,
+    SECRET_KEY_ENV,
+    SimulatorFactory,
+    crawl_environ,
+    write_config,
+)
+from tests.test_cli import REPO, Recorder, crawl, targets_file
+
+BOOKKEEPING = {"first_seen_at", "last_seen_at", "last_run_id", "missing_since", "raw"}
+KEYS = {
+    "images": (),
+    "disks": ("slot", "position"),
+    "attachments": ("slot", "position", "seq"),
+    "tags": ("slot", "position"),
+}
+
+# --- brute force: the inventory tables as they are after a run ----------------------------------
+
+Snapshot = dict[tuple[str, str], tuple[str, dict[str, Any]]]  # key -> (state, path -> value)
+
+
+def query(db: Path, sql: str, **params: Any) -> list[dict[str, Any]]:
+    engine = create_engine(f"sqlite:///{db}")
+    try:
+        with engine.connect() as conn:
+            return [dict(row._mapping) for row in conn.execute(text(sql), params)]
+    finally:
+        engine.dispose()
+
+
+def snapshot(db: Path) -> Snapshot:
+    """Every image: `present` or `missing`, and every non-NULL field by its diff path."""
+    fields: dict[tuple[str, str], dict[str, Any]] = {}
+    for table, key in KEYS.items():
+        for row in query(db, f"SELECT * FROM {table}"):
+            image = fields.setdefault((row.pop("region_id"), row.pop("image_id")), {})
+            where = ":".join(str(row.pop(name)) for name in key)
+            if table == "tags":
+                image[f"tags[{where}].{row['key']}"] = row["value"]
+                continue
+            for name, value in row.items():
+                if value is not None and name not in BOOKKEEPING and name != "seq":
+                    image[f"{table}[{where}].{name}" if key else name] = value
+    states = {
+        (row["region_id"], row["image_id"]): row["missing_since"] is None
+        for row in query(db, "SELECT region_id, image_id, missing_since FROM images")
+    }
+    return {key: ("present" if states[key] else "missing", value) for key, value in fields.items()}
+
+
+def brute_diff(before: Snapshot, after: Snapshot, from_run: int | None, to_run: int) -> list[Any]:
+    found = []
+    for key in sorted(before.keys() | after.keys()):
+        old_state, old = before.get(key, ("absent", {}))
+        new_state, new = after.get(key, ("absent", {}))
+        fields = []
+        if old_state != "present" and new_state == "present":
+            change = "added" if old_state == "absent" else "restored"
+        elif old_state == "present" and new_state != "present":
+            change = "removed"
+        elif old_state == "present" and old != new:
+            change = "changed"
+            for path in sorted(old.keys() | new.keys()):
+                if old.get(path) != new.get(path):
+                    fields.append((path, old.get(path), new.get(path)))
+        else:
+            continue
+        found.append((from_run, to_run, *key, change, sorted(fields)))
+    return found
+
+
+# --- the CLI ---------------------------------------------------------------------------------
+
+
+def run_cli(*args: str, expect: int = 0) -> str:
+    recorder = Recorder()
+    code = main(list(args), recorder.io())
+    assert code == expect, recorder.stderr.getvalue()
+    return recorder.stdout.getvalue()
+
+
+def cli_diff(db: Path, *args: str) -> list[Any]:
+    out = run_cli("diff", "--db", str(db), "--format", "jsonl", *args)
+    found = []
+    for line in out.splitlines():
+        item = json.loads(line)
+        fields = sorted((f["path"], f["from"], f["to"]) for f in item["fields"])
+        found.append(
+            (item["from_run"], item["to_run"], item["region_id"], item["image_id"], item["change"],
+             fields)
+        )  # fmt: skip
+    return sorted(found, key=lambda entry: (entry[2], entry[3]))
+
+
+def cli_history(db: Path, region_id: str, image_id: str) -> list[dict[str, Any]]:
+    out = run_cli("history", region_id, image_id, "--db", str(db), "--format", "jsonl")
+    return [json.loads(line) for line in out.splitlines()]
+
+
+# --- random changes to the simulator's inventory -------------------------------------------------
+
+
+def cloud_disks(image: JsonObject) -> Iterator[JsonObject]:
+    disks = [image.get("systemDisk"), *(image.get("dataDisks") or [])]
+    for disk in disks:
+        if isinstance(disk, dict) and isinstance(disk.get("cloudDisk"), dict):
+            yield disk["cloudDisk"]
+
+
+def mutate(rng: random.Random, image: JsonObject) -> JsonObject:
+    """One random change of the kinds the issue names (or none that matters: keys reordered)."""
+    image = copy.deepcopy(image)
+    kind = rng.choice(["field", "disk_field", "add_disk", "drop_disk", "tag", "reorder"])
+    disks = list(cloud_disks(image))
+    if kind == "field":
+        name = rng.choice(["name", "desc", "status", "osVersion", "sizeMB"])
+        image[name] = rng.randrange(1, 10**6) if name == "sizeMB" else f"v{rng.randrange(10**6)}"
+    elif kind == "disk_field" and disks:
+        disk = rng.choice(disks)
+        disk["diskType"] = rng.choice(["ssd", "premium-hdd", "ssd.gp1", "hdd.std1", "ssd.io1"])
+        disk["diskSizeGB"] = rng.randrange(20, 2000)
+    elif kind == "add_disk":
+        data = image.get("dataDisks") or []
+        new = {"diskCategory": "cloud", "deviceName": f"vd{len(data) + 2}"}
+        size_gb = rng.randrange(20, 500)
+        new["cloudDisk"] = {"diskId": f"vol-{rng.randrange(10**9)}", "diskType": "ssd",
+                            "diskSizeGB": size_gb, "tags": [], "attachments": []}  # fmt: skip
+        image["dataDisks"] = [*data, new]
+    elif kind == "drop_disk" and image.get("dataDisks"):
+        image["dataDisks"] = image["dataDisks"][:-1]
+    elif kind == "tag" and disks:
+        disk = rng.choice(disks)
+        tags = [tag for tag in disk.get("tags") or [] if rng.random() < 0.5]
+        tags.append({"key": rng.choice(["env", "team", "owner"]), "value": f"t{rng.randrange(99)}"})
+        disk["tags"] = tags
+    else:  # key order only: must not count as a change
+        image = dict(reversed(list(image.items())))
+    return image
+
+
+def step(rng: random.Random, sim: Simulator, originals: dict[tuple[str, str], JsonObject]) -> None:
+    """Between two crawls: edit, delete and restore a few images of the simulator."""
+    for (region, image_id), image in originals.items():
+        draw = rng.random()
+        present = image_id in sim._by_id[region]
+        if present and draw < 0.25:
+            originals[(region, image_id)] = mutate(rng, sim._by_id[region][image_id])
+            sim.set_image(region, originals[(region, image_id)])
+        elif present and draw < 0.35:
+            sim.delete_image(region, image_id)
+        elif not present and draw < 0.5:
+            sim.set_image(region, image)  # restored, as it was when it went
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_diff_and_history_agree_with_snapshots_of_every_run(
+    simulator: SimulatorFactory, tmp_path: Path, seed: int
+) -> None:
+    server = simulator(regions=("cn-north-1", "cn-east-2"), images_per_region=12, seed=seed)
+    db = tmp_path / "inventory.db"
+    config = write_config(tmp_path, server.url, db=db)
+    targets = targets_file(tmp_path, server.sim)
+    originals = {
+        (region, str(image["imageId"])): image
+        for region, images in server.sim.inventory.images.items()
+        for image in images
+    }
+    rng = random.Random(seed)
+    for region, image_id in rng.sample(sorted(originals), 4):  # to be added by a later run
+        server.sim.delete_image(region, image_id)
+    snapshots: dict[int, Snapshot] = {}
+    for run_id in range(1, 6):
+        if run_id > 1:
+            step(rng, server.sim, originals)
+        assert crawl(config, "--targets", str(targets)) == 0
+        snapshots[run_id] = snapshot(db)
+
+    assert cli_diff(db, "--to", "1") == brute_diff({}, snapshots[1], None, 1)  # the baseline
+    for a in snapshots:
+        for b in snapshots:
+            if a != b:
+                expected = brute_diff(snapshots[a], snapshots[b], a, b)
+                assert cli_diff(db, "--from", str(a), "--to", str(b)) == expected, (a, b)
+    assert cli_diff(db) == brute_diff(snapshots[4], snapshots[5], 4, 5)  # the default pair
+
+    for region, image_id in originals:
+        versions = cli_history(db, region, image_id)
+        for run_id in snapshots:
+            valid = [
+                v for v in versions
+                if v["valid_from_run"] <= run_id and (v["valid_to_run"] or 99) > run_id
+            ]  # fmt: skip
+            state = snapshots[run_id].get((region, image_id), ("absent", {}))[0]
+            assert [v["status"] for v in valid] == ([] if state == "absent" else [state])
+            before = snapshots.get(run_id - 1, {})
+            change = brute_diff(before, snapshots[run_id], None, run_id)
+            mine = [c for c in change if (c[2], c[3]) == (region, image_id)]
+            began = [v for v in versions if v["valid_from_run"] == run_id]
+            assert [v["change"] for v in began] == [c[4] for c in mine]
+            if mine and mine[0][4] == "changed":
+                fields = sorted((f["path"], f["from"], f["to"]) for f in began[0]["fields"])
+                assert fields == mine[0][5]
+
+
+# --- the guard --------------------------------------------------------------------------------
+
+OTHER_KEY, OTHER_SECRET = "OTHERAK", "other-account-secret"
+
+
+def other_account() -> tuple[Recorder, Io]:
+    recorder = Recorder()
+    environ = {ACCESS_KEY_ENV: OTHER_KEY, SECRET_KEY_ENV: OTHER_SECRET}
+    return recorder, Io(environ=environ, stdin=io.StringIO(), stdout=recorder.stdout,
+                        stderr=recorder.stderr)  # fmt: skip
+
+
+def test_the_wrong_accounts_credentials_end_held_with_exit_4_and_accept_applies_them(
+    simulator: SimulatorFactory, tmp_path: Path
+) -> None:
+    server = simulator(images_per_region=60, other_account_keys=((OTHER_KEY, OTHER_SECRET),))
+    private = {
+        str(image["imageId"])
+        for images in server.sim.inventory.images.values()
+        for image in images
+        if image["imageSource"] == "private"
+    }
+    assert len(private) >= 50  # over missing_guard_min, and far over 20 % of 240
+    db = tmp_path / "inventory.db"
+    config = write_config(tmp_path, server.url, db=db)
+    targets = targets_file(tmp_path, server.sim)
+    assert crawl(config, "--targets", str(targets)) == 0
+
+    recorder, other = other_account()
+    args = ["crawl", "--config", str(config), "--no-progress", "--targets", str(targets)]
+    assert main(args, other) == 4, recorder.stderr.getvalue()
+    summary = recorder.stdout.getvalue()
+    assert f"run 2 held: {240 - len(private)} fetched, {len(private)} missing" in summary
+    assert "crawler accept 2" in summary and "--accept-missing" in summary
+    assert "crawler accept 2" in recorder.stderr.getvalue()  # the log says it too
+    assert query(db, "SELECT COUNT(*) AS n FROM images WHERE missing_since IS NOT NULL") == [
+        {"n": 0}
+    ]
+    outcomes = query(db, "SELECT outcome, COUNT(*) AS n FROM crawl_results WHERE run_id = 2"
+                         " GROUP BY outcome ORDER BY outcome")  # fmt: skip
+    assert outcomes == [
+        {"outcome": "fetched", "n": 240 - len(private)},
+        {"outcome": "missing", "n": len(private)},
+    ]
+    assert cli_diff(db, "--from", "1", "--to", "2") == []  # held: nothing removed
+
+    out = run_cli("accept", "2", "--db", str(db))
+    assert f"run 2 succeeded: {len(private)} images marked missing" in out
+    missing = query(db, "SELECT image_id FROM images WHERE missing_since IS NOT NULL")
+    assert {row["image_id"] for row in missing} == private
+    removed = cli_diff(db, "--from", "1", "--to", "2")
+    assert {entry[3] for entry in removed} == private
+    assert {entry[4] for entry in removed} == {"removed"}
+    run_cli("accept", "2", "--db", str(db), expect=2)  # not held any more
+
+
+def test_accept_missing_and_a_fraction_of_1_let_the_marks_through(
+    simulator: SimulatorFactory, tmp_path: Path
+) -> None:
+    server = simulator(images_per_region=60, other_account_keys=((OTHER_KEY, OTHER_SECRET),))
+    for extra, flags in (("max_missing_fraction = 1", []), ("", ["--accept-missing"])):
+        folder = tmp_path / (extra[:3] or "flag")
+        folder.mkdir()
+        db = folder / "inventory.db"
+        config = write_config(folder, server.url, db=db, extra_crawl=extra)
+        targets = targets_file(folder, server.sim)
+        assert crawl(config, "--targets", str(targets)) == 0
+        recorder, other = other_account()
+        args = ["crawl", "--config", str(config), "--no-progress", "--targets", str(targets)]
+        assert main([*args, *flags], other) == 0, recorder.stderr.getvalue()
+        marked = query(db, "SELECT COUNT(*) AS n FROM images WHERE missing_since IS NOT NULL")
+        assert marked[0]["n"] > 50
+
+
+# --- retention --------------------------------------------------------------------------------
+
+
+def test_retention_keeps_the_newest_runs_rows_and_all_of_the_history(
+    simulator: SimulatorFactory, tmp_path: Path
+) -> None:
+    server = simulator(regions=("cn-north-1",), images_per_region=10)
+    db = tmp_path / "inventory.db"
+    config = write_config(tmp_path, server.url, db=db)
+    config.write_text(config.read_text("utf-8") + "\n[retention]\nkeep_runs = 2\n", "utf-8")
+    targets = targets_file(tmp_path, server.sim)
+    image = server.sim.inventory.images["cn-north-1"][0]
+    for run_id in range(1, 5):
+        server.sim.set_image("cn-north-1", {**image, "name": f"name-{run_id}"})
+        assert crawl(config, "--targets", str(targets)) == 0
+    runs = query(db, "SELECT DISTINCT run_id FROM crawl_results ORDER BY run_id")
+    assert [row["run_id"] for row in runs] == [3, 4]
+    assert query(db, "SELECT DISTINCT run_id FROM crawl_targets ORDER BY run_id") == runs
+    assert len(query(db, "SELECT run_id FROM crawl_runs")) == 4
+    history = cli_history(db, "cn-north-1", str(image["imageId"]))
+    assert [entry["valid_from_run"] for entry in history] == [1, 2, 3, 4]
+    assert cli_diff(db, "--from", "1", "--to", "2")[0][5] == [("name", "name-1", "name-2")]
+
+    out = run_cli("prune", "--keep-runs", "1", "--vacuum", "--db", str(db))
+    assert "pruned runs: 3" in out
+    assert query(db, "SELECT DISTINCT run_id FROM crawl_results") == [{"run_id": 4}]
+    run_cli("prune", "--db", str(db))  # [retention] default 30: nothing more to do
+
+
+def test_held_and_unfinished_runs_are_never_pruned(
+    simulator: SimulatorFactory, tmp_path: Path
+) -> None:
+    server = simulator(images_per_region=60, other_account_keys=((OTHER_KEY, OTHER_SECRET),))
+    db = tmp_path / "inventory.db"
+    config = write_config(tmp_path, server.url, db=db)
+    targets = targets_file(tmp_path, server.sim)
+    assert crawl(config, "--targets", str(targets)) == 0
+    recorder, other = other_account()
+    args = ["crawl", "--config", str(config), "--no-progress", "--targets", str(targets)]
+    assert main(args, other) == 4, recorder.stderr.getvalue()
+    assert crawl(config, "--targets", str(targets)) == 0
+    engine = create_engine(f"sqlite:///{db}")
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE crawl_runs SET status = 'interrupted' WHERE run_id = 1"))
+    engine.dispose()
+    run_cli("prune", "--keep-runs", "1", "--db", str(db))
+    kept = query(db, "SELECT DISTINCT run_id FROM crawl_results ORDER BY run_id")
+    assert [row["run_id"] for row in kept] == [1, 2, 3]
+
+
+# --- the image_changes view and the change counts ---------------------------------------------
+
+
+def test_image_changes_and_the_change_counts_of_a_run(
+    simulator: SimulatorFactory, tmp_path: Path
+) -> None:
+    server = simulator(regions=("cn-north-1",), images_per_region=6)
+    db = tmp_path / "inventory.db"
+    config = write_config(tmp_path, server.url, db=db)
+    targets = targets_file(tmp_path, server.sim)
+    assert crawl(config, "--targets", str(targets)) == 0
+    first, second, third, *_ = server.sim.inventory.images["cn-north-1"]
+    server.sim.set_image("cn-north-1", {**first, "name": "renamed"})
+    server.sim.delete_image("cn-north-1", str(second["imageId"]))
+    assert crawl(config, "--targets", str(targets)) == 0
+    server.sim.set_image("cn-north-1", second)
+    assert crawl(config, "--targets", str(targets)) == 0
+
+    changes = query(db, "SELECT run_id, change, COUNT(*) AS n FROM image_changes"
+                        " GROUP BY run_id, change ORDER BY run_id, change")  # fmt: skip
+    assert [(row["run_id"], row["change"], row["n"]) for row in changes] == [
+        (1, "added", 6), (2, "changed", 1), (2, "removed", 1), (3, "restored", 1),
+    ]  # fmt: skip
+    # Unchanged all along: its first version only.
+    versions = query(db, "SELECT COUNT(*) AS n FROM image_versions WHERE image_id = :i",
+                     i=str(third["imageId"]))  # fmt: skip
+    assert versions == [{"n": 1}]
+
+    # The reader behind the metrics file's crawler_last_run_changes.
+    counts = asyncio.run(run_changes(f"sqlite+aiosqlite:///{db}", 2))
+    assert {str(change): n for change, n in counts.items()} == {
+        "added": 0, "removed": 1, "restored": 0, "changed": 1,
+    }  # fmt: skip
+
+
+# --- a database made by the first release (migration 0001 only) --------------------------------
+
+# The last commit before history: its crawler writes databases at revision 0001.
+FIRST_RELEASE = "0f361e6"
+
+
+def first_release(folder: Path) -> Path:
+    """The first release's package, from git, with its own migrations inside it."""
+    archive = subprocess.run(
+        ["git", "archive", FIRST_RELEASE, "crawler", "migrations"],
+        cwd=REPO, capture_output=True, check=True, timeout=60,
+    )  # fmt: skip
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(folder, filter="data")
+    (folder / "migrations").rename(folder / "crawler" / "migrations")
+    return folder
+
+
+def old_crawl(release: Path, config: Path, targets: Path) -> None:
+    environ = {**os.environ, **crawl_environ(), "PYTHONPATH": str(release)}
+    completed = subprocess.run(
+        [sys.executable, "-m", "crawler", "crawl", "--config", str(config), "--no-progress",
+         "--targets", str(targets)],
+        cwd=release, env=environ, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr
+
+
+def test_a_first_release_database_upgrades_backfills_and_diffs_the_next_run(
+    simulator: SimulatorFactory, tmp_path: Path
+) -> None:
+    release = first_release(tmp_path / "release")
+    server = simulator(regions=("cn-north-1", "cn-east-2"), images_per_region=10, seed=5)
+    db = tmp_path / "inventory.db"
+    config = write_config(tmp_path, server.url, db=db)
+    targets = targets_file(tmp_path, server.sim)
+    images = [(r, image) for r, found in server.sim.inventory.images.items() for image in found]
+    (gone_region, gone), (edited_region, edited), (lost_region, lost) = images[:3]
+    gone_id, edited_id, lost_id = (str(image["imageId"]) for image in (gone, edited, lost))
+
+    old_crawl(release, config, targets)  # run 1: everything
+    server.sim.delete_image(gone_region, gone_id)
+    old_crawl(release, config, targets)  # run 2: one image missing
+    assert query(db, "SELECT version_num FROM alembic_version") == [{"version_num": "0001"}]
+    assert query(db, "SELECT image_id FROM images WHERE missing_since IS NOT NULL") == [
+        {"image_id": gone_id}
+    ]
+
+    server.sim.set_image(gone_region, gone)  # back
+    server.sim.set_image(edited_region, {**edited, "name": "edited-name"})
+    server.sim.delete_image(lost_region, lost_id)
+    assert crawl(config, "--targets", str(targets)) == 0  # run 3, by this release
+    assert list(tmp_path.glob("inventory.db.bak-*"))  # backed up before migrating
+
+    expected = [
+        (2, 3, gone_region, gone_id, "restored", []),
+        (2, 3, edited_region, edited_id, "changed", [("name", edited["name"], "edited-name")]),
+        (2, 3, lost_region, lost_id, "removed", []),
+    ]
+    assert cli_diff(db, "--from", "2", "--to", "3") == sorted(expected, key=lambda e: e[2:4])
+    assert cli_diff(db, "--from", "1", "--to", "2") == [(1, 2, gone_region, gone_id, "removed", [])]
+    # Every other image was unchanged: its backfilled version is still its only one.
+    counts = query(db, "SELECT image_id, COUNT(*) AS n FROM image_versions GROUP BY image_id")
+    changed = {gone_id: 3, edited_id: 2, lost_id: 2}
+    assert {row["image_id"]: row["n"] for row in counts} == {
+        str(image["imageId"]): changed.get(str(image["imageId"]), 1) for _, image in images
+    }

@@ -1,0 +1,199 @@
+"""The store and its history on both databases: a new SQLite file and a new PostgreSQL database
+per test.
+
+The same writes must leave the same rows in both, table by table (PostgreSQL's `raw` is jsonb, so
+it is compared as parsed JSON); the read-only side must refuse writes by name on both.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
+from test_store import (
+    REGIONS,
+    Clock,
+    at,
+    existing,
+    failed,
+    fetched,
+    missing,
+    rich_image,
+    target_of,
+)
+
+from crawler.errors import StoreError
+from crawler.models import RunStatus, Target
+from crawler.simulator.inventory import Inventory, build_inventory
+from crawler.store import RunSummary, Store, query_readonly, recent_runs
+from crawler.store.migrate import sync_url
+
+TABLES = (
+    "images", "disks", "attachments", "tags", "crawl_runs", "crawl_targets", "crawl_results",
+    "image_versions",
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def inventory() -> Inventory:
+    return build_inventory(REGIONS, 30, seed=11, missing_rate=0.1)
+
+
+def dump(url: str, table: str) -> list[tuple[Any, ...]]:
+    """Every row of `table` as plain values, sorted; JSON parsed, whatever its column type."""
+    engine = create_engine(sync_url(url), poolclass=NullPool)
+    try:
+        columns = [column["name"] for column in inspect(engine).get_columns(table)]
+        with engine.connect() as conn:
+            rows = conn.execute(text(f"SELECT {', '.join(columns)} FROM {table}")).all()
+    finally:
+        engine.dispose()
+
+    def plain(name: str, value: Any) -> Any:
+        if name in ("raw", "content"):
+            return json.loads(value) if isinstance(value, str) else value
+        if name == "lease_expires_at" and value is not None:
+            return "set"  # an instant of the server's clock: present or not
+        return value
+
+    return sorted(
+        [tuple(plain(n, v) for n, v in zip(columns, row, strict=True)) for row in rows], key=repr
+    )
+
+
+async def fill(url: str, inventory: Inventory) -> list[RunSummary]:
+    """Two finished runs: the second finds some images gone and cannot fetch others."""
+    pairs = existing(inventory)
+    gone = {target_of(*pair) for pair in pairs[1::6]}
+    flaky = {target_of(*pair) for pair in pairs[4::10]}
+    absent = [Target(r, image_id) for r in REGIONS for image_id in inventory.missing[r]]
+    targets = [*(target_of(*p) for p in pairs), *absent]
+    store = await Store.open(url, clock=Clock())
+    try:
+        summaries = []
+        for run_no in (1, 2):
+            run_id = await store.create_run([*targets, *targets[:3]], strategy="single")
+            results = [missing(t, at(run_no * 60)) for t in absent]
+            for region, image in pairs:
+                target = target_of(region, image)
+                if run_no == 2 and target in gone:
+                    results.append(missing(target, at(run_no * 60 + 1)))
+                elif run_no == 2 and target in flaky:
+                    results.append(failed(target, at(run_no * 60 + 1)))
+                else:
+                    results.append(fetched(region, image, at(run_no * 60 + 1)))
+            for start in range(0, len(results), 25):
+                await store.write_results(run_id, results[start : start + 25])
+            status = RunStatus.PARTIAL if run_no == 2 else RunStatus.SUCCEEDED
+            summaries.append(await store.finish_run(run_id, status, requests=100, retries=3))
+    finally:
+        await store.close()
+    return summaries
+
+
+def tables(url: str, names: Sequence[str] = TABLES) -> dict[str, list[tuple[Any, ...]]]:
+    return {name: dump(url, name) for name in names}
+
+
+async def test_the_same_writes_leave_the_same_rows_in_both_databases(
+    tmp_path: Any, postgres_url: str, inventory: Inventory
+) -> None:
+    sqlite_url = f"sqlite+aiosqlite:///{tmp_path / 'inventory.db'}"
+    on_sqlite = await fill(sqlite_url, inventory)
+    on_postgres = await fill(postgres_url, inventory)
+    assert on_sqlite == on_postgres
+    assert on_postgres[1].missing > 0 and on_postgres[1].failed > 0
+    sqlite_tables, postgres_tables = tables(sqlite_url), tables(postgres_url)
+    for name in TABLES:
+        assert postgres_tables[name] == sqlite_tables[name], name
+        assert postgres_tables[name], f"{name} is empty"
+
+
+async def test_a_rewrite_replaces_the_children(db_url: str, inventory: Inventory) -> None:
+    region, image = rich_image(inventory)
+    stripped = {**image, "dataDisks": []}
+    store = await Store.open(db_url, clock=Clock())
+    try:
+        run_id = await store.create_run([target_of(region, image)], strategy="single")
+        await store.write_results(run_id, [fetched(region, image, at(1))])
+        before = tables(db_url, ("disks",))["disks"]
+        await store.write_results(run_id, [fetched(region, stripped, at(2))])
+        after = tables(db_url, ("disks",))["disks"]
+    finally:
+        await store.close()
+    assert len(before) > len(after) == 1  # the system disk only
+    children = tables(db_url, ("attachments", "tags"))
+    assert all(row[2] == "system" for rows in children.values() for row in rows)
+
+
+async def test_pending_targets_and_finish_on_both(db_url: str, inventory: Inventory) -> None:
+    pairs = existing(inventory)[:6]
+    store = await Store.open(db_url, clock=Clock())
+    try:
+        run_id = await store.create_run([target_of(*p) for p in pairs], strategy="batch")
+        await store.write_results(run_id, [fetched(*pairs[0], at(1))])
+        pending = await store.pending_counts(run_id)
+        assert sum(pending.values()) == 5
+        assert await store.latest_unfinished_run() == run_id
+        done = await store.finish_run(run_id, RunStatus.INTERRUPTED, requests=2**33, retries=1)
+        assert done.requests == 2**33  # 64-bit counters on both
+    finally:
+        await store.close()
+
+
+async def test_readonly_queries_read_and_refuse_writes_by_name(
+    db_url: str, inventory: Inventory
+) -> None:
+    await fill(db_url, inventory)
+    columns, rows = await query_readonly(
+        db_url, "SELECT region_id, COUNT(*) AS images FROM images GROUP BY 1 ORDER BY 1"
+    )
+    assert columns == ["region_id", "images"]
+    assert [region for region, _ in rows] == sorted(REGIONS)
+    before = tables(db_url, ("images", "crawl_runs"))
+    for statement in ("DELETE FROM images", "UPDATE crawl_runs SET status = 'failed'"):
+        with pytest.raises(StoreError, match=r"^crawler sql is read-only"):
+            await query_readonly(db_url, statement)
+    assert tables(db_url, ("images", "crawl_runs")) == before
+    runs = await recent_runs(db_url, limit=1)
+    assert [run.run_id for run in runs] == [2]
+
+
+async def test_postgresql_sql_cannot_step_out_of_its_read_only_transaction(
+    postgres_url: str, inventory: Inventory
+) -> None:
+    await fill(postgres_url, inventory)
+    before = tables(postgres_url, ("images",))
+    for statement in (
+        "COMMIT; DELETE FROM images",
+        "SET default_transaction_read_only = off; DELETE FROM images",
+        "BEGIN READ WRITE; DELETE FROM images",
+    ):
+        with pytest.raises(StoreError):
+            await query_readonly(postgres_url, statement)
+    assert tables(postgres_url, ("images",)) == before
+    _, rows = await query_readonly(postgres_url, "SHOW statement_timeout")
+    assert rows == [("1min",)]
+    _, rows = await query_readonly(postgres_url, "SELECT raw->>'name' FROM images LIMIT 1")
+    assert rows[0][0]
+
+
+async def test_a_missing_postgresql_database_is_a_store_error_without_the_password(
+    postgres_url: str,
+) -> None:
+    bad = (
+        make_url(postgres_url)
+        .set(username="nobody", password="hunter2", database="no_such_database")
+        .render_as_string(hide_password=False)
+    )
+    with pytest.raises(StoreError) as info:
+        await Store.open(bad)
+    assert "hunter2" not in str(info.value)
+    with pytest.raises(StoreError) as info:
+        await query_readonly(bad, "SELECT 1")
+    assert "hunter2" not in str(info.value)
