@@ -13,13 +13,13 @@ that a busy phase of the machine hits them all alike:
   floor:   `python -c "import aiohttp, sqlalchemy.ext.asyncio, aiosqlite, tenacity"`, what the
            libraries a crawl needs cost to import, whatever the crawler does.
 
-With `--compare DIR` (a checkout of another revision, e.g. `git worktree add /tmp/old main`),
-every crawler command also runs from DIR's `crawler/` package (on PYTHONPATH, same interpreter)
-in the same rounds, and the table gives both medians and their ratio.
+With `--compare PYTHON` (the interpreter of another checkout's venv, e.g. the main checkout's
+`.venv/bin/python`), every crawler command also runs with that interpreter, on a database of its
+own that its own migrations made, in the same rounds; the table gives both medians and their
+ratio.
 
     .venv/bin/python benchmarks/startup_cpu.py --repeat 9
-    git archive main | (mkdir -p /tmp/main-src && tar -x -C /tmp/main-src)
-    .venv/bin/python benchmarks/startup_cpu.py --repeat 9 --compare /tmp/main-src
+    .venv/bin/python benchmarks/startup_cpu.py --repeat 9 --compare /work/main/.venv/bin/python
 """
 
 from __future__ import annotations
@@ -36,10 +36,10 @@ from harness import credentials_env, machine_note, median, new_secret, project_p
 FLOOR_IMPORTS = "import aiohttp, sqlalchemy.ext.asyncio, aiosqlite, tenacity"
 
 
-def commands(python: str, workdir: Path) -> dict[str, list[str]]:
+def commands(python: str, workdir: Path, db_name: str = "startup.db") -> dict[str, list[str]]:
     """Each measured command line; the crawler ones run as `python -m crawler`."""
     crawler = [python, "-m", "crawler"]
-    db = str(workdir / "startup.db")
+    db = str(workdir / db_name)
     return {
         "crawl": [
             *crawler, "crawl", "--config", str(workdir / "startup.toml"), "--targets",
@@ -53,13 +53,13 @@ def commands(python: str, workdir: Path) -> dict[str, list[str]]:
     }  # fmt: skip
 
 
-def prepare(workdir: Path, python: str, env: dict[str, str]) -> None:
+def prepare(workdir: Path, python: str, env: dict[str, str], db_name: str) -> None:
     """The config (an endpoint nothing listens on: nothing is sent), targets and a migrated db."""
     (workdir / "startup.toml").write_text(
         '[api]\nendpoint = "http://127.0.0.1:9"\n', encoding="utf-8"
     )
     (workdir / "empty.csv").write_text("region_id,image_id\n", encoding="utf-8")
-    first = run_child(commands(python, workdir)["crawl"], env, timeout_s=120)
+    first = run_child(commands(python, workdir, db_name)["crawl"], env, timeout_s=120, cwd=workdir)
     if first.returncode != 0:
         raise SystemExit(f"the first crawl failed ({first.returncode}): {first.stderr[-2000:]}")
 
@@ -67,17 +67,19 @@ def prepare(workdir: Path, python: str, env: dict[str, str]) -> None:
 def measure(args: argparse.Namespace, workdir: Path) -> dict[str, list[float]]:
     """CPU seconds per (variant, command), `--repeat` rounds, every command once per round."""
     env = credentials_env(new_secret())
-    prepare(workdir, args.python, env)
-    variants = {"this": env}
+    variants = {"this": (args.python, "startup.db")}
     if args.compare is not None:
-        variants["compare"] = {**env, "PYTHONPATH": str(args.compare.resolve())}
+        variants["compare"] = (args.compare, "compare.db")
+    for python, db_name in variants.values():
+        prepare(workdir, python, env, db_name)
     found: dict[str, list[float]] = {}
     for repeat in range(args.repeat):
-        for name, argv in commands(args.python, workdir).items():
-            for variant, variant_env in variants.items():
+        for name in ("crawl", "help", "runs", "sql", "python", "floor"):
+            for variant, (python, db_name) in variants.items():
                 if variant != "this" and name in ("python", "floor"):
                     continue  # the same program either way
-                run = run_child(argv, variant_env, timeout_s=120, cwd=workdir)
+                argv = commands(python, workdir, db_name)[name]
+                run = run_child(argv, env, timeout_s=120, cwd=workdir)
                 if run.returncode != 0:
                     raise SystemExit(f"{variant} {name} exited {run.returncode}: {run.stderr}")
                 found.setdefault(f"{variant} {name}", []).append(run.cpu_s)
@@ -107,7 +109,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=9, help="rounds (9)")
     parser.add_argument("--python", default=project_python(), help="the crawler's interpreter")
     parser.add_argument(
-        "--compare", type=Path, metavar="DIR", help="a checkout whose crawler/ to measure too"
+        "--compare", metavar="PYTHON", help="another checkout's interpreter, measured too"
     )
     return parser.parse_args(argv)
 
