@@ -55,20 +55,31 @@ class CurrentVersion:
 async def current_versions(
     conn: AsyncConnection, keys: Sequence[ImageKey]
 ) -> dict[ImageKey, CurrentVersion]:
-    """The current version of each image in `keys` that has one."""
+    """The current version of each image in `keys` that has one.
+
+    Asked region by region (`region_id = ? AND image_id IN (...)`): both databases then look each
+    image up by the primary key. With `(region_id, image_id) IN (...)` SQLite 3.40 chose the
+    `valid_to_run` index instead and read every current version for every batch, which made a
+    first crawl quadratic (8 CPU ms per image at 20,000 images; benchmarks/growth.py).
+    """
     versions = schema.image_versions
+    by_region: dict[str, list[str]] = {}
+    for region_id, image_id in keys:
+        by_region.setdefault(region_id, []).append(image_id)
     found: dict[ImageKey, CurrentVersion] = {}
-    for start in range(0, len(keys), _KEYS_PER_QUERY):
-        chunk = keys[start : start + _KEYS_PER_QUERY]
-        statement = select(
-            versions.c.region_id, versions.c.image_id, versions.c.version, versions.c.status,
-            versions.c.content_hash, versions.c.valid_from_run,
-        ).where(
-            tuple_(versions.c.region_id, versions.c.image_id).in_(chunk),
-            versions.c.valid_to_run.is_(None),
-        )  # fmt: skip
-        for region_id, image_id, *rest in await conn.execute(statement):
-            found[(region_id, image_id)] = CurrentVersion(*rest)
+    for region_id, image_ids in by_region.items():
+        for start in range(0, len(image_ids), _KEYS_PER_QUERY):
+            chunk = image_ids[start : start + _KEYS_PER_QUERY]
+            statement = select(
+                versions.c.image_id, versions.c.version, versions.c.status,
+                versions.c.content_hash, versions.c.valid_from_run,
+            ).where(
+                versions.c.region_id == region_id,
+                versions.c.image_id.in_(chunk),
+                versions.c.valid_to_run.is_(None),
+            )  # fmt: skip
+            for image_id, *rest in await conn.execute(statement):
+                found[(region_id, image_id)] = CurrentVersion(*rest)
     return found
 
 
@@ -209,6 +220,8 @@ async def apply_missing(conn: AsyncConnection, run_id: int, recorded_at: str) ->
         literal(recorded_at),
     )  # fmt: skip
     marked = (await conn.execute(insert(versions).from_select(columns, opened))).rowcount
+    if not marked:  # nothing opened: nothing to close, no image to mark (the usual case)
+        return 0
     # Close the present versions just succeeded by a missing one opened in this run.
     successor = versions.alias("m")
     opened_here = exists().where(
@@ -222,11 +235,14 @@ async def apply_missing(conn: AsyncConnection, run_id: int, recorded_at: str) ->
         .where(versions.c.valid_to_run.is_(None), versions.c.status == _PRESENT, opened_here)
         .values(valid_to_run=run_id)
     )
-    missing_version = exists().where(
-        _same_image(versions, images),
-        versions.c.valid_from_run == run_id,
-        versions.c.status == _MISSING,
-        versions.c.valid_to_run.is_(None),
+    # An IN list of the run's new missing versions, not a correlated EXISTS: SQLite evaluated
+    # that per image through the valid_from_run index, which made every run quadratic.
+    missing_version = tuple_(images.c.region_id, images.c.image_id).in_(
+        select(versions.c.region_id, versions.c.image_id).where(
+            versions.c.valid_from_run == run_id,
+            versions.c.status == _MISSING,
+            versions.c.valid_to_run.is_(None),
+        )
     )
     found_at = (
         select(results.c.finished_at)
