@@ -13,6 +13,7 @@ one `ApiError` subclass (CONTRACT.md §5, jdcloud-api.md §6):
     500, 502, 503, 504                        -> TransientApiError
     any other status                          -> PermanentApiError
     body over max_response_bytes              -> PermanentApiError  RESPONSE_TOO_LARGE
+    server certificate refused (TLS)          -> CertificateError (an AuthError: ends the run)
     timeout                                   -> TransientApiError  TIMEOUT
     connection error                          -> TransientApiError  CONNECTION_ERROR
     body cut short or undecodable             -> TransientApiError  PAYLOAD_ERROR
@@ -27,6 +28,7 @@ import json
 import math
 import os
 import re
+import ssl
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -38,6 +40,7 @@ from yarl import URL
 from crawler.errors import (
     ApiError,
     AuthError,
+    CertificateError,
     ConfigError,
     ImageNotFoundError,
     PermanentApiError,
@@ -46,6 +49,7 @@ from crawler.errors import (
     TransientApiError,
 )
 from crawler.models import ImageResponse, ImagesPage, JsonObject
+from crawler.network import Proxy
 from crawler.signer import Signer
 from crawler.targets import is_valid_image_id, is_valid_region_id
 
@@ -74,13 +78,20 @@ NonceFactory = Callable[[], str]
 _Reply = tuple[int, Mapping[str, str], bytes]
 
 
-def open_session(*, concurrency: int) -> aiohttp.ClientSession:
+def open_session(
+    *, concurrency: int, tls: ssl.SSLContext | None = None, proxy: Proxy | None = None
+) -> aiohttp.ClientSession:
     """Open the run's one HTTP session: a keep-alive pool sized to the crawl's concurrency.
 
-    The caller owns the session and closes it (with its connector).
+    The caller owns the session and closes it (with its connector). The environment is never
+    read here (`trust_env` stays off): the proxy and the trusted certificates are chosen by
+    `crawler.network` from the environment the caller passes in.
 
     Args:
         concurrency: requests in flight at most, all hosts together.
+        tls: the context that verifies servers (and an https proxy tunnel's far end); None for
+            the system's default trust.
+        proxy: send every request through this forward proxy (CONNECT for https).
 
     Returns:
         A session with no cookie jar and the crawler's User-Agent.
@@ -90,11 +101,16 @@ def open_session(*, concurrency: int) -> aiohttp.ClientSession:
     """
     if concurrency < 1:
         raise ValueError(f"concurrency must be at least 1, not {concurrency}")
-    connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=0)
+    connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=0, ssl=tls or True)
+    proxy_auth = None
+    if proxy is not None and proxy.username is not None:
+        proxy_auth = aiohttp.BasicAuth(proxy.username, proxy.password or "")
     return aiohttp.ClientSession(
         connector=connector,
         cookie_jar=aiohttp.DummyCookieJar(),
         headers={"User-Agent": USER_AGENT},
+        proxy=proxy.url if proxy is not None else None,
+        proxy_auth=proxy_auth,
     )
 
 
@@ -239,6 +255,8 @@ class ApiClient:
             ) as resp:
                 body = await self._read_body(resp, what)
                 return resp.status, resp.headers, body
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise _certificate_error(exc, what) from exc
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise self._transport_error(exc, what, resp) from exc
 
@@ -360,6 +378,18 @@ class ApiClient:
             retry_after_s=_retry_after_s(headers.get("Retry-After"), self._clock),
             remaining_minute=_remaining_minute(headers),
         )
+
+
+def _certificate_error(exc: aiohttp.ClientConnectorCertificateError, what: str) -> ApiError:
+    """The server's certificate was refused: name the host and OpenSSL's reason."""
+    cause = exc.certificate_error
+    reason = getattr(cause, "verify_message", None) or getattr(cause, "reason", None) or cause
+    return CertificateError(
+        f"{what}: the TLS certificate of {exc.host}:{exc.port} was refused: {reason}; "
+        "if a TLS-inspecting gateway or a private CA signs it, trust its certificate with "
+        "[api] ca_bundle or SSL_CERT_FILE",
+        error_status="TLS_CERTIFICATE",
+    )
 
 
 def _classify(
