@@ -11,6 +11,7 @@ import contextlib
 import csv
 import logging
 import math
+import ssl
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
@@ -21,11 +22,13 @@ from typing import TextIO
 from zoneinfo import ZoneInfo
 
 from crawler.client import ApiClient, open_session
-from crawler.config import Config, Credentials, resolve_credentials
+from crawler.config import Config
+from crawler.credentials import Access, resolve_access
 from crawler.discovery import IMAGE_SOURCES, Discovery, DiscoveryStats
 from crawler.errors import AuthError, CrawlerError, StoreError
 from crawler.lock import lock_for_url
 from crawler.models import JsonObject, RunStatus, Target
+from crawler.network import Proxy, choose_proxy, tls_context
 from crawler.normalise import normalise_image
 from crawler.retry import Retrier, RetryPolicy
 from crawler.scheduler import CrawlStats, Normaliser, Pacing, Scheduler, SchedulerConfig
@@ -49,6 +52,30 @@ class CrawlOptions:
     resume_run_id: int | None = None
     skip_invalid: bool = False
     dry_run: bool = False
+    profile: str | None = None  # --profile NAME
+
+
+@dataclass(frozen=True, slots=True)
+class ApiRoute:
+    """Everything needed to reach the API, checked before anything is locked or sent."""
+
+    access: Access
+    tls: ssl.SSLContext
+    proxy: Proxy | None
+
+
+def api_route(
+    config: Config, environ: Mapping[str, str], *, profile: str | None = None
+) -> ApiRoute:
+    """The credentials, endpoint, trusted certificates and proxy of a run.
+
+    Raises:
+        ConfigError: a credential, the profile, the CA bundle or the proxy is unusable.
+    """
+    access = resolve_access(config, environ, profile=profile)
+    tls = tls_context(config.api, environ)
+    proxy = choose_proxy(config.api, environ, access.endpoint)
+    return ApiRoute(access, tls, proxy)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +130,7 @@ class CrawlJob:
     def plan(self) -> Plan:
         """Validate credentials and targets and estimate the run, sending nothing."""
         config = self.options.config
-        resolve_credentials(config.api, self._environ)
+        api_route(config, self._environ, profile=self.options.profile)
         counts: dict[str, int] = {}
         seen: set[Target] = set()
         with self._targets_reader() as reader:
@@ -119,7 +146,7 @@ class CrawlJob:
     async def run(self) -> CrawlReport:
         """Crawl and return the report; raises CrawlerError subclasses for the CLI to map."""
         config = self.options.config
-        credentials = resolve_credentials(config.api, self._environ)
+        route = api_route(config, self._environ, profile=self.options.profile)
         started = time.monotonic()
         lock = lock_for_url(config.database.url)
         async with AsyncExitStack() as stack:
@@ -131,7 +158,7 @@ class CrawlJob:
             if self._on_run_id is not None:
                 self._on_run_id(self.run_id)
             log.info("run %d started", self.run_id)
-            stats = await self._crawl(store, credentials)
+            stats = await self._crawl(store, route)
             summary = await self._finish(store, stats)
         return CrawlReport(summary, stats, time.monotonic() - started, self.stopped_by)
 
@@ -151,11 +178,11 @@ class CrawlJob:
         await store.reopen_run(run_id)
         return run_id
 
-    async def _crawl(self, store: Store, credentials: Credentials) -> CrawlStats:
+    async def _crawl(self, store: Store, route: ApiRoute) -> CrawlStats:
         config = self.options.config
         assert self.run_id is not None
         pending = await store.pending_counts(self.run_id)
-        async with _api_client(config, credentials) as api:
+        async with _api_client(config, route) as api:
             self.scheduler = Scheduler(
                 _scheduler_config(config), api, store, _normaliser(config), pacing=self._pacing
             )
@@ -165,8 +192,11 @@ class CrawlJob:
                 try:
                     return await self.scheduler.run(self.run_id, pending)
                 except AuthError as error:
-                    await self._fail(store, error)
-                    raise
+                    explained = _explain_rejection(error, route.access)
+                    await self._fail(store, explained)
+                    if explained is error:
+                        raise
+                    raise explained from error
 
     async def _finish(self, store: Store, stats: CrawlStats) -> RunSummary:
         assert self.run_id is not None
@@ -224,18 +254,36 @@ class CrawlJob:
             yield TargetsReader(stream, path, skip_invalid=self.options.skip_invalid)
 
 
+def _explain_rejection(error: AuthError, access: Access) -> AuthError:
+    """A 401 while signing with a temporary credential most likely means it expired."""
+    if access.credentials.session_token is None or error.http_status != 401:
+        return error
+    return AuthError(
+        f"{error.message}; the session token may have expired: get a new temporary credential",
+        http_status=error.http_status,
+        error_status=error.error_status,
+        request_id=error.request_id,
+    )
+
+
 @contextlib.asynccontextmanager
-async def _api_client(config: Config, credentials: Credentials) -> AsyncIterator[ApiClient]:
+async def _api_client(config: Config, route: ApiRoute) -> AsyncIterator[ApiClient]:
+    keys = route.access.credentials
     signer = Signer(
-        credentials.access_key,
-        credentials.secret_key,
+        keys.access_key,
+        keys.secret_key,
         version=config.api.signature_version,
         sign_date_nonce=config.api.sign_date_nonce,
+        session_token=keys.session_token,
     )
-    async with open_session(concurrency=config.crawl.concurrency) as session:
+    log.info("signing with the keys from %s", route.access.source)
+    if route.proxy is not None:
+        log.info("connecting through the proxy %s (from %s)", route.proxy.url, route.proxy.source)
+    session = open_session(concurrency=config.crawl.concurrency, tls=route.tls, proxy=route.proxy)
+    async with session:
         yield ApiClient(
             session,
-            config.api.endpoint,
+            route.access.endpoint,
             signer,
             timeout_s=config.api.timeout_s,
             max_response_bytes=config.api.max_response_bytes,
@@ -250,9 +298,10 @@ async def discover_targets(
     *,
     environ: Mapping[str, str],
     pacing: Pacing | None = None,
+    profile: str | None = None,
 ) -> DiscoveryStats:
     """Write a targets CSV of every image the API lists in `regions` for `sources`."""
-    credentials = resolve_credentials(config.api, environ)
+    route = api_route(config, environ, profile=profile)
     _check_discovery_args(regions, sources)
     pacing = pacing or Pacing()
     writer = csv.writer(out, lineterminator="\n")
@@ -264,8 +313,14 @@ async def discover_targets(
         )
 
     retrier = Retrier(_retry_policy(config), sleep=pacing.sleep, rng=pacing.rng)
-    async with _api_client(config, credentials) as api:
-        return await Discovery(api, retrier, found).run(regions, sources)
+    async with _api_client(config, route) as api:
+        try:
+            return await Discovery(api, retrier, found).run(regions, sources)
+        except AuthError as error:
+            explained = _explain_rejection(error, route.access)
+            if explained is error:
+                raise
+            raise explained from error
 
 
 def _check_discovery_args(regions: Sequence[str], sources: Sequence[str]) -> None:

@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import os
 import signal
+import ssl
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -23,6 +24,7 @@ from crawler.discovery import IMAGE_SOURCES, DiscoveryStats
 from crawler.errors import (
     ApiError,
     AuthError,
+    CertificateError,
     CrawlerError,
     LockHeldError,
     StoreError,
@@ -33,7 +35,7 @@ from crawler.models import RunStatus
 from crawler.progress import show_progress
 from crawler.render import FORMATS, describe_report, render, render_table
 from crawler.scheduler import Pacing
-from crawler.simulator import Simulator, SimulatorConfig, serve_forever
+from crawler.simulator import Simulator, SimulatorConfig, serve_forever, server_tls_context
 from crawler.store import RunSummary, query_readonly, recent_runs
 
 log = logging.getLogger("crawler.cli")
@@ -96,6 +98,7 @@ def run_crawl(args: argparse.Namespace, io: Io) -> int:
         resume_run_id=args.resume or None,
         skip_invalid=args.skip_invalid,
         dry_run=args.dry_run,
+        profile=args.profile,
     )
     context = configure_logging(io.stderr, fmt=args.log_format, level=args.log_level)
     job = CrawlJob(
@@ -111,6 +114,9 @@ def run_crawl(args: argparse.Namespace, io: Io) -> int:
     show = io.stderr.isatty() and not args.no_progress
     try:
         report = asyncio.run(_crawl_with_signals(job, io, show_progress_bar=show))
+    except CertificateError as error:
+        print(f"crawler crawl: the server could not be trusted: {error}", file=io.stderr)
+        return EXIT_FATAL
     except AuthError as error:
         print(f"crawler crawl: the credentials were rejected: {error}", file=io.stderr)
         return EXIT_FATAL
@@ -198,11 +204,17 @@ def run_discover(args: argparse.Namespace, io: Io) -> int:
     if args.output == "-":
         stats = asyncio.run(
             discover_targets(
-                config, regions, sources, io.stdout, environ=io.environ, pacing=io.pacing
+                config,
+                regions,
+                sources,
+                io.stdout,
+                environ=io.environ,
+                pacing=io.pacing,
+                profile=args.profile,
             )
         )
     else:
-        stats = _discover_to_file(Path(args.output), config, regions, sources, io)
+        stats = _discover_to_file(Path(args.output), config, regions, sources, io, args.profile)
     counts = ", ".join(f"{region} {count:,}" for region, count in sorted(stats.by_region.items()))
     print(f"discovered {stats.images:,} images ({counts}) in {stats.requests:,} requests",
           file=io.stderr)  # fmt: skip
@@ -210,7 +222,7 @@ def run_discover(args: argparse.Namespace, io: Io) -> int:
 
 
 def _discover_to_file(
-    path: Path, config: Config, regions: list[str], sources: list[str], io: Io
+    path: Path, config: Config, regions: list[str], sources: list[str], io: Io, profile: str | None
 ) -> DiscoveryStats:
     # Written beside the target and renamed at the end, so a cron job never crawls a list
     # that a failed discovery left half-written.
@@ -219,7 +231,13 @@ def _discover_to_file(
         with partial.open("w", encoding="utf-8", newline="") as out:
             stats = asyncio.run(
                 discover_targets(
-                    config, regions, sources, out, environ=io.environ, pacing=io.pacing
+                    config,
+                    regions,
+                    sources,
+                    out,
+                    environ=io.environ,
+                    pacing=io.pacing,
+                    profile=profile,
                 )
             )
         partial.replace(path)
@@ -246,15 +264,21 @@ def run_simulate(args: argparse.Namespace, io: Io) -> int:
         max_faults_per_image=args.max_faults_per_image,
         access_key=args.access_key or io.environ.get("JDCLOUD_ACCESS_KEY", "SIMULATORAK"),
         secret_key=args.secret_key or io.environ.get("JDCLOUD_SECRET_KEY", "SIMULATORSK"),
+        session_token=args.session_token or io.environ.get("JDCLOUD_SESSION_TOKEN") or None,
     )
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise CrawlerError("--tls-cert and --tls-key go together")
+    tls = server_tls_context(args.tls_cert, args.tls_key) if args.tls_cert else None
     simulator = Simulator(config)
     if args.write_targets:
         simulator.write_targets(Path(args.write_targets))
-    asyncio.run(_simulate(simulator, args.host, args.port, io.stdout))
+    asyncio.run(_simulate(simulator, args.host, args.port, io.stdout, tls))
     return EXIT_OK
 
 
-async def _simulate(simulator: Simulator, host: str, port: int, out: TextIO) -> None:
+async def _simulate(
+    simulator: Simulator, host: str, port: int, out: TextIO, tls: ssl.SSLContext | None
+) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -263,7 +287,7 @@ async def _simulate(simulator: Simulator, host: str, port: int, out: TextIO) -> 
     def announce(url: str) -> None:
         print(f"listening on {url}", file=out, flush=True)
 
-    await serve_forever(simulator, host, port, on_listening=announce, stop=stop)
+    await serve_forever(simulator, host, port, on_listening=announce, stop=stop, tls=tls)
 
 
 def run_demo(args: argparse.Namespace, io: Io) -> int:
@@ -356,6 +380,7 @@ def _add_crawl(commands: Any) -> None:
     crawl.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
     crawl.add_argument("--no-progress", action="store_true")
     crawl.add_argument("--dry-run", action="store_true", help="validate and plan; send nothing")
+    _add_profile(crawl)
 
 
 def _add_discover(commands: Any) -> None:
@@ -368,6 +393,15 @@ def _add_discover(commands: Any) -> None:
         help=f"comma-separated, of {','.join(IMAGE_SOURCES)} (default: all)",
     )  # fmt: skip
     discover.add_argument("--output", default="-", help="targets CSV to write, or - (default)")
+    _add_profile(discover)
+
+
+def _add_profile(command: Any) -> None:
+    command.add_argument(
+        "--profile", metavar="NAME",
+        help="take the keys from this JD Cloud CLI profile in ~/.jdc/config (current: the one "
+        "in ~/.jdc/current); overrides [api] profile and the key variables",
+    )  # fmt: skip
 
 
 def _add_simulate(commands: Any) -> None:
@@ -391,6 +425,13 @@ def _add_simulate(commands: Any) -> None:
         help="accepted secret key; prefer JDCLOUD_SECRET_KEY, since argv is visible to all users",
     )
     sim.add_argument("--write-targets", metavar="PATH", help="write the targets CSV and serve")
+    sim.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate chain")
+    sim.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
+    sim.add_argument(
+        "--session-token",
+        help="require and check this x-jdcloud-security-token on every request; prefer "
+        "JDCLOUD_SESSION_TOKEN, since argv is visible to all users",
+    )
 
 
 def _add_demo(commands: Any) -> None:
