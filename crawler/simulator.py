@@ -19,6 +19,7 @@ import json
 import math
 import random
 import re
+import ssl
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Hashable, Iterator, Mapping, Sequence
@@ -33,7 +34,7 @@ from multidict import MultiMapping
 from crawler.errors import ConfigError
 from crawler.inventory import ID_ALPHABET, IMAGE_SOURCES, Inventory, build_inventory
 from crawler.models import JsonObject, Target
-from crawler.signer import verify_request
+from crawler.signer import SECURITY_TOKEN_HEADER, SIGNATURE_MISMATCH, verify_request
 
 DEFAULT_REGIONS = ("cn-north-1", "cn-east-1", "cn-east-2", "cn-south-1")
 CONTENT_TYPE = "application/json; charset=utf-8"
@@ -48,6 +49,7 @@ _SERVER_MAX_LINE_BYTES = 1024 * 1024
 _IMAGE_PATH = re.compile(r"/v1/regions/([^/?]+)/images/([^/?]+)")
 _IMAGES_PATH = re.compile(r"/v1/regions/([^/?]+)/images")
 _IDS_KEY = re.compile(r"ids\.([0-9]+)")
+_SIGNED_HEADERS = re.compile(r"SignedHeaders=([^,\s]*)")
 _EQUALITY_FILTERS = (
     "imageSource",
     "platform",
@@ -83,6 +85,8 @@ class SimulatorConfig:
         access_key: the only access key the simulator knows.
         secret_key: its secret (never in repr).
         max_url_bytes: longer URLs are answered 414 `HTTP_URI_TOO_LONG`.
+        session_token: when set, every request must carry this `x-jdcloud-security-token` and
+            sign it, as a temporary (STS) credential's requests do (never in repr).
     """
 
     regions: tuple[str, ...] = DEFAULT_REGIONS
@@ -101,6 +105,7 @@ class SimulatorConfig:
     access_key: str = "SIMULATORAK"
     secret_key: str = field(default="SIMULATORSK", repr=False)
     max_url_bytes: int = 8192
+    session_token: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         for name in ("fail_rate", "throttle_rate", "rate_500", "rate_503"):
@@ -341,9 +346,29 @@ class Simulator:
             secret_for=self._secret_for,
         )
         if message is None:
+            message = self._check_token(request.headers)
+        if message is None:
             return None
         self.stats.auth_failures += 1
         return _error(401, "ACCESS_ERROR", message)
+
+    def _check_token(self, headers: Mapping[str, str]) -> str | None:
+        """None when the session token (if one is required) was sent and signed, else why not.
+
+        The gateway's wording for a bad token is not documented; these messages are our own.
+        """
+        expected = self.config.session_token
+        if expected is None:
+            return None
+        token = headers.get(SECURITY_TOKEN_HEADER)
+        if token is None:
+            return f"lack of header {SECURITY_TOKEN_HEADER}"
+        signed = _SIGNED_HEADERS.search(headers.get("Authorization", ""))
+        if signed is None or SECURITY_TOKEN_HEADER not in signed[1].lower().split(";"):
+            return SIGNATURE_MISMATCH
+        if token.strip() != expected:
+            return "invalid or expired security token"
+        return None
 
     def _secret_for(self, access_key: str) -> str | None:
         return self.config.secret_key if access_key == self.config.access_key else None
@@ -532,13 +557,38 @@ class RunningSimulator:
         await self.close()
 
 
+def server_tls_context(
+    cert_file: str | PathLike[str], key_file: str | PathLike[str]
+) -> ssl.SSLContext:
+    """A server-side TLS context for serving HTTPS with this certificate chain and key.
+
+    Raises:
+        ConfigError: a file cannot be read or the key does not match the certificate.
+    """
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert_file, key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"--tls-cert/--tls-key: cannot load {cert_file} and {key_file}: {exc}"
+        ) from exc
+    return context
+
+
 async def start_simulator(
-    sim: Simulator, host: str = "127.0.0.1", port: int = 0
+    sim: Simulator, host: str = "127.0.0.1", port: int = 0, *, tls: ssl.SSLContext | None = None
 ) -> RunningSimulator:
     """Serve `sim` on `host:port` (0 = a free port) and return once it listens.
 
+    Args:
+        sim: the simulator to serve.
+        host: the address to listen on.
+        port: the port, 0 for a free one.
+        tls: serve HTTPS with this server context (see `server_tls_context`), else plain HTTP.
+
     Returns:
-        The running simulator; its `url` is `http://HOST:PORT` with the real port.
+        The running simulator; its `url` is `http://HOST:PORT` (`https://` with `tls`) with the
+        real port.
     """
     runner = web.AppRunner(
         create_app(sim),
@@ -547,13 +597,14 @@ async def start_simulator(
         shutdown_timeout=1.0,
     )
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = web.TCPSite(runner, host, port, ssl_context=tls)
     try:
         await site.start()
     except BaseException:
         await runner.cleanup()
         raise
-    return RunningSimulator(url=_url(host, site.port), sim=sim, _runner=runner)
+    scheme = "https" if tls is not None else "http"
+    return RunningSimulator(url=_url(scheme, host, site.port), sim=sim, _runner=runner)
 
 
 async def serve_forever(
@@ -562,9 +613,10 @@ async def serve_forever(
     port: int,
     on_listening: Callable[[str], None],
     stop: asyncio.Event,
+    tls: ssl.SSLContext | None = None,
 ) -> None:
-    """Serve `sim` until `stop` is set; `on_listening` gets `http://HOST:PORT` once bound."""
-    running = await start_simulator(sim, host, port)
+    """Serve `sim` until `stop` is set; `on_listening` gets `http(s)://HOST:PORT` once bound."""
+    running = await start_simulator(sim, host, port, tls=tls)
     try:
         on_listening(running.url)
         await stop.wait()
@@ -572,6 +624,6 @@ async def serve_forever(
         await running.close()
 
 
-def _url(host: str, port: int) -> str:
+def _url(scheme: str, host: str, port: int) -> str:
     shown = f"[{host}]" if ":" in host else host
-    return f"http://{shown}:{port}"
+    return f"{scheme}://{shown}:{port}"
