@@ -279,14 +279,14 @@ async def _api_client(config: Config, route: ApiRoute) -> AsyncIterator[ApiClien
     log.info("signing with the keys from %s", route.access.source)
     if route.proxy is not None:
         log.info("connecting through the proxy %s (from %s)", route.proxy.url, route.proxy.source)
-    session = open_session(concurrency=config.crawl.concurrency, tls=route.tls, proxy=route.proxy)
-    async with session:
+    async with open_session(concurrency=config.crawl.concurrency, tls=route.tls) as session:
         yield ApiClient(
             session,
             route.access.endpoint,
             signer,
             timeout_s=config.api.timeout_s,
             max_response_bytes=config.api.max_response_bytes,
+            proxy=route.proxy,
         )
 
 

@@ -60,6 +60,7 @@ MAX_PAGE_SIZE = 100
 
 REQUEST_ID_HEADER = "x-jdcloud-request-id"
 REMAINING_MINUTE_HEADER = "x-jdcloud-remaining-minute"
+PROXY_AUTHORIZATION = "Proxy-Authorization"
 
 _TRANSIENT_STATUSES = frozenset({500, 502, 503, 504})
 _IMAGE_NOT_FOUND_STATUSES = frozenset({"NOT_FOUND", "RESOURCE_NOT_EXIST"})
@@ -78,20 +79,16 @@ NonceFactory = Callable[[], str]
 _Reply = tuple[int, Mapping[str, str], bytes]
 
 
-def open_session(
-    *, concurrency: int, tls: ssl.SSLContext | None = None, proxy: Proxy | None = None
-) -> aiohttp.ClientSession:
+def open_session(*, concurrency: int, tls: ssl.SSLContext | None = None) -> aiohttp.ClientSession:
     """Open the run's one HTTP session: a keep-alive pool sized to the crawl's concurrency.
 
     The caller owns the session and closes it (with its connector). The environment is never
-    read here (`trust_env` stays off): the proxy and the trusted certificates are chosen by
-    `crawler.network` from the environment the caller passes in.
+    read here (`trust_env` stays off): the trusted certificates and the proxy (`ApiClient`) are
+    chosen by `crawler.network` from the environment the caller passes in.
 
     Args:
         concurrency: requests in flight at most, all hosts together.
-        tls: the context that verifies servers (and an https proxy tunnel's far end); None for
-            the system's default trust.
-        proxy: send every request through this forward proxy (CONNECT for https).
+        tls: the context that verifies servers; None for the system's default trust.
 
     Returns:
         A session with no cookie jar and the crawler's User-Agent.
@@ -102,15 +99,10 @@ def open_session(
     if concurrency < 1:
         raise ValueError(f"concurrency must be at least 1, not {concurrency}")
     connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=0, ssl=tls or True)
-    proxy_auth = None
-    if proxy is not None and proxy.username is not None:
-        proxy_auth = aiohttp.BasicAuth(proxy.username, proxy.password or "")
     return aiohttp.ClientSession(
         connector=connector,
         cookie_jar=aiohttp.DummyCookieJar(),
         headers={"User-Agent": USER_AGENT},
-        proxy=proxy.url if proxy is not None else None,
-        proxy_auth=proxy_auth,
     )
 
 
@@ -148,6 +140,7 @@ class ApiClient:
         max_response_bytes: int,
         clock: Clock = utc_now,
         nonce: NonceFactory = new_nonce,
+        proxy: Proxy | None = None,
     ) -> None:
         """Bind the client to a session, an endpoint and a signer.
 
@@ -159,6 +152,8 @@ class ApiClient:
             max_response_bytes: a body larger than this is refused without being read.
             clock: gives the signing time (UTC); also used to read a Retry-After date.
             nonce: gives each request's `x-jdcloud-nonce`.
+            proxy: send every request through this forward proxy (CONNECT for https); its
+                user name and password go only into `Proxy-Authorization`.
 
         Raises:
             ConfigError: when the endpoint is not a bare http(s) origin or a limit is not positive.
@@ -173,6 +168,12 @@ class ApiClient:
         self._max_bytes = max_response_bytes
         self._clock = clock
         self._nonce = nonce
+        self._proxy = proxy.url if proxy is not None else None
+        # The proxy's credentials ride on the CONNECT for https and on each request for http
+        # (which the proxy itself receives); aiohttp copies proxy_headers only onto a CONNECT.
+        auth = _proxy_authorization(proxy)
+        self._proxy_headers = {PROXY_AUTHORIZATION: auth} if auth else None
+        self._auth_in_request = auth if self._scheme == "http" else None
         self.requests_sent = 0
 
     def __repr__(self) -> str:
@@ -240,6 +241,8 @@ class ApiClient:
         )
         # The Host on the wire must be the one that was signed, whatever aiohttp would pick.
         headers["Host"] = self._host
+        if self._auth_in_request is not None:
+            headers[PROXY_AUTHORIZATION] = self._auth_in_request
         url = URL.build(
             scheme=self._scheme,
             authority=self._authority,
@@ -251,7 +254,12 @@ class ApiClient:
         resp: aiohttp.ClientResponse | None = None
         try:
             async with self._session.get(
-                url, headers=headers, timeout=self._timeout, allow_redirects=False
+                url,
+                headers=headers,
+                timeout=self._timeout,
+                allow_redirects=False,
+                proxy=self._proxy,
+                proxy_headers=self._proxy_headers,
             ) as resp:
                 body = await self._read_body(resp, what)
                 return resp.status, resp.headers, body
@@ -378,6 +386,12 @@ class ApiClient:
             retry_after_s=_retry_after_s(headers.get("Retry-After"), self._clock),
             remaining_minute=_remaining_minute(headers),
         )
+
+
+def _proxy_authorization(proxy: Proxy | None) -> str | None:
+    if proxy is None or proxy.username is None:
+        return None
+    return aiohttp.encode_basic_auth(proxy.username, proxy.password or "")
 
 
 def _certificate_error(exc: aiohttp.ClientConnectorCertificateError, what: str) -> ApiError:
