@@ -71,6 +71,9 @@ _IMAGE_SOURCE_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _SECRET_LIKE_RE = re.compile(r"(?i)signature=[^,\s]*|\b[0-9a-f]{32,}\b")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]+")
 _UUID_VARIANT_DIGITS = "89ab"
+# OpenSSL's X509_V_ERR_* codes for "nothing you trust signed this" (self-signed, unknown issuer):
+# the cases a CA bundle fixes, unlike an expired certificate or one for another host.
+_UNTRUSTED_ISSUER_CODES = frozenset({2, 18, 19, 20, 21})
 _MESSAGE_MAX_CHARS = 300
 _RAW_VALUE_MAX_CHARS = 80
 
@@ -398,10 +401,14 @@ def _certificate_error(exc: aiohttp.ClientConnectorCertificateError, what: str) 
     """The server's certificate was refused: name the host and OpenSSL's reason."""
     cause = exc.certificate_error
     reason = getattr(cause, "verify_message", None) or getattr(cause, "reason", None) or cause
+    advice = ""
+    if getattr(cause, "verify_code", None) in _UNTRUSTED_ISSUER_CODES:
+        advice = (
+            "; if a TLS-inspecting gateway or a private CA signs it, trust that CA's certificate "
+            "with [api] ca_bundle or SSL_CERT_FILE"
+        )
     return CertificateError(
-        f"{what}: the TLS certificate of {exc.host}:{exc.port} was refused: {reason}; "
-        "if a TLS-inspecting gateway or a private CA signs it, trust its certificate with "
-        "[api] ca_bundle or SSL_CERT_FILE",
+        f"{what}: the TLS certificate of {exc.host}:{exc.port} was refused: {reason}{advice}",
         error_status="TLS_CERTIFICATE",
     )
 

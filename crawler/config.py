@@ -204,7 +204,7 @@ class ApiConfig(_Section):
     max_response_bytes: int = MAX_RESPONSE_BYTES
     profile: str | None = None
     session_token_env: str | None = None
-    proxy: str | None = None
+    proxy: str | None = field(default=None, repr=False)  # may hold a password
     ca_bundle: str | None = None
 
     def _validate(self) -> None:

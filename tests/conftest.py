@@ -128,7 +128,8 @@ def crawl_environ(secret: str = SECRET_KEY) -> dict[str, str]:
 class TlsFiles:
     """A self-signed certificate for 127.0.0.1 and localhost, and its key (PEM files)."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, subject_alt_name: str = "IP:127.0.0.1,DNS:localhost") -> None:
+        folder.mkdir(parents=True, exist_ok=True)
         self.cert = folder / "cert.pem"
         self.key = folder / "key.pem"
         # The openssl CLI, not the `cryptography` package: that is not a dependency of anything
@@ -136,7 +137,7 @@ class TlsFiles:
         subprocess.run(
             ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
              "-nodes", "-days", "2", "-subj", "/CN=crawler test server",
-             "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+             "-addext", f"subjectAltName={subject_alt_name}",
              "-keyout", str(self.key), "-out", str(self.cert)],
             check=True, capture_output=True, timeout=60,
         )  # fmt: skip

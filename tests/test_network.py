@@ -427,6 +427,23 @@ def test_an_untrusted_certificate_ends_the_run_at_once_with_exit_3(
     assert status == "failed" and "self-signed certificate" in text
 
 
+def test_a_certificate_for_another_host_is_refused_naming_the_mismatch(
+    simulator: SimulatorFactory, tmp_path: Path
+) -> None:
+    # Trusted (it is in ca_bundle), but issued to localhost only, not to 127.0.0.1.
+    other = TlsFiles(tmp_path / "tls", subject_alt_name="DNS:localhost")
+    server = simulator(tls=other.server_context(), images_per_region=5)
+    config, targets = _setup(tmp_path, server, f'ca_bundle = "{other.cert}"')
+    run = Run(config, targets, crawl_environ())
+    assert run.code == 3, run.stderr.getvalue()
+    assert "IP address mismatch" in run.stderr.getvalue()
+    assert "ca_bundle" not in run.stderr.getvalue()  # a CA bundle would not help here
+
+
+def test_api_config_repr_hides_the_proxy_password() -> None:
+    assert "hunter2" not in repr(ApiConfig(proxy="http://me:hunter2@proxy.corp:3128"))
+
+
 def test_a_certificate_failure_through_a_proxy_is_not_retried(
     simulator: SimulatorFactory, proxy: ForwardProxy, tls_files: TlsFiles, tmp_path: Path
 ) -> None:
