@@ -6,6 +6,7 @@ one `ApiError` subclass (CONTRACT.md §5, jdcloud-api.md §6):
     2xx with result.image / result.images     -> ImageResponse / ImagesPage
     2xx with a body that is not that          -> TransientApiError  BAD_BODY
     401, 403                                  -> AuthError
+    407 (from the proxy, or to its CONNECT)   -> AuthError  PROXY_AUTH: the proxy's credentials
     404 NOT_FOUND/RESOURCE_NOT_EXIST (image)  -> ImageNotFoundError
     404 "no route"/"no API", or no envelope   -> RouteNotFoundError
     429 QUOTA_EXCEEDED                        -> PermanentApiError
@@ -74,6 +75,9 @@ _UUID_VARIANT_DIGITS = "89ab"
 # OpenSSL's X509_V_ERR_* codes for "nothing you trust signed this" (self-signed, unknown issuer):
 # the cases a CA bundle fixes, unlike an expired certificate or one for another host.
 _UNTRUSTED_ISSUER_CODES = frozenset({2, 18, 19, 20, 21})
+_PROXY_REFUSED = (
+    "the proxy refused its credentials (check the user name and password in the proxy's URL)"
+)
 _MESSAGE_MAX_CHARS = 300
 _RAW_VALUE_MAX_CHARS = 80
 
@@ -268,6 +272,10 @@ class ApiClient:
                 return resp.status, resp.headers, body
         except aiohttp.ClientConnectorCertificateError as exc:
             raise _certificate_error(exc, what) from exc
+        except aiohttp.ClientHttpProxyError as exc:
+            if exc.status != 407:
+                raise self._transport_error(exc, what, resp) from exc
+            raise AuthError(f"{what}: {_PROXY_REFUSED}", http_status=407) from exc
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise self._transport_error(exc, what, resp) from exc
 
@@ -419,6 +427,8 @@ def _classify(
     """The error class for a non-2xx status, and a short summary for the message."""
     if status in (401, 403):
         return AuthError, "the credentials were rejected"
+    if status == 407:  # only a proxy answers 407
+        return AuthError, _PROXY_REFUSED
     if status == 429:
         if error_status == "QUOTA_EXCEEDED":
             return PermanentApiError, "a resource quota is exceeded"

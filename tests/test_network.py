@@ -384,6 +384,26 @@ def test_api_proxy_overrides_the_environment_and_its_password_is_never_logged(
         guarded.close()
 
 
+@pytest.mark.parametrize("https", [False, True], ids=["http", "https"])
+def test_a_proxy_that_refuses_its_credentials_ends_the_run_with_exit_3(
+    simulator: SimulatorFactory, tls_files: TlsFiles, tmp_path: Path, https: bool
+) -> None:
+    guarded = ForwardProxy(require_auth="Basic " + base64.b64encode(b"crawler:right").decode())
+    try:
+        server = simulator(tls=tls_files.server_context() if https else None, images_per_region=5)
+        port = urlsplit(guarded.url).port
+        api = f'proxy = "http://crawler:wrong-pw@127.0.0.1:{port}"'
+        config, targets = _setup(tmp_path, server, f'{api}\nca_bundle = "{tls_files.cert}"')
+        run = Run(config, targets, crawl_environ())
+        assert run.code == 3, run.stderr.getvalue()
+        assert "the proxy refused its credentials" in run.stderr.getvalue()
+        assert "wrong-pw" not in run.stderr.getvalue()
+        assert len(guarded.authorizations) == 1  # the first request goes alone; nothing follows
+        assert server.sim.stats.requests == 0
+    finally:
+        guarded.close()
+
+
 def test_an_https_crawl_trusts_the_certificate_through_ca_bundle(
     simulator: SimulatorFactory, tls_files: TlsFiles, tmp_path: Path
 ) -> None:
