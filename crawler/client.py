@@ -382,7 +382,7 @@ class ApiClient:
         if not isinstance(envelope, dict):
             envelope = None
         error_status = _envelope_text(envelope, "status")
-        gateway = _envelope_text(envelope, "message")
+        gateway = _envelope_text(envelope, "message", self._signer.session_token)
         cls, summary = _classify(status, error_status, gateway, envelope is not None, image_call)
         label = error_status or f"HTTP_{status}"
         if envelope is None:
@@ -548,9 +548,13 @@ def _json_object(body: bytes) -> JsonObject | None:
     return doc if isinstance(doc, dict) else None
 
 
-def _envelope_text(envelope: JsonObject | None, key: str) -> str:
+def _envelope_text(envelope: JsonObject | None, key: str, secret: str | None = None) -> str:
     value: Any = envelope.get(key) if envelope is not None else None
-    return _clean_message(value) if isinstance(value, str) else ""
+    if not isinstance(value, str):
+        return ""
+    if secret:  # a gateway that echoes the session token must not put it in a log
+        value = value.replace(secret, "[redacted]")
+    return _clean_message(value)
 
 
 def _clean_message(text: str) -> str:

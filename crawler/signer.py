@@ -276,6 +276,11 @@ class Signer:
             self._signed_headers += f";{SECURITY_TOKEN_HEADER}"
         self._keys: dict[tuple[str, str], bytes] = {}
 
+    @property
+    def session_token(self) -> str | None:
+        """The temporary credential's token, if any (a secret: never log it)."""
+        return self._token
+
     def __repr__(self) -> str:
         return (
             f"Signer(access_key={self.access_key!r}, version={self.version!r}, "
