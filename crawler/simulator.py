@@ -34,7 +34,7 @@ from multidict import MultiMapping
 from crawler.errors import ConfigError
 from crawler.inventory import ID_ALPHABET, IMAGE_SOURCES, Inventory, build_inventory
 from crawler.models import JsonObject, Target
-from crawler.signer import SECURITY_TOKEN_HEADER, SIGNATURE_MISMATCH, verify_request
+from crawler.signer import SECURITY_TOKEN_HEADER, verify_request
 
 DEFAULT_REGIONS = ("cn-north-1", "cn-east-1", "cn-east-2", "cn-south-1")
 CONTENT_TYPE = "application/json; charset=utf-8"
@@ -365,7 +365,7 @@ class Simulator:
             return f"lack of header {SECURITY_TOKEN_HEADER}"
         signed = _SIGNED_HEADERS.search(headers.get("Authorization", ""))
         if signed is None or SECURITY_TOKEN_HEADER not in signed[1].lower().split(";"):
-            return SIGNATURE_MISMATCH
+            return f"header {SECURITY_TOKEN_HEADER} is not signed"
         if token.strip() != expected:
             return "invalid or expired security token"
         return None

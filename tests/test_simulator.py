@@ -331,7 +331,7 @@ def _with_token(token: str) -> Callable[[dict[str, str]], None]:
         (
             Signer("SIMULATORAK", "SIMULATORSK"),
             _with_token(SESSION_TOKEN),
-            "sign result is not same",
+            "header x-jdcloud-security-token is not signed",
         ),
         (
             Signer("SIMULATORAK", "SIMULATORSK", session_token="sts+other/9=="),
