@@ -25,11 +25,17 @@ from crawler.client import ApiClient, open_session
 from crawler.config import Config
 from crawler.credentials import Access, resolve_access
 from crawler.discovery import IMAGE_SOURCES, Discovery, DiscoveryStats
-from crawler.errors import AuthError, CrawlerError, StoreError
+from crawler.errors import (
+    AuthError,
+    CrawlerError,
+    EndpointUnreachableError,
+    InternalError,
+    StoreError,
+)
 from crawler.lock import lock_for_url
 from crawler.models import JsonObject, RunStatus, Target
 from crawler.network import Proxy, choose_proxy, tls_context
-from crawler.normalise import normalise_image
+from crawler.normalise import normalise_image, scrub_text
 from crawler.retry import Retrier, RetryPolicy
 from crawler.scheduler import CrawlStats, Normaliser, Pacing, Scheduler, SchedulerConfig
 from crawler.signer import Signer
@@ -197,6 +203,17 @@ class CrawlJob:
                     if explained is error:
                         raise
                     raise explained from error
+                except (StoreError, EndpointUnreachableError, InternalError) as error:
+                    await self._fail(store, error)
+                    raise
+                except Exception as exc:
+                    # A bug: the run row says failed and why, the lock is released on the way out.
+                    log.error("internal error in the run", exc_info=exc)
+                    internal = InternalError(
+                        f"internal error (a bug, please report): {type(exc).__name__}: {exc}"
+                    )
+                    await self._fail(store, internal)
+                    raise internal from exc
 
     async def _finish(self, store: Store, stats: CrawlStats) -> RunSummary:
         assert self.run_id is not None
@@ -221,11 +238,13 @@ class CrawlJob:
     async def _fail(self, store: Store, error: CrawlerError) -> None:
         assert self.run_id is not None and self.scheduler is not None
         stats = self.scheduler.stats
-        with contextlib.suppress(StoreError):
+        try:
             await store.finish_run(
                 self.run_id, RunStatus.FAILED, requests=stats.requests, retries=stats.retries,
-                message=str(error),
+                message=scrub_text(str(error)),
             )  # fmt: skip
+        except Exception as exc:  # the run's own error is the one to report, not this one
+            log.error("could not mark run %d failed: %s", self.run_id, exc)
 
     @contextlib.contextmanager
     def _deadline(self, deadline_s: float) -> Iterator[None]:

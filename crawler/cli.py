@@ -13,6 +13,7 @@ import os
 import signal
 import ssl
 import sys
+import traceback
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -26,6 +27,8 @@ from crawler.errors import (
     AuthError,
     CertificateError,
     CrawlerError,
+    EndpointUnreachableError,
+    InternalError,
     LockHeldError,
     StoreError,
 )
@@ -44,6 +47,7 @@ EXIT_OK = 0
 EXIT_FAILED_TARGETS = 1
 EXIT_USAGE = 2
 EXIT_FATAL = 3
+EXIT_INTERNAL = 70  # EX_SOFTWARE: a bug, please report
 EXIT_LOCKED = 75
 EXIT_INTERRUPTED = 130
 
@@ -73,14 +77,23 @@ def main(argv: Sequence[str] | None = None, io: Io | None = None) -> int:
     except CrawlerError as error:
         print(f"crawler {args.command}: {error}", file=io.stderr)
         return exit_code_for(error)
+    except Exception as exc:  # a bug outside the run's own handling: say so, exit 70
+        traceback.print_exception(exc, file=io.stderr)
+        print(
+            f"crawler {args.command}: internal error (a bug, please report): {exc!r}",
+            file=io.stderr,
+        )
+        return EXIT_INTERNAL
 
 
 def exit_code_for(error: CrawlerError) -> int:
     """The exit code of a command that ended with `error`."""
     if isinstance(error, LockHeldError):
         return EXIT_LOCKED
-    if isinstance(error, AuthError | StoreError):
+    if isinstance(error, AuthError | StoreError | EndpointUnreachableError):
         return EXIT_FATAL
+    if isinstance(error, InternalError):
+        return EXIT_INTERNAL
     if isinstance(error, ApiError):  # e.g. a discovery page that failed for good
         return EXIT_FAILED_TARGETS
     return EXIT_USAGE

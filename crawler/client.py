@@ -4,7 +4,8 @@
 one `ApiError` subclass (CONTRACT.md §5, jdcloud-api.md §6):
 
     2xx with result.image / result.images     -> ImageResponse / ImagesPage
-    2xx with a body that is not that          -> TransientApiError  BAD_BODY
+    2xx with a body that is not that          -> BadBodyError  BAD_BODY (any parse failure,
+                                                 RecursionError included: the mapping is total)
     401, 403                                  -> AuthError
     407 (from the proxy, or to its CONNECT)   -> AuthError  PROXY_AUTH: the proxy's credentials
     404 NOT_FOUND/RESOURCE_NOT_EXIST (image)  -> ImageNotFoundError
@@ -41,6 +42,7 @@ from yarl import URL
 from crawler.errors import (
     ApiError,
     AuthError,
+    BadBodyError,
     CertificateError,
     ConfigError,
     ImageNotFoundError,
@@ -51,6 +53,7 @@ from crawler.errors import (
 )
 from crawler.models import ImageResponse, ImagesPage, JsonObject
 from crawler.network import Proxy
+from crawler.normalise import scrub_text
 from crawler.signer import Signer
 from crawler.targets import is_valid_image_id, is_valid_region_id
 
@@ -79,6 +82,7 @@ _PROXY_REFUSED = (
     "the proxy refused its credentials (check the user name and password in the proxy's URL)"
 )
 _MESSAGE_MAX_CHARS = 300
+_REQUEST_ID_MAX_CHARS = 128
 _RAW_VALUE_MAX_CHARS = 80
 
 Clock = Callable[[], datetime]
@@ -528,9 +532,9 @@ def _invalid(api: str, what: str, value: object) -> PermanentApiError:
 
 def _bad_body(
     doc: JsonObject | None, headers: Mapping[str, str], what: str, status: int, why: str
-) -> TransientApiError:
+) -> BadBodyError:
     problem = "the body is not a JSON object" if doc is None else why
-    return TransientApiError(
+    return BadBodyError(
         f"{what}: HTTP {status} with an unusable body: {problem}",
         http_status=status,
         error_status="BAD_BODY",
@@ -543,7 +547,10 @@ def _json_object(body: bytes) -> JsonObject | None:
     """The body as a JSON object, or None when it is anything else."""
     try:
         doc = json.loads(body)
-    except ValueError:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
+    # Whatever the parser raises, the body is unusable: ValueError for bad JSON or bytes (and an
+    # integer over Python's digit limit), RecursionError for deep nesting, MemoryError for a body
+    # that inflates beyond memory. A body must never escape classification as a bare exception.
+    except (ValueError, RecursionError, MemoryError):
         return None
     return doc if isinstance(doc, dict) else None
 
@@ -558,8 +565,9 @@ def _envelope_text(envelope: JsonObject | None, key: str, secret: str | None = N
 
 
 def _clean_message(text: str) -> str:
-    """A server-supplied text made safe to show and store: one line, short, nothing secret."""
-    text = _SECRET_LIKE_RE.sub("[redacted]", _CONTROL_RE.sub(" ", text)).strip()
+    """A server-supplied text made safe to show and store: one line, short, nothing secret,
+    and valid UTF-8 (a lone surrogate from a `\\ud800` escape becomes U+FFFD)."""
+    text = _SECRET_LIKE_RE.sub("[redacted]", _CONTROL_RE.sub(" ", scrub_text(text))).strip()
     if len(text) > _MESSAGE_MAX_CHARS:
         text = text[:_MESSAGE_MAX_CHARS] + "..."
     return text
@@ -567,9 +575,10 @@ def _clean_message(text: str) -> str:
 
 def _request_id(doc: JsonObject | None, headers: Mapping[str, str]) -> str | None:
     value = doc.get("requestId") if doc is not None else None
-    if isinstance(value, str) and value:
-        return value
-    return headers.get(REQUEST_ID_HEADER) or None
+    if not (isinstance(value, str) and value):
+        value = headers.get(REQUEST_ID_HEADER)
+    # Stored in crawl_results: valid UTF-8 (undecodable header bytes arrive as surrogates), short.
+    return scrub_text(value)[:_REQUEST_ID_MAX_CHARS] if value else None
 
 
 def _remaining_minute(headers: Mapping[str, str]) -> int | None:

@@ -5,7 +5,8 @@
     ├── TargetsError           bad targets file (exit 2)
     ├── ApiError               one API attempt that did not give an image
     │   ├── TransientApiError  worth retrying: 429 (not QUOTA_EXCEEDED), 5xx, timeouts, bad bodies
-    │   │   └── RateLimitedError   429 from a rate limit; carries the remaining-minute budget
+    │   │   ├── RateLimitedError   429 from a rate limit; carries the remaining-minute budget
+    │   │   └── BadBodyError       a 2xx whose body is not the answer asked for (BAD_BODY)
     │   └── PermanentApiError  not worth retrying: 400, 404, 413, 414, QUOTA_EXCEEDED
     │       ├── ImageNotFoundError  the image does not exist: the target is `missing`
     │       ├── RouteNotFoundError  the gateway has no such route: a configuration problem
@@ -13,6 +14,8 @@
     │           └── CertificateError    the server's TLS certificate was refused: same effect
     ├── NormaliseError         an API image object that cannot become rows
     ├── StoreError             the database is unusable (exit 3)
+    ├── EndpointUnreachableError  no answer at all from the API, only transport failures (exit 3)
+    ├── InternalError          a bug: the run is marked failed, the traceback logged (exit 70)
     └── LockHeldError          another crawl holds the database lock (exit 75)
 
 Whether an attempt is retried is decided by its type alone (see `retry`), never by call sites.
@@ -72,6 +75,13 @@ class RateLimitedError(TransientApiError):
     """A 429 from a rate limit (not a resource quota): slow down, then retry."""
 
 
+class BadBodyError(TransientApiError):
+    """A 2xx whose body is unusable: not JSON, or not the shape the call answers with.
+
+    Retried like any transient failure; a describeImages batch instead asks image by image.
+    """
+
+
 class PermanentApiError(ApiError):
     """Another attempt would give the same answer."""
 
@@ -102,6 +112,14 @@ class NormaliseError(CrawlerError):
 
 class StoreError(CrawlerError):
     """The database cannot be opened, migrated or written."""
+
+
+class EndpointUnreachableError(CrawlerError):
+    """Nothing but transport failures (refused, DNS, TLS) since the run began: stop the run."""
+
+
+class InternalError(CrawlerError):
+    """A bug in the crawler (not the API's nor the database's fault): please report it."""
 
 
 class LockHeldError(CrawlerError):

@@ -9,11 +9,17 @@ without a column (`chargeInfo`, `serviceCode`, `snapshotPolicies`, new ones) sta
 
 A malformed part (a `systemDisk` or `dataDisks` entry that is not an object, `tags` that are not
 a list) is skipped; only an image without a usable `imageId` is rejected.
+
+`raw` is always strict JSON (SQLite's `json_valid()` passes): `NaN`, `Infinity`, `-Infinity` and
+numbers beyond float range (which parse as infinities) appear there as `null`. Text that UTF-8
+cannot hold (a lone surrogate, from a `\\ud800` escape) is written as U+FFFD in the columns,
+while `raw` keeps it as the JSON escape `\\ud800`, so nothing is lost.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, tzinfo
@@ -43,7 +49,33 @@ DISK_KEY_COLUMNS = ("region_id", "image_id", "slot", "position")
 # One encoder for every `raw`: json.dumps with arguments builds a new one per call. An image parsed
 # from JSON cannot contain itself, so the circular-reference check (a third of the time) is skipped;
 # a self-referencing mapping passed in by hand ends in RecursionError, reported as NormaliseError.
-_RAW_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False)
+_RAW_ENCODER = json.JSONEncoder(
+    ensure_ascii=False, allow_nan=False, separators=(",", ":"), check_circular=False
+)
+# The rare image with a lone surrogate: ASCII with escapes, so `raw` keeps `\ud800` as written.
+_RAW_ESCAPING_ENCODER = json.JSONEncoder(
+    ensure_ascii=True, allow_nan=False, separators=(",", ":"), check_circular=False
+)
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_REPLACEMENT = "\ufffd"
+
+
+def scrub_text(text: str) -> str:
+    """`text` with every lone surrogate (text UTF-8 cannot hold) replaced by U+FFFD."""
+    if text.isascii():  # the common case, and cheap
+        return text
+    return _SURROGATE.sub(_REPLACEMENT, text)
+
+
+def _finite(value: Any) -> Any:
+    """A copy of a parsed JSON value with NaN and the infinities replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
 
 
 def to_text(value: Any) -> str | None:
@@ -300,11 +332,28 @@ def _disk_mappings(image: Mapping[str, Any]) -> list[tuple[str, int, Mapping[str
     return found
 
 
-def _raw(region_id: str, image_id: str, image: Mapping[str, Any]) -> str:
+def _raw(region_id: str, image_id: str, image: Mapping[str, Any]) -> tuple[str, bool]:
+    """The image as strict JSON text, and whether it held text UTF-8 cannot encode."""
     try:
-        return _RAW_ENCODER.encode(image)
+        try:
+            raw = _RAW_ENCODER.encode(image)
+        except ValueError:  # NaN or an infinity: strict JSON has no spelling for them
+            raw = _RAW_ENCODER.encode(_finite(image))
+        try:
+            raw.encode("utf-8")
+        except UnicodeEncodeError:
+            return _RAW_ESCAPING_ENCODER.encode(_finite(image)), True
+        return raw, False
     except (TypeError, ValueError, RecursionError) as exc:
         raise NormaliseError(f"image {region_id}/{image_id} is not JSON: {exc}") from exc
+
+
+def _scrub_rows(rows: ImageRows) -> None:
+    """Replace lone surrogates in every text value (and tag key) of the rows, raw excepted."""
+    for row in (rows.image, *rows.disks, *rows.attachments, *rows.tags):
+        for column, value in row.items():
+            if type(value) is str and column != "raw":
+                row[column] = scrub_text(value)
 
 
 def _image_id(region_id: str, image: Any) -> str:
@@ -336,7 +385,7 @@ def normalise_image(region_id: str, image: Mapping[str, Any], *, naive_tz: tzinf
     row: Row = {"region_id": region_id, "image_id": image_id}
     _fill(row, image, _IMAGE_FIELDS)
     _fill_times(row, image, _IMAGE_TIMES, naive_tz)
-    row["raw"] = _raw(region_id, image_id, image)
+    row["raw"], unencodable = _raw(region_id, image_id, image)
     rows = ImageRows(image=row)
     for slot, position, mapping in _disk_mappings(image):
         key = {"region_id": region_id, "image_id": image_id, "slot": slot, "position": position}
@@ -344,4 +393,8 @@ def normalise_image(region_id: str, image: Mapping[str, Any], *, naive_tz: tzinf
         rows.disks.append(disk)
         rows.attachments.extend(_attachment_rows(key, cloud, naive_tz))
         rows.tags.extend(_tag_rows(key, cloud))
+    # Every text in the rows came from the image, so raw's encoding has already looked at all of
+    # it: only then is a second pass needed.
+    if unencodable:
+        _scrub_rows(rows)
     return rows

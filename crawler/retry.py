@@ -1,8 +1,9 @@
 """The retry policy of CONTRACT.md §5, built on tenacity.
 
 Which errors are retried is decided by type alone: `TransientApiError` (and so `RateLimitedError`)
-is retried, everything else is final. Waits are exponential with full jitter, capped, and never
-shorter than the server's `Retry-After`.
+is retried, everything else is final. Waits are exponential with full jitter and honour the
+server's `Retry-After`, but no single wait ever exceeds `max_backoff_s`, whatever `Retry-After`
+says: one target then takes at most `max_attempts x (timeout_s + max_backoff_s)`.
 """
 
 from __future__ import annotations
@@ -20,10 +21,6 @@ from crawler.errors import ApiError, RateLimitedError, TransientApiError
 T = TypeVar("T")
 Sleep = Callable[[float], Awaitable[None]]
 RetryHook = Callable[[ApiError, int, float], None]
-
-# A Retry-After beyond this is treated as this: a gateway asking for an hour would otherwise park a
-# worker for the whole run.
-RETRY_AFTER_CAP_S = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +42,8 @@ class Attempted(Generic[T]):
 
 
 def backoff_s(policy: RetryPolicy, attempt: int, error: ApiError, rng: random.Random) -> float:
-    """The wait before attempt `attempt + 1`: full jitter, but at least the server's Retry-After."""
+    """The wait before attempt `attempt + 1`: full jitter, at least the server's Retry-After, and
+    never more than `max_backoff_s` (a gateway asking for an hour would park a worker for it)."""
     if _minute_spent(error):
         # The key's per-minute budget is spent; the scheduler's budget gate holds every request
         # until a new window opens, so backing off on top of it would only add idle time.
@@ -53,7 +51,7 @@ def backoff_s(policy: RetryPolicy, attempt: int, error: ApiError, rng: random.Ra
     ceiling_s = min(policy.max_backoff_s, policy.initial_backoff_s * 2.0 ** (attempt - 1))
     wait_s = rng.uniform(0.0, ceiling_s)
     if error.retry_after_s is not None:
-        wait_s = max(wait_s, min(error.retry_after_s, RETRY_AFTER_CAP_S))
+        wait_s = max(wait_s, min(error.retry_after_s, policy.max_backoff_s))
     return wait_s
 
 

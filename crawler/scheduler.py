@@ -9,15 +9,23 @@ Shape of a run:
 Workers never outnumber `concurrency`, lanes hold at most a few pages, and the results queue is
 bounded, so memory does not grow with the number of targets. The scheduler sees the API client
 and the store only through the small Protocols below.
+
+What goes wrong with one target stays with it: any exception while a target is fetched, checked
+or normalised becomes that target's `failed` outcome (`INTERNAL_ERROR` naming the exception type,
+the traceback logged), and an answer for another image than the one asked for is `ID_MISMATCH`.
+What goes wrong with the run ends it: rejected credentials, a writer that cannot write (then no
+worker waits on the full results queue: all are cancelled), or an endpoint that has given nothing
+but transport failures since the run began.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,9 +34,13 @@ from typing import Protocol, TypeVar
 from crawler.errors import (
     ApiError,
     AuthError,
+    BadBodyError,
     CrawlerError,
+    EndpointUnreachableError,
     ImageNotFoundError,
+    InternalError,
     NormaliseError,
+    PermanentApiError,
     RateLimitedError,
     TransientApiError,
 )
@@ -41,6 +53,7 @@ from crawler.models import (
     Target,
     TargetResult,
 )
+from crawler.normalise import scrub_text
 from crawler.pacing import AdaptiveLimit, MinuteBudget, TokenBucket, Waiters
 from crawler.retry import Retrier, RetryPolicy
 
@@ -61,6 +74,17 @@ WRITE_BATCH_MAX = 1000
 # more of what was fetched (resume fetches it again).
 WRITE_GATHER_S = 0.05
 WRITE_GATHER_BELOW = 64
+# While no answer at all has come in, this many consecutive connection failures (refused, DNS,
+# TLS), or one per worker if there are more workers, mean the endpoint is dead: every worker's
+# first attempt has failed, and ~40 minutes of retries would follow.
+UNREACHABLE_AFTER_MIN = 50
+# Targets failing in bulk are visible: one WARNING at most this often, counting by error_status.
+FAILURE_WARNING_EVERY_S = 30.0
+_MESSAGE_MAX_CHARS = 300
+
+
+class _UnusableBatch(PermanentApiError):
+    """A describeImages answer unusable as a whole: its ids are asked one by one instead."""
 
 
 class ImageApi(Protocol):
@@ -195,17 +219,26 @@ class Scheduler:
         self._first_sent = False
         self._fatal: CrawlerError | None = None
         self._workers: list[asyncio.Task[None]] = []
+        self._answered = False
+        self._unreachable_count = 0
+        self._unreachable_first: ApiError | None = None
+        self._unreachable_after = max(UNREACHABLE_AFTER_MIN, config.concurrency)
+        self._failures: Counter[str] = Counter()
+        self._failures_since = -math.inf
 
     async def run(self, run_id: int, pending: dict[str, int]) -> CrawlStats:
         """Crawl the run's pending targets (`pending`: region to count) until done or stopped.
 
         Raises:
             AuthError: the credentials were rejected; no further request was sent.
+            StoreError: a batch of results could not be written.
+            EndpointUnreachableError: nothing but connection failures since the run began.
+            InternalError: the writer or the feeder failed with an unexpected exception (a bug).
         """
         self.stats.total = sum(pending.values())
         self._lanes = [self._lane(region) for region in sorted(pending) if pending[region]]
-        writer = asyncio.create_task(self._guard(self._write_loop(run_id)), name="writer")
-        feeder = asyncio.create_task(self._guard(self._feed_loop(run_id)), name="feeder")
+        writer = asyncio.create_task(self._guard(self._write_loop(run_id), "writer"), name="writer")
+        feeder = asyncio.create_task(self._guard(self._feed_loop(run_id), "feeder"), name="feeder")
         self._workers = [
             asyncio.create_task(self._work(), name=f"worker-{n}")
             for n in range(self.config.concurrency)
@@ -215,13 +248,22 @@ class Scheduler:
         finally:
             feeder.cancel()
             await asyncio.gather(feeder, return_exceptions=True)
-            if not writer.done():  # a live writer drains the queue, so this put cannot hang
-                await self._results.put(None)
-            await writer
+            await self._end_writer(writer)
+        if self._failures:  # the tail since the last WARNING, so the log's counts add up
+            self._report_failures(logging.INFO, self._pacing.clock())
         _raise_unexpected(outcomes)
         if self._fatal is not None:
             raise self._fatal
         return self.stats
+
+    async def _end_writer(self, writer: asyncio.Task[None]) -> None:
+        """Hand the writer its end mark and wait for it: it drains the queue, unless it dies."""
+        if not writer.done():
+            # A writer that dies while the queue is full would leave this put waiting for ever.
+            end = asyncio.ensure_future(self._results.put(None))
+            await asyncio.wait({end, writer}, return_when=asyncio.FIRST_COMPLETED)
+            end.cancel()
+        await writer
 
     def stop(self) -> None:
         """Stop promptly: no new request starts, requests in flight are abandoned (resumable)."""
@@ -297,12 +339,58 @@ class Scheduler:
         while (picked := await self._next_targets()) is not None:
             lane, targets = picked
             if self.config.strategy == "batch":
-                results = await self._crawl_batch(lane, targets)
+                results = await self._crawl_batch_safely(lane, targets)
             else:
-                results = [await self._crawl(lane, targets[0])]
+                results = [await self._crawl_safely(lane, targets[0])]
             for result in results:
-                self.stats.count(result.outcome)
+                self._count(result)
                 await self._results.put(result)
+
+    def _count(self, result: TargetResult) -> None:
+        self.stats.count(result.outcome)
+        if result.outcome is not Outcome.FAILED:
+            return
+        self._failures[result.error_status or "UNKNOWN"] += 1
+        now = self._pacing.clock()
+        if now - self._failures_since < FAILURE_WARNING_EVERY_S:
+            return
+        self._report_failures(logging.WARNING, now)
+        self._failures_since = now
+
+    def _report_failures(self, level: int, now: float) -> None:
+        """Log the failures counted since the last report, by error_status, and reset them."""
+        since = (
+            "since the run began"
+            if math.isinf(self._failures_since)
+            else f"in the last {now - self._failures_since:.0f} s"
+        )
+        counts = ", ".join(f"{status} {n}" for status, n in self._failures.most_common())
+        log.log(level, "%d targets failed %s: %s", sum(self._failures.values()), since, counts)
+        self._failures.clear()
+
+    async def _crawl_safely(
+        self, lane: Lane, target: Target, *, earlier_attempts: int = 0
+    ) -> TargetResult:
+        """`_crawl`, with any unexpected exception made the target's own failure."""
+        try:
+            return await self._crawl(lane, target, earlier_attempts=earlier_attempts)
+        except Exception as exc:  # a bug must not kill the worker
+            return self._internal_error(target, exc, max(1, earlier_attempts))
+
+    async def _crawl_batch_safely(self, lane: Lane, targets: list[Target]) -> list[TargetResult]:
+        try:
+            return await self._crawl_batch(lane, targets)
+        except Exception as exc:  # per-target faults are caught further in
+            return [self._internal_error(target, exc, 1) for target in targets]
+
+    def _internal_error(self, target: Target, exc: Exception, attempts: int) -> TargetResult:
+        what = f"{target.region_id}/{target.image_id}"
+        log.error("internal error while crawling %s", what, exc_info=exc)
+        message = f"{what}: internal error (a bug, please report): {type(exc).__name__}: {exc}"
+        return TargetResult(
+            target, Outcome.FAILED, attempts, self._pacing.utc_now(),
+            error_status="INTERNAL_ERROR", error_message=_shorten(message),
+        )  # fmt: skip
 
     async def _crawl(
         self, lane: Lane, target: Target, *, earlier_attempts: int = 0
@@ -327,12 +415,14 @@ class Scheduler:
         if page is None:
             assert attempted.error is not None
             return await self._batch_failed(lane, targets, attempted.error, attempted.attempts)
-        found = {image.get("imageId"): image for image in page.images if isinstance(image, dict)}
+        found = _requested_images(lane.region_id, ids, page)
         results = []
         for target in targets:
             image = found.get(target.image_id)
             if image is None:
-                results.append(await self._crawl(lane, target, earlier_attempts=attempted.attempts))
+                results.append(
+                    await self._crawl_safely(lane, target, earlier_attempts=attempted.attempts)
+                )
             else:
                 results.append(self._fetched(target, image, attempted.attempts, page.request_id))
         return results
@@ -342,9 +432,14 @@ class Scheduler:
     ) -> list[TargetResult]:
         if isinstance(error, TransientApiError):  # retries exhausted: as in the single strategy
             return [self._unfetched(target, error, attempts) for target in targets]
-        # A permanent refusal of the batch (a 400 or 414) says nothing about each image.
-        log.warning("describeImages refused a batch (%s); asking image by image", error)
-        return [await self._crawl(lane, target, earlier_attempts=attempts) for target in targets]
+        # A permanent refusal of the batch (a 400 or 414), or an answer unusable as a whole, says
+        # nothing about each image: one poisoned entry must not fail 99 healthy ids.
+        log.warning("describeImages gave no usable answer (%s); asking image by image", error)
+        results = []
+        for target in targets:
+            self.stats.retries += 1
+            results.append(await self._crawl_safely(lane, target, earlier_attempts=attempts))
+        return results
 
     async def _attempt(self, lane: Lane, target: Target) -> ImageResponse:
         return await self._send(
@@ -353,10 +448,17 @@ class Scheduler:
 
     async def _attempt_batch(self, lane: Lane, ids: list[str]) -> ImagesPage:
         # pageSize is always the maximum: the API pages an ids query too (default 20).
-        return await self._send(
-            lane,
-            lambda: self._api.describe_images(lane.region_id, ids=ids, page_size=BATCH_MAX_IDS),
-        )
+        try:
+            return await self._send(
+                lane,
+                lambda: self._api.describe_images(lane.region_id, ids=ids, page_size=BATCH_MAX_IDS),
+            )
+        except BadBodyError as error:
+            # Asking the same batch again would likely get the same poisoned answer.
+            raise _UnusableBatch(
+                error.message, http_status=error.http_status, error_status=error.error_status,
+                request_id=error.request_id, remaining_minute=error.remaining_minute,
+            ) from error  # fmt: skip
 
     async def _send(self, lane: Lane, call: Callable[[], Awaitable[AnswerT]]) -> AnswerT:
         """One request under every limit: the first-answer gate, key budget, rate cap, region."""
@@ -373,13 +475,28 @@ class Scheduler:
             self._budget.observe(error.remaining_minute)
             if isinstance(error, AuthError):
                 self._abort(error)
+            self._watch_endpoint(error)
             raise
         finally:
             lane.limit.release(congested=congested)
             self._idle_workers.wake()
             self._first_answer.set()
+        self._answered = True
         self._budget.observe(answer.remaining_minute)
         return answer
+
+    def _watch_endpoint(self, error: ApiError) -> None:
+        """Stop the run when the endpoint has given nothing but connection failures."""
+        if error.http_status is not None:
+            self._answered = True
+        if self._answered or error.error_status != "CONNECTION_ERROR":
+            return  # a timeout is no answer either, but a slow server is not a dead one
+        self._unreachable_count += 1
+        if self._unreachable_first is None:
+            self._unreachable_first = error
+        if self._unreachable_count >= self._unreachable_after:
+            first = self._unreachable_first.message
+            self._abort(EndpointUnreachableError(f"endpoint unreachable: {first}"))
 
     async def _wait_for_first_answer(self) -> None:
         """The run's first request goes alone; the rest wait for its answer.
@@ -396,6 +513,20 @@ class Scheduler:
         self, target: Target, image: JsonObject, attempts: int, request_id: str | None
     ) -> TargetResult:
         now = self._pacing.utc_now()
+        answered_id = image.get("imageId")
+        if answered_id != target.image_id:
+            # Storing it under either id would overwrite or misfile an image: neither is touched.
+            shown = (
+                repr(answered_id) if isinstance(answered_id, str) else type(answered_id).__name__
+            )
+            message = (
+                f"{target.region_id}/{target.image_id}: the answer is for image "
+                f"{_shorten(shown, 80)}, not the one asked for"
+            )
+            return TargetResult(
+                target, Outcome.FAILED, attempts, now, http_status=200,
+                error_status="ID_MISMATCH", error_message=message, request_id=request_id,
+            )  # fmt: skip
         try:
             rows = self._normalise(target.region_id, image)
         except NormaliseError as error:
@@ -403,6 +534,8 @@ class Scheduler:
                 target, Outcome.FAILED, attempts, now, http_status=200,
                 error_status="NORMALISE_ERROR", error_message=str(error), request_id=request_id,
             )  # fmt: skip
+        except Exception as exc:  # a normaliser bug stays with its target
+            return self._internal_error(target, exc, attempts)
         return TargetResult(
             target, Outcome.FETCHED, attempts, now, http_status=200, request_id=request_id,
             rows=rows,
@@ -424,12 +557,18 @@ class Scheduler:
             log.error("stopping the run: %s", error)
         self.stop()
 
-    async def _guard(self, loop: Awaitable[None]) -> None:
-        """Runs the feeder or writer; if it fails, the run stops rather than hangs."""
+    async def _guard(self, loop: Awaitable[None], name: str) -> None:
+        """Runs the feeder or writer; if it fails in any way, the run stops rather than hangs."""
         try:
             await loop
         except CrawlerError as error:
             self._abort(error)
+        except Exception as exc:  # a bug here must end the run, not hang it
+            log.error("the %s failed", name, exc_info=exc)
+            detail = _shorten(f"{type(exc).__name__}: {exc}")
+            self._abort(
+                InternalError(f"internal error in the {name} (a bug, please report): {detail}")
+            )
 
     def _on_retry(self, error: ApiError, attempt: int, wait_s: float) -> None:
         self.stats.retries += 1
@@ -454,6 +593,42 @@ class Scheduler:
             last_size = len(batch)
             if batch:
                 await self._store.write_results(run_id, batch)
+
+
+def _requested_images(
+    region_id: str, ids: Sequence[str], page: ImagesPage
+) -> dict[str, JsonObject]:
+    """The page's entries by id, for the ids asked for only.
+
+    An entry for an id not asked for (or with a non-string imageId) is ignored and counted in the
+    log; an id answered twice is left out, so that its own describeImage settles it.
+    """
+    requested = set(ids)
+    found: dict[str, JsonObject] = {}
+    repeated: set[str] = set()
+    ignored = 0
+    for image in page.images:
+        image_id = image.get("imageId")
+        if not isinstance(image_id, str) or image_id not in requested:
+            ignored += 1
+        elif image_id in found:
+            repeated.add(image_id)
+        else:
+            found[image_id] = image
+    for image_id in repeated:
+        del found[image_id]
+    if ignored or repeated:
+        log.warning(
+            "describeImages %s: ignored %d entries for ids not asked for and %d ids answered "
+            "twice (of %d asked for)", region_id, ignored, len(repeated), len(ids),
+        )  # fmt: skip
+    return found
+
+
+def _shorten(text: str, limit: int = _MESSAGE_MAX_CHARS) -> str:
+    """A message made fit to store: short, and valid UTF-8 whatever an exception carried."""
+    text = scrub_text(text)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _raise_unexpected(outcomes: Sequence[object]) -> None:

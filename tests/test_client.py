@@ -28,6 +28,7 @@ from crawler.client import USER_AGENT, ApiClient, _parse_endpoint, new_nonce, op
 from crawler.errors import (
     ApiError,
     AuthError,
+    BadBodyError,
     ConfigError,
     ImageNotFoundError,
     PermanentApiError,
@@ -514,6 +515,8 @@ def test_endpoint_gives_the_wire_authority_and_the_signed_host(
 NO_ROUTE = "no route and no API found with those values"
 HTML = b"<html><body><h1>502 Bad Gateway</h1></body></html>"
 
+DEEP = b"[" * 200_000 + b"]" * 200_000
+JSON_TYPE = "application/json"
 CLASSIFIED = [
     pytest.param(
         json_reply(404, envelope(404, "NOT_FOUND", NO_ROUTE)),
@@ -587,38 +590,59 @@ CLASSIFIED = [
     ),
     pytest.param(
         raw_reply(200, b"<html>maintenance</html>", "text/html"),
-        TransientApiError, 200, "BAD_BODY",
+        BadBodyError, 200, "BAD_BODY",
         id="200-html",
     ),
     pytest.param(
         raw_reply(200, b"", "application/json"),
-        TransientApiError, 200, "BAD_BODY",
+        BadBodyError, 200, "BAD_BODY",
         id="200-empty",
     ),
     pytest.param(
         json_reply(200, [image_doc()]),
-        TransientApiError, 200, "BAD_BODY",
+        BadBodyError, 200, "BAD_BODY",
         id="200-json-list",
     ),
     pytest.param(
         json_reply(200, {"requestId": "r", "result": {}}),
-        TransientApiError, 200, "BAD_BODY",
+        BadBodyError, 200, "BAD_BODY",
         id="200-no-image",
     ),
     pytest.param(
         json_reply(200, {"requestId": "r", "result": {"image": "img"}}),
-        TransientApiError, 200, "BAD_BODY",
+        BadBodyError, 200, "BAD_BODY",
         id="200-image-not-object",
     ),
     pytest.param(
         raw_reply(200, b'{"requestId":"r","result":{"image":{"im', "application/json"),
-        TransientApiError, 200, "BAD_BODY",
+        BadBodyError, 200, "BAD_BODY",
         id="200-cut-json",
     ),
     pytest.param(
         raw_reply(200, b'{"result":{"image":{}}}\xff', "application/json"),
-        TransientApiError, 200, "BAD_BODY",
+        BadBodyError, 200, "BAD_BODY",
         id="200-not-utf8",
+    ),
+    # json.loads raises RecursionError, not ValueError, on deep nesting: still a classified body.
+    pytest.param(
+        raw_reply(200, b'{"result":{"image":' + DEEP + b"}}", JSON_TYPE),
+        BadBodyError, 200, "BAD_BODY",
+        id="200-deep-nesting",
+    ),
+    pytest.param(
+        raw_reply(500, DEEP, JSON_TYPE),
+        TransientApiError, 500, "HTTP_500",
+        id="500-deep-nesting",
+    ),
+    pytest.param(
+        raw_reply(400, b'{"error":{"code":400,"status":"BAD\\ud800"}}', JSON_TYPE),
+        PermanentApiError, 400, "BAD\ufffd",
+        id="400-lone-surrogate-status",
+    ),
+    pytest.param(
+        raw_reply(200, b'{"result":{"image":{"x":' + b"9" * 5000 + b"}}}", JSON_TYPE),
+        BadBodyError, 200, "BAD_BODY",
+        id="200-integer-over-digit-limit",
     ),
 ]  # fmt: skip
 
@@ -904,3 +928,34 @@ async def test_connection_refused_is_transient(session: aiohttp.ClientSession) -
     assert (error.http_status, error.error_status) == (None, "CONNECTION_ERROR")
     assert isinstance(error.__cause__, aiohttp.ClientConnectionError)
     assert client.requests_sent == 1
+
+
+async def test_undecodable_header_bytes_never_reach_a_stored_text(
+    session: aiohttp.ClientSession,
+) -> None:
+    """A request id header with bytes that are not UTF-8 arrives as surrogates: scrubbed."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        body = b'{"error":{"code":500,"status":"INTERNAL","message":"m\\ud800"}}'
+        writer.write(
+            b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\n"
+            b"x-jdcloud-request-id: req-\xff\xfe\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body
+        )
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        error = await image_error(make_client(session, f"http://127.0.0.1:{port}"))
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert type(error) is TransientApiError
+    for text in (error.request_id, error.message, error.error_status):
+        assert text is not None
+        text.encode("utf-8")  # storable as it is
+    assert error.request_id is not None and error.request_id.startswith("req-")
+    assert "m\ufffd" in error.message

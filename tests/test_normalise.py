@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -654,3 +655,40 @@ def test_docs_example_normalises_without_loss(image: dict[str, Any]) -> None:
             assert rows.image["created_at"] == parse_api_time(value, BEIJING)
         else:
             assert rows.image[DOCS_IMAGE_FIELDS[path]] == as_stored(value), path
+
+
+def strict_json_valid(text: str) -> bool:
+    """What SQLite's json_valid() asks: JSON without NaN/Infinity, encodable as UTF-8."""
+    with sqlite3.connect(":memory:") as connection:
+        return bool(connection.execute("SELECT json_valid(?)", (text,)).fetchone()[0])
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"imageId":"img-nan","sizeMB":NaN,"progress":Infinity,"x":[-Infinity]}',
+        '{"imageId":"img-nan","sizeMB":1e999,"progress":-1e999,"x":{"y":1e400}}',
+    ],
+)
+def test_values_strict_json_cannot_hold_become_null_in_raw(body: str) -> None:
+    rows = normalise(json.loads(body))
+    assert (rows.image["size_mb"], rows.image["progress"]) == (None, None)
+    assert strict_json_valid(rows.image["raw"])
+    assert None in json.loads(rows.image["raw"]).values()
+
+
+def test_lone_surrogates_become_u_fffd_in_columns_and_stay_escaped_in_raw() -> None:
+    body = (
+        '{"imageId":"img-sur","name":"a\\ud800b","desc":"名字",'
+        '"dataDisks":[{"cloudDisk":{"name":"\\udfff","tags":[{"key":"k\\ud800","value":"v"}]}}]}'
+    )
+    rows = normalise(json.loads(body))
+    assert rows.image["name"] == "a\ufffdb"
+    assert rows.image["description"] == "名字"
+    assert rows.disks[0]["name"] == "\ufffd"
+    assert rows.tags[0]["key"] == "k\ufffd"
+    raw = rows.image["raw"]
+    raw.encode("utf-8")  # storable
+    assert "\\ud800" in raw and "\\udfff" in raw
+    assert json.loads(raw) == json.loads(body)  # nothing lost
+    assert strict_json_valid(raw)

@@ -14,7 +14,7 @@ from crawler.errors import (
     RateLimitedError,
     TransientApiError,
 )
-from crawler.retry import RETRY_AFTER_CAP_S, Retrier, RetryPolicy, backoff_s
+from crawler.retry import Retrier, RetryPolicy, backoff_s
 
 
 class Sleeps:
@@ -130,13 +130,18 @@ def test_full_jitter_spreads_over_the_whole_range() -> None:
 async def test_retry_after_is_a_floor_on_the_wait() -> None:
     sleeps = Sleeps()
     limited = RateLimitedError("429", http_status=429, retry_after_s=7.5)
-    await Retrier(RetryPolicy(3, 0.1, 1.0), sleep=sleeps).call(Script(limited))
+    await Retrier(RetryPolicy(3, 0.1, 10.0), sleep=sleeps).call(Script(limited))
     assert sleeps.waits == [7.5]
 
 
-def test_an_absurd_retry_after_is_capped() -> None:
-    error = RateLimitedError("429", http_status=429, retry_after_s=86400.0)
-    assert backoff_s(RetryPolicy(), 1, error, random.Random(0)) == RETRY_AFTER_CAP_S
+@pytest.mark.parametrize("retry_after_s", [61.0, 86400.0, 1e300])
+def test_no_wait_exceeds_max_backoff_whatever_retry_after_says(retry_after_s: float) -> None:
+    error = RateLimitedError("429", http_status=429, retry_after_s=retry_after_s)
+    policy = RetryPolicy(6, 0.5, 60.0)
+    waits = [backoff_s(policy, attempt, error, random.Random(attempt)) for attempt in range(1, 7)]
+    assert waits == [60.0] * 6
+    short = RetryPolicy(6, 0.01, 0.05)
+    assert backoff_s(short, 1, error, random.Random(0)) == 0.05
 
 
 async def test_each_retry_is_reported_with_its_wait() -> None:

@@ -13,7 +13,15 @@ from collections.abc import Sequence
 
 import pytest
 
-from crawler.errors import AuthError, ImageNotFoundError, TransientApiError
+from crawler.errors import (
+    AuthError,
+    BadBodyError,
+    EndpointUnreachableError,
+    ImageNotFoundError,
+    InternalError,
+    PermanentApiError,
+    TransientApiError,
+)
 from crawler.models import (
     ImageResponse,
     ImageRows,
@@ -254,3 +262,141 @@ async def test_a_batch_keeps_its_url_under_the_gateway_limit() -> None:
         assert len(query) <= BATCH_QUERY_BUDGET_BYTES
     assert max(len(batch) for batch in api.batches) < 100
     assert sum(len(batch) for batch in api.batches) == 300
+
+
+class BrokenWriterStore(MemoryStore):
+    """A store whose writer fails with a bug (not a StoreError) on its first batch."""
+
+    async def write_results(self, run_id: int, results: Sequence[TargetResult]) -> None:
+        raise RuntimeError("injected writer fault")
+
+
+async def test_a_writer_that_dies_ends_the_run_instead_of_hanging_it() -> None:
+    # Far more targets than the results queue holds: with the writer dead, workers would block.
+    store = BrokenWriterStore(targets({"cn-north-1": 10_000}))
+    scheduler = Scheduler(SchedulerConfig(concurrency=8), FakeApi(), store, normalise)
+    with pytest.raises(InternalError, match=r"writer.*RuntimeError: injected writer fault"):
+        await asyncio.wait_for(scheduler.run(1, store.pending()), timeout=30)
+    assert scheduler.stats.done < 10_000
+
+
+async def test_an_exception_in_one_target_stays_with_that_target() -> None:
+    store = MemoryStore(targets({"cn-north-1": 300}))
+    poisoned = store.targets[7].image_id
+
+    def fragile(region_id: str, image: JsonObject) -> ImageRows:
+        if image["imageId"] == poisoned:
+            raise KeyError("a bug in the normaliser")
+        return normalise(region_id, image)
+
+    api = FakeApi(script={store.targets[9].image_id: [ZeroDivisionError("a bug in the client")]})
+    scheduler = Scheduler(SchedulerConfig(concurrency=4), api, store, fragile)
+    stats = await asyncio.wait_for(scheduler.run(1, store.pending()), timeout=30)
+    assert (stats.fetched, stats.failed) == (298, 2)
+    failed = {r.target.image_id: r for r in store.results.values() if r.outcome is Outcome.FAILED}
+    assert set(failed) == {poisoned, store.targets[9].image_id}
+    assert {r.error_status for r in failed.values()} == {"INTERNAL_ERROR"}
+    assert "KeyError" in (failed[poisoned].error_message or "")
+    assert "ZeroDivisionError" in (failed[store.targets[9].image_id].error_message or "")
+
+
+class MismatchingApi(FakeApi):
+    """describeImage answers for another image; describeImages adds entries nobody asked for."""
+
+    async def describe_image(self, region_id: str, image_id: str) -> ImageResponse:
+        return ImageResponse({"imageId": "img-someoneelse"}, request_id=None)
+
+    async def describe_images(
+        self, region_id: str, *, ids: Sequence[str], page_size: int
+    ) -> ImagesPage:
+        images: list[JsonObject] = [{"imageId": ["not", "a", "string"]}, {"imageId": "img-x"}]
+        images += [{"imageId": image_id} for image_id in ids[1:]]
+        return ImagesPage(images, len(images), request_id=None)
+
+
+@pytest.mark.parametrize("strategy", ["single", "batch"])
+async def test_an_answer_for_another_image_is_an_id_mismatch(strategy: str) -> None:
+    store = MemoryStore(targets({"cn-north-1": 250}))
+    scheduler = Scheduler(
+        SchedulerConfig(concurrency=4, strategy=strategy), MismatchingApi(), store, normalise
+    )
+    stats = await asyncio.wait_for(scheduler.run(1, store.pending()), timeout=30)
+    failed = [r for r in store.results.values() if r.outcome is Outcome.FAILED]
+    # Single: every answer names another image. Batch: the first id of each batch is absent, and
+    # its own describeImage names another image; the stray entries are ignored.
+    assert len(failed) == (250 if strategy == "single" else 3)
+    assert {r.error_status for r in failed} == {"ID_MISMATCH"}
+    assert all(r.rows is None for r in failed)
+    assert stats.fetched == 250 - len(failed)
+
+
+async def test_an_unusable_batch_answer_falls_back_to_one_call_per_id() -> None:
+    class PoisonedPage(FakeApi):
+        async def describe_images(
+            self, region_id: str, *, ids: Sequence[str], page_size: int
+        ) -> ImagesPage:
+            self.batches.append(list(ids))
+            raise BadBodyError("images is not a list", http_status=200, error_status="BAD_BODY")
+
+    store = MemoryStore(targets({"cn-north-1": 150}))
+    api = PoisonedPage()
+    scheduler = Scheduler(SchedulerConfig(concurrency=4, strategy="batch"), api, store, normalise)
+    stats = await asyncio.wait_for(scheduler.run(1, store.pending()), timeout=30)
+    assert stats.fetched == 150
+    assert len(api.batches) == 2  # each batch asked once, not retried max_attempts times
+    assert len(api.calls) == 150
+    assert stats.retries == 150
+
+
+async def test_consecutive_connection_failures_with_no_answer_stop_the_run() -> None:
+    refused = TransientApiError("refused", error_status="CONNECTION_ERROR")
+    store = MemoryStore(targets({"cn-north-1": 5000}))
+    api = FakeApi(script={t.image_id: [refused] * 10 for t in store.targets})
+    sleeps: list[float] = []
+
+    async def no_sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        await asyncio.sleep(0)
+
+    scheduler = Scheduler(
+        SchedulerConfig(concurrency=64), api, store, normalise, pacing=Pacing(sleep=no_sleep)
+    )
+    with pytest.raises(EndpointUnreachableError, match=r"^endpoint unreachable: refused$"):
+        await asyncio.wait_for(scheduler.run(1, store.pending()), timeout=30)
+    assert 64 <= scheduler.stats.requests < 64 + 64 + 1
+
+
+async def test_connection_failures_after_an_answer_do_not_stop_the_run() -> None:
+    refused = TransientApiError("refused", error_status="CONNECTION_ERROR")
+    store = MemoryStore(targets({"cn-north-1": 200}))
+    script = {t.image_id: [refused] for t in store.targets[1:]}
+    policy = RetryPolicy(max_attempts=2, initial_backoff_s=0.001, max_backoff_s=0.001)
+    scheduler = Scheduler(
+        SchedulerConfig(concurrency=1, retry=policy), FakeApi(script=script), store, normalise
+    )
+    stats = await asyncio.wait_for(scheduler.run(1, store.pending()), timeout=30)
+    assert stats.fetched == 200
+
+
+async def test_bulk_failures_are_summarised_in_a_warning_at_most_every_30_s(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [0.0]
+
+    class SlowFailures(FakeApi):
+        async def describe_image(self, region_id: str, image_id: str) -> ImageResponse:
+            now[0] += 1.0  # each answer takes a second of the fake clock
+            status = "BUSY" if image_id.endswith("0") else "QUOTA_EXCEEDED"
+            raise PermanentApiError("refused", http_status=429, error_status=status)
+
+    store = MemoryStore(targets({"cn-north-1": 100}))
+    pacing = Pacing(clock=lambda: now[0])
+    scheduler = Scheduler(
+        SchedulerConfig(concurrency=1), SlowFailures(), store, normalise, pacing=pacing
+    )
+    with caplog.at_level("WARNING", logger="crawler.scheduler"):
+        await asyncio.wait_for(scheduler.run(1, store.pending()), timeout=30)
+    warnings = [r.getMessage() for r in caplog.records if "targets failed" in r.getMessage()]
+    assert warnings[0] == "1 targets failed since the run began: BUSY 1"
+    assert warnings[1] == "30 targets failed in the last 30 s: QUOTA_EXCEEDED 27, BUSY 3"
+    assert len(warnings) == 4  # 100 failures over 100 s of the fake clock
