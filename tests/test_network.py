@@ -475,6 +475,22 @@ def test_a_certificate_failure_through_a_proxy_is_not_retried(
     assert len(proxy.tunnels) == 1  # the run's first request goes alone, and is not retried
 
 
+def test_tls_to_a_plain_http_server_is_a_dead_endpoint_exit_3(
+    simulator: SimulatorFactory, tmp_path: Path
+) -> None:
+    """Not a certificate problem but a handshake that cannot work: the dead-endpoint rule."""
+    server = simulator(images_per_region=50)
+    config, targets = _setup(tmp_path, server)
+    https = server.url.replace("http://", "https://")
+    config.write_text(config.read_text().replace(server.url, https))
+    run = Run(config, targets, crawl_environ())
+    assert run.code == 3, run.stderr.getvalue()
+    message = run.stderr.getvalue()
+    assert "endpoint unreachable" in message and "wrong version number" in message.lower()
+    assert run.duration_s < 60  # generous: about 50 quick handshake failures
+    assert server.sim.stats.requests == 0
+
+
 def test_a_missing_ca_bundle_is_exit_2_before_anything_is_sent(
     simulator: SimulatorFactory, tmp_path: Path
 ) -> None:
