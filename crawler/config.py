@@ -57,7 +57,29 @@ def database_url(value: str) -> str:
     """
     if not value.strip():
         raise ConfigError("database.url: must not be empty")
-    return value if "://" in value else f"sqlite+aiosqlite:///{value}"
+    url = value if "://" in value else f"sqlite+aiosqlite:///{value}"
+    check_database_scheme(url)
+    return url
+
+
+# The database drivers the store can open. PostgreSQL (postgresql+psycopg) joins this tuple when
+# its dialect lands; until then such a URL must fail here, as a config error, not mid-crawl.
+SUPPORTED_DATABASE_SCHEMES: Final = ("sqlite+aiosqlite",)
+
+
+def check_database_scheme(url: str) -> None:
+    """Refuse a database URL whose scheme (dialect+driver) the store cannot open.
+
+    Raises:
+        ConfigError: naming the scheme (never the rest of the URL, which may hold a password).
+    """
+    scheme = url.split("://", 1)[0]
+    if scheme not in SUPPORTED_DATABASE_SCHEMES:
+        supported = ", ".join(f"{name}://" for name in SUPPORTED_DATABASE_SCHEMES)
+        raise ConfigError(
+            f"database.url: the scheme {scheme}:// is not supported; use {supported} "
+            "(e.g. sqlite+aiosqlite:///inventory.db) or a plain file path"
+        )
 
 
 class _Section:

@@ -35,7 +35,7 @@ from sqlalchemy.pool import NullPool
 from sqlalchemy.sql.compiler import SQLCompiler
 
 from crawler import schema
-from crawler.errors import StoreError
+from crawler.errors import QueryError, RunNotFoundError, StoreError
 from crawler.migrate import upgrade
 from crawler.models import ImageRows, Outcome, Row, RunStatus, Target, TargetResult
 
@@ -512,7 +512,7 @@ class Store:
                     update(runs).where(runs.c.run_id == run_id).values(values)
                 )
         if result.rowcount == 0:
-            raise StoreError(f"database {self._name} has no run {run_id} to resume")
+            raise RunNotFoundError(f"database {self._name} has no run {run_id} to resume")
 
     async def pending_counts(self, run_id: int) -> dict[str, int]:
         """Region id to the number of the run's targets that have no result yet."""
@@ -647,7 +647,7 @@ async def _read_run(conn: AsyncConnection, database: str, run_id: int) -> RunSum
     result = await conn.execute(runs.select().where(runs.c.run_id == run_id))
     row = result.mappings().first()
     if row is None:
-        raise StoreError(f"database {database} has no run {run_id}")
+        raise RunNotFoundError(f"database {database} has no run {run_id}")
     return RunSummary.from_row(row)
 
 
@@ -705,11 +705,11 @@ async def _readonly_connection(url: str) -> AsyncIterator[AsyncConnection]:
 def _query_error(database: str, exc: DBAPIError) -> StoreError:
     reason = _reason(exc)
     if getattr(exc.orig, "sqlite_errorname", "") in _READONLY_ERRORS:
-        return StoreError(
+        return QueryError(
             f"crawler sql is read-only: the statement would change {database} ({reason});"
             " only SELECT and other reads are allowed"
         )
-    return StoreError(f"query failed on database {database}: {reason}")
+    return QueryError(f"query failed on database {database}: {reason}")
 
 
 async def query_readonly(url: str, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
@@ -747,3 +747,91 @@ async def recent_runs(url: str, *, limit: int) -> list[RunSummary]:
         async with _readonly_connection(url) as conn:
             result = await conn.exec_driver_sql(sql, (limit,))
             return [RunSummary.from_row(row) for row in result.mappings().all()]
+
+
+# --- read-only queries for planning and monitoring (`--resume --dry-run`, metrics, check, tables)
+# Kept together so they move as one block when the store becomes a package.
+
+_UNFINISHED = (str(RunStatus.RUNNING), str(RunStatus.INTERRUPTED))
+
+
+def _database_file_exists(url: str) -> bool:
+    parsed = _parse_url(url)
+    return parsed.get_backend_name() == "sqlite" and Path(parsed.database or "").is_file()
+
+
+async def unfinished_run_pending(url: str, run_id: int | None) -> tuple[int, dict[str, int]] | None:
+    """The run `--resume` would finish (RUN_ID if running, interrupted or failed, else the latest
+    running or interrupted run) and its pending targets per region; None when there is no such
+    run (or no database yet)."""
+    if not _database_file_exists(url):
+        return None
+    name = database_name(url)
+    params: tuple[Any, ...]
+    if run_id is None:
+        sql, params = "SELECT MAX(run_id) FROM crawl_runs WHERE status IN (?, ?)", _UNFINISHED
+    else:
+        sql = "SELECT run_id FROM crawl_runs WHERE run_id = ? AND status IN (?, ?, ?)"
+        params = (run_id, *_UNFINISHED, str(RunStatus.FAILED))
+    pending_sql = (
+        "SELECT t.region_id, COUNT(*) FROM crawl_targets AS t"
+        f" WHERE t.run_id = ? AND {_NO_RESULT} GROUP BY t.region_id"
+    )
+    with _translated(name, "find an unfinished run"):
+        async with _readonly_connection(url) as conn:
+            found = (await conn.exec_driver_sql(sql, params)).scalar()
+            if found is None:
+                return None
+            rows = await _fetch(conn, pending_sql, (found,))
+    return int(found), {str(region): int(count) for region, count in rows}
+
+
+@dataclass(frozen=True, slots=True)
+class MonitoringFacts:
+    """What the metrics file and `crawler check` read from the database."""
+
+    last_success_run_id: int | None  # the latest `succeeded` run
+    last_success_at: datetime | None  # its finished_at
+    images_present: int
+    images_missing: int
+
+
+async def monitoring_facts(url: str) -> MonitoringFacts:
+    """The latest success and the inventory's size, over a read-only connection.
+
+    Raises:
+        StoreError: the database does not exist or is not migrated.
+    """
+    name = database_name(url)
+    with _translated(name, "read the latest success"):
+        async with _readonly_connection(url) as conn:
+            successes = await _fetch(
+                conn,
+                "SELECT run_id, finished_at FROM crawl_runs WHERE status = ?"
+                " ORDER BY run_id DESC LIMIT 1",
+                (str(RunStatus.SUCCEEDED),),
+            )
+            counts = await _fetch(
+                conn, "SELECT COUNT(*) - COUNT(missing_since), COUNT(missing_since) FROM images", ()
+            )
+    present, missing = counts[0]
+    run_id = int(successes[0][0]) if successes else None
+    finished = parse_utc(str(successes[0][1])) if successes else None
+    return MonitoringFacts(run_id, finished, int(present or 0), int(missing or 0))
+
+
+async def table_counts(url: str) -> list[tuple[str, str, int]]:
+    """(name, `table` or `view`, rows) of every table and view but SQLite's own, by name."""
+    name = database_name(url)
+    listing = (
+        "SELECT name, type FROM sqlite_master WHERE type IN ('table', 'view')"
+        " AND name NOT LIKE 'sqlite_%' ORDER BY name"
+    )
+    counted: list[tuple[str, str, int]] = []
+    with _translated(name, "count the rows of each table"):
+        async with _readonly_connection(url) as conn:
+            for table, kind in await _fetch(conn, listing, ()):
+                quoted = '"' + str(table).replace('"', '""') + '"'
+                rows = (await conn.exec_driver_sql(f"SELECT COUNT(*) FROM {quoted}")).scalar()
+                counted.append((str(table), str(kind), int(rows or 0)))
+    return counted

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -122,7 +123,7 @@ def test_a_full_file_is_read(tmp_path: Path) -> None:
         initial_backoff_s = 1
         max_backoff_s = 1
         [database]
-        url = "postgresql+asyncpg://db.example/inventory"
+        url = "sqlite+aiosqlite:////srv/inventory.db"
         [targets]
         file = "/srv/targets.csv"
         """,
@@ -134,7 +135,7 @@ def test_a_full_file_is_read(tmp_path: Path) -> None:
         ),
         crawl=CrawlConfig(8, 2, 12.5, "batch", 60.0),
         retry=RetryConfig(1, 1.0, 1.0),
-        database=DatabaseConfig("postgresql+asyncpg://db.example/inventory"),
+        database=DatabaseConfig("sqlite+aiosqlite:////srv/inventory.db"),
         targets=TargetsConfig("/srv/targets.csv"),
         source=path.resolve(),
     )
@@ -286,12 +287,11 @@ def test_relative_paths_are_resolved_against_the_config_directory(tmp_path: Path
     ("url", "expected"),
     [
         ("sqlite+aiosqlite:///inv.db", "sqlite+aiosqlite:///{dir}/inv.db"),
-        ("sqlite:///inv.db?timeout=5", "sqlite:///{dir}/inv.db?timeout=5"),
+        ("sqlite+aiosqlite:///inv.db?timeout=5", "sqlite+aiosqlite:///{dir}/inv.db?timeout=5"),
         ("sqlite+aiosqlite:////abs/inv.db", "sqlite+aiosqlite:////abs/inv.db"),
         ("sqlite+aiosqlite:///:memory:", "sqlite+aiosqlite:///:memory:"),
         ("sqlite+aiosqlite://", "sqlite+aiosqlite://"),
         ("/abs/inv.db", "sqlite+aiosqlite:////abs/inv.db"),
-        ("postgresql://h/db", "postgresql://h/db"),
     ],
 )
 def test_database_urls_in_a_file(tmp_path: Path, url: str, expected: str) -> None:
@@ -308,13 +308,24 @@ def test_stdin_as_targets_file_is_kept(tmp_path: Path) -> None:
     [
         ("inventory.db", "sqlite+aiosqlite:///inventory.db"),
         ("/var/lib/inventory.db", "sqlite+aiosqlite:////var/lib/inventory.db"),
-        ("sqlite:///x.db", "sqlite:///x.db"),
-        ("postgresql+asyncpg://u@h/db", "postgresql+asyncpg://u@h/db"),
+        ("sqlite+aiosqlite:///x.db", "sqlite+aiosqlite:///x.db"),
     ],
 )
 def test_database_url(value: str, expected: str) -> None:
     assert database_url(value) == expected
     assert DatabaseConfig(value).url == expected
+
+
+@pytest.mark.parametrize(
+    "url", ["postgresql://u:pw@h/db", "postgresql+asyncpg://h/db", "sqlite:///x.db", "mysql://h/db"]
+)
+def test_a_database_url_the_store_cannot_open_is_a_config_error(tmp_path: Path, url: str) -> None:
+    scheme = url.split("://")[0]
+    with pytest.raises(ConfigError, match=rf"database\.url: the scheme {re.escape(scheme)}://"):
+        database_url(url)
+    with pytest.raises(ConfigError) as caught:
+        load_config(_write(tmp_path, f"[database]\nurl = '{url}'"))
+    assert "pw" not in str(caught.value)
 
 
 def test_database_url_refuses_an_empty_value() -> None:
