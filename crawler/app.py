@@ -11,6 +11,7 @@ import contextlib
 import csv
 import logging
 import math
+import ssl
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
@@ -21,7 +22,8 @@ from typing import TextIO
 from zoneinfo import ZoneInfo
 
 from crawler.client import ApiClient, open_session
-from crawler.config import Config, Credentials, resolve_credentials
+from crawler.config import Config
+from crawler.credentials import Access, resolve_access
 from crawler.discovery import IMAGE_SOURCES, Discovery, DiscoveryStats
 from crawler.errors import (
     AuthError,
@@ -32,6 +34,7 @@ from crawler.errors import (
     StoreError,
 )
 from crawler.models import JsonObject, RunStatus, Target
+from crawler.network import Proxy, choose_proxy, tls_context
 from crawler.normalise import normalise_image, scrub_text
 from crawler.retry import Retrier, RetryPolicy
 from crawler.scheduler import CrawlStats, Normaliser, Pacing, Scheduler, SchedulerConfig
@@ -60,6 +63,30 @@ class CrawlOptions:
     skip_invalid: bool = False
     dry_run: bool = False
     accept_missing: bool = False  # apply the missing marks even if the guard would hold them
+    profile: str | None = None  # --profile NAME
+
+
+@dataclass(frozen=True, slots=True)
+class ApiRoute:
+    """Everything needed to reach the API, checked before anything is locked or sent."""
+
+    access: Access
+    tls: ssl.SSLContext
+    proxy: Proxy | None
+
+
+def api_route(
+    config: Config, environ: Mapping[str, str], *, profile: str | None = None
+) -> ApiRoute:
+    """The credentials, endpoint, trusted certificates and proxy of a run.
+
+    Raises:
+        ConfigError: a credential, the profile, the CA bundle or the proxy is unusable.
+    """
+    access = resolve_access(config, environ, profile=profile)
+    tls = tls_context(config.api, environ)
+    proxy = choose_proxy(config.api, environ, access.endpoint)
+    return ApiRoute(access, tls, proxy)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +151,7 @@ class CrawlJob:
         connection; with `--resume --targets` and nothing to resume, the targets file's.
         """
         config = self.options.config
-        resolve_credentials(config.api, self._environ)
+        api_route(config, self._environ, profile=self.options.profile)
         if self.options.resume:
             found = await unfinished_run_pending(config.database.url, self.options.resume_run_id)
             if found is not None:
@@ -152,7 +179,7 @@ class CrawlJob:
     async def run(self) -> CrawlReport:
         """Crawl and return the report; raises CrawlerError subclasses for the CLI to map."""
         config = self.options.config
-        credentials = resolve_credentials(config.api, self._environ)
+        route = api_route(config, self._environ, profile=self.options.profile)
         started = time.monotonic()
         lock = crawl_lock(config.database.url)
         async with AsyncExitStack() as stack:
@@ -164,7 +191,7 @@ class CrawlJob:
             if self._on_run_id is not None:
                 self._on_run_id(self.run_id)
             try:
-                stats = await self._crawl(store, credentials)
+                stats = await self._crawl(store, route)
             except CrawlerError:
                 await self._keep_failed_report(store, time.monotonic() - started)
                 raise
@@ -228,12 +255,13 @@ class CrawlJob:
                 "to start a new run when there is none, as a nightly job does)"
             )
 
-    async def _crawl(self, store: Store, credentials: Credentials) -> CrawlStats:
+    async def _crawl(self, store: Store, route: ApiRoute) -> CrawlStats:
         config = self.options.config
         assert self.run_id is not None
         pending = await store.pending_counts(self.run_id)
         self._log_start(await store.run_summary(self.run_id), sum(pending.values()))
-        async with _api_client(config, credentials) as api:
+        _log_route(route)
+        async with _api_client(config, route) as api:
             self.scheduler = Scheduler(
                 _scheduler_config(config), api, store, _normaliser(config), pacing=self._pacing
             )
@@ -242,7 +270,13 @@ class CrawlJob:
             with self._deadline(config.crawl.deadline_s):
                 try:
                     return await self.scheduler.run(self.run_id, pending)
-                except (AuthError, StoreError, EndpointUnreachableError, InternalError) as error:
+                except AuthError as error:
+                    explained = _explain_rejection(error, route.access)
+                    await self._fail(store, explained)
+                    if explained is error:
+                        raise
+                    raise explained from error
+                except (StoreError, EndpointUnreachableError, InternalError) as error:
                     await self._fail(store, error)
                     raise
                 except Exception as exc:
@@ -340,21 +374,43 @@ class CrawlJob:
             yield TargetsReader(decoded_lines(stream, path), path, skip_invalid=skip_invalid)
 
 
+def _log_route(route: ApiRoute) -> None:
+    """Where the keys came from and which proxy is used: the first things to check on a 401."""
+    log.info("signing with the keys from %s", route.access.source)
+    if route.proxy is not None:
+        log.info("connecting through the proxy %s (from %s)", route.proxy.url, route.proxy.source)
+
+
+def _explain_rejection(error: AuthError, access: Access) -> AuthError:
+    """A 401 while signing with a temporary credential most likely means it expired."""
+    if access.credentials.session_token is None or error.http_status != 401:
+        return error
+    return AuthError(
+        f"{error.message}; the session token may have expired: get a new temporary credential",
+        http_status=error.http_status,
+        error_status=error.error_status,
+        request_id=error.request_id,
+    )
+
+
 @contextlib.asynccontextmanager
-async def _api_client(config: Config, credentials: Credentials) -> AsyncIterator[ApiClient]:
+async def _api_client(config: Config, route: ApiRoute) -> AsyncIterator[ApiClient]:
+    keys = route.access.credentials
     signer = Signer(
-        credentials.access_key,
-        credentials.secret_key,
+        keys.access_key,
+        keys.secret_key,
         version=config.api.signature_version,
         sign_date_nonce=config.api.sign_date_nonce,
+        session_token=keys.session_token,
     )
-    async with open_session(concurrency=config.crawl.concurrency) as session:
+    async with open_session(concurrency=config.crawl.concurrency, tls=route.tls) as session:
         yield ApiClient(
             session,
-            config.api.endpoint,
+            route.access.endpoint,
             signer,
             timeout_s=config.api.timeout_s,
             max_response_bytes=config.api.max_response_bytes,
+            proxy=route.proxy,
         )
 
 
@@ -366,9 +422,10 @@ async def discover_targets(
     *,
     environ: Mapping[str, str],
     pacing: Pacing | None = None,
+    profile: str | None = None,
 ) -> DiscoveryStats:
     """Write a targets CSV of every image the API lists in `regions` for `sources`."""
-    credentials = resolve_credentials(config.api, environ)
+    route = api_route(config, environ, profile=profile)
     _check_discovery_args(regions, sources)
     pacing = pacing or Pacing()
     writer = csv.writer(out, lineterminator="\n")
@@ -380,8 +437,14 @@ async def discover_targets(
         )
 
     retrier = Retrier(_retry_policy(config), sleep=pacing.sleep, rng=pacing.rng)
-    async with _api_client(config, credentials) as api:
-        return await Discovery(api, retrier, found).run(regions, sources)
+    async with _api_client(config, route) as api:
+        try:
+            return await Discovery(api, retrier, found).run(regions, sources)
+        except AuthError as error:
+            explained = _explain_rejection(error, route.access)
+            if explained is error:
+                raise
+            raise explained from error
 
 
 def _check_discovery_args(regions: Sequence[str], sources: Sequence[str]) -> None:
