@@ -16,6 +16,7 @@ import math
 import os
 import shutil
 import signal
+import ssl
 import sys
 import time
 import traceback
@@ -56,6 +57,8 @@ from crawler.render import (
 from crawler.version import crawler_version
 
 if TYPE_CHECKING:
+    import ssl
+
     from crawler.app import CrawlJob, CrawlReport, Plan
     from crawler.config import Config
     from crawler.discovery import DiscoveryStats
@@ -238,6 +241,7 @@ def _crawl(args: argparse.Namespace, io: Io, context: RunContext, invocation: _I
         join=args.join is not None,
         join_run_id=args.join or None,
         accept_missing=args.accept_missing,
+        profile=args.profile,
     )
     if options.join and (options.resume or options.targets is not None):
         print(
@@ -367,15 +371,22 @@ def _write_metrics(args: argparse.Namespace, invocation: _Invocation, code: int)
     if not args.metrics_file or args.dry_run:
         return
     from crawler.metrics import format_metrics, write_textfile
-    from crawler.store import monitoring_facts
+    from crawler.store import monitoring_facts, run_changes
 
     facts = None
+    changes = None
     if invocation.url is not None:
         try:
             facts = asyncio.run(monitoring_facts(invocation.url))
+            if invocation.report is not None:
+                run_id = invocation.report.summary.run_id
+                counts = asyncio.run(run_changes(invocation.url, run_id))
+                changes = {str(change): count for change, count in counts.items()}
         except StoreError as error:
             log.warning("metrics: %s", error)
-    metrics = run_metrics(invocation.started_s, time.time(), code, invocation.report, facts)
+    metrics = run_metrics(
+        invocation.started_s, time.time(), code, invocation.report, facts, changes=changes
+    )
     try:
         write_textfile(Path(args.metrics_file), format_metrics(metrics))
     except OSError as error:
@@ -388,9 +399,11 @@ def run_metrics(
     code: int,
     report: CrawlReport | None,
     facts: MonitoringFacts | None,
+    *,
+    changes: Mapping[str, int] | None = None,
 ) -> RunMetrics:
-    """The metrics file's figures. Change counts (`crawler_last_run_changes`) need the image
-    history, which is not recorded yet: they stay None and the family is left out."""
+    """The metrics file's figures; `changes` are the run's images per change kind (from
+    `crawler.store.run_changes`), None to leave `crawler_last_run_changes` out."""
     from crawler.metrics import RunMetrics
 
     run = report.summary if report is not None else None
@@ -411,7 +424,7 @@ def run_metrics(
         images={"present": facts.images_present, "missing": facts.images_missing}
         if facts
         else None,
-        changes=None,
+        changes=changes,
     )
 
 
@@ -431,11 +444,17 @@ def run_discover(args: argparse.Namespace, io: Io) -> int:
     if args.output == "-":
         stats = asyncio.run(
             discover_targets(
-                config, regions, sources, io.stdout, environ=io.environ, pacing=io.pacing
+                config,
+                regions,
+                sources,
+                io.stdout,
+                environ=io.environ,
+                pacing=io.pacing,
+                profile=args.profile,
             )
         )
     else:
-        stats = _discover_to_file(Path(args.output), config, regions, sources, io)
+        stats = _discover_to_file(Path(args.output), config, regions, sources, io, args.profile)
     counts = ", ".join(f"{region} {count:,}" for region, count in sorted(stats.by_region.items()))
     line = f"discovered {stats.images:,} images ({counts}) in {stats.requests:,} requests"
     if args.log_format == "json":
@@ -447,7 +466,7 @@ def run_discover(args: argparse.Namespace, io: Io) -> int:
 
 
 def _discover_to_file(
-    path: Path, config: Config, regions: list[str], sources: list[str], io: Io
+    path: Path, config: Config, regions: list[str], sources: list[str], io: Io, profile: str | None
 ) -> DiscoveryStats:
     # Written beside the target and renamed at the end, so a cron job never crawls a list
     # that a failed discovery left half-written.
@@ -458,7 +477,13 @@ def _discover_to_file(
         with partial.open("w", encoding="utf-8", newline="") as out:
             stats = asyncio.run(
                 discover_targets(
-                    config, regions, sources, out, environ=io.environ, pacing=io.pacing
+                    config,
+                    regions,
+                    sources,
+                    out,
+                    environ=io.environ,
+                    pacing=io.pacing,
+                    profile=profile,
                 )
             )
         partial.replace(path)
@@ -472,7 +497,7 @@ def _discover_to_file(
 
 def run_simulate(args: argparse.Namespace, io: Io) -> int:
     """`crawler simulate`: serve until SIGINT/SIGTERM."""
-    from crawler.simulator import Simulator, SimulatorConfig
+    from crawler.simulator import Simulator, SimulatorConfig, server_tls_context
 
     _modules_loaded()
     config = SimulatorConfig(
@@ -488,15 +513,21 @@ def run_simulate(args: argparse.Namespace, io: Io) -> int:
         max_faults_per_image=args.max_faults_per_image,
         access_key=args.access_key or io.environ.get("JDCLOUD_ACCESS_KEY", "SIMULATORAK"),
         secret_key=args.secret_key or io.environ.get("JDCLOUD_SECRET_KEY", "SIMULATORSK"),
+        session_token=args.session_token or io.environ.get("JDCLOUD_SESSION_TOKEN") or None,
     )
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise CrawlerError("--tls-cert and --tls-key go together")
+    tls = server_tls_context(args.tls_cert, args.tls_key) if args.tls_cert else None
     simulator = Simulator(config)
     if args.write_targets:
         simulator.write_targets(Path(args.write_targets))
-    asyncio.run(_simulate(simulator, args.host, args.port, io.stdout))
+    asyncio.run(_simulate(simulator, args.host, args.port, io.stdout, tls))
     return EXIT_OK
 
 
-async def _simulate(simulator: Simulator, host: str, port: int, out: TextIO) -> None:
+async def _simulate(
+    simulator: Simulator, host: str, port: int, out: TextIO, tls: ssl.SSLContext | None
+) -> None:
     from crawler.simulator import serve_forever
 
     stop = asyncio.Event()
@@ -507,7 +538,7 @@ async def _simulate(simulator: Simulator, host: str, port: int, out: TextIO) -> 
     def announce(url: str) -> None:
         print(f"listening on {url}", file=out, flush=True)
 
-    await serve_forever(simulator, host, port, on_listening=announce, stop=stop)
+    await serve_forever(simulator, host, port, on_listening=announce, stop=stop, tls=tls)
 
 
 def run_demo(args: argparse.Namespace, io: Io) -> int:
@@ -792,22 +823,28 @@ def _add_history_commands(commands: Any) -> None:
         "--to", dest="to_run", type=_positive_int, metavar="RUN_ID",
         help="the newer run (default: the latest succeeded or partial run)",
     )  # fmt: skip
-    diff.add_argument("--format", choices=DIFF_FORMATS, default="table", help="output format")
-    diff.add_argument("--region", metavar="REGION_ID", help="only this region id")
+    diff.add_argument(
+        "--format", choices=DIFF_FORMATS, default="table",
+        help="table, or jsonl (one object per image) or csv (one row per field) for programs",
+    )  # fmt: skip
+    diff.add_argument("--region", metavar="REGION_ID", help="only images of this region")
     diff.add_argument(
         "--exit-code", action="store_true", help="exit 1 when anything changed, like git diff"
     )
     history = _add_db_command(
         commands, "history", run_history, "one image's versions as a timeline"
     )
-    history.add_argument("region_id", help="the image's region, e.g. cn-north-1")
-    history.add_argument("image_id", help="the image id, e.g. img-m5s0ed7ldz")
-    history.add_argument("--format", choices=HISTORY_FORMATS, default="table", help="output format")
+    history.add_argument("region_id", metavar="REGION_ID", help="the image's region id")
+    history.add_argument("image_id", metavar="IMAGE_ID", help="the image id, e.g. img-m5s0ed7ldz")
+    history.add_argument(
+        "--format", choices=HISTORY_FORMATS, default="table",
+        help="table, or jsonl (one object per version)",
+    )  # fmt: skip
     accept = _add_db_command(
         commands, "accept", run_accept, "apply the missing marks the guard held back for a run"
     )
     accept.add_argument(
-        "run_id", type=_positive_int, metavar="RUN_ID", help="the held run (`crawler runs`)"
+        "run_id", type=_positive_int, metavar="RUN_ID", help="the held run (see crawler runs)"
     )
     prune = _add_db_command(
         commands, "prune", run_prune, "delete old runs' targets and results; runs, history stay"
@@ -843,10 +880,6 @@ def _add_crawl(commands: Any) -> None:
         "--join", nargs="?", const=0, type=_positive_int, metavar="RUN_ID",
         help="PostgreSQL: crawl a running run (default: the latest) as one more worker, from"
         " any host; exits 0 when nothing is left to claim",
-    )  # fmt: skip
-    crawl.add_argument(
-        "--accept-missing", action="store_true",
-        help="apply this run's missing marks even if the mass-deletion guard would hold them",
     )  # fmt: skip
     crawl.add_argument(
         "--concurrency", type=_positive_int, metavar="N",
@@ -887,6 +920,12 @@ def _add_crawl(commands: Any) -> None:
         help="validate the config, credentials and targets (or --resume's pending targets) "
         "and print a plan; send nothing",
     )  # fmt: skip
+    crawl.add_argument(
+        "--accept-missing", action="store_true",
+        help="apply this run's missing marks even if the mass-deletion guard would hold them "
+        "([crawl] max_missing_fraction, missing_guard_min)",
+    )  # fmt: skip
+    _add_profile(crawl)
 
 
 def _add_log_flags(command: argparse.ArgumentParser, *, default_level: str) -> None:
@@ -922,6 +961,16 @@ def _add_discover(commands: Any) -> None:
         help="targets CSV to write (whole or not at all), or - for standard output",
     )  # fmt: skip
     _add_log_flags(discover, default_level="info")
+    _add_profile(discover)
+
+
+def _add_profile(command: Any) -> None:
+    command.add_argument(
+        "--profile", metavar="NAME",
+        help="take the access and secret key from this JD Cloud CLI profile in ~/.jdc/config "
+        "(current: the one named in ~/.jdc/current); wins over [api] profile and the key "
+        "variables",
+    )  # fmt: skip
 
 
 def _add_simulate(commands: Any) -> None:
@@ -987,6 +1036,17 @@ def _add_simulate(commands: Any) -> None:
     sim.add_argument(
         "--write-targets", metavar="PATH",
         help="write a targets CSV of the simulated images (and the missing ids), then serve",
+    )  # fmt: skip
+    sim.add_argument(
+        "--tls-cert", metavar="PEM",
+        help="serve HTTPS with this certificate chain (with --tls-key)",
+    )  # fmt: skip
+    sim.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
+    sim.add_argument(
+        "--session-token", metavar="TOKEN",
+        help="require every request to carry and sign this x-jdcloud-security-token "
+        "(default: $JDCLOUD_SESSION_TOKEN, else none); prefer the variable, since argv is "
+        "visible to all users",
     )  # fmt: skip
 
 

@@ -397,6 +397,7 @@ METRIC_NAMES = {
     "crawler_last_run_targets",
     "crawler_last_run_requests",
     "crawler_last_run_retries",
+    "crawler_last_run_changes",
     "crawler_inventory_images",
     "crawler_build_info",
 }
@@ -448,6 +449,10 @@ def test_the_metrics_file_has_the_contracts_names_and_the_runs_figures(
         db, "SELECT count(*) FROM images WHERE missing_since IS NULL")[0][0]  # fmt: skip
     assert samples[f'crawler_build_info{{version="{crawler_version()}"}}'] == 1
     assert sorted(path.name for path in folder.iterdir()) == ["crawler.prom"]  # no temp left
+    # The first run adds every image it fetched; nothing else has happened yet.
+    changes = {change: samples[f'crawler_last_run_changes{{change="{change}"}}']
+               for change in ("added", "removed", "restored", "changed")}  # fmt: skip
+    assert changes == {"added": run[0], "removed": 0, "restored": 0, "changed": 0}
 
 
 def test_a_failed_run_writes_metrics_without_erasing_the_last_success(

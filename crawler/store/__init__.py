@@ -4,7 +4,8 @@ One job per module, dependencies pointing down (pyproject.toml's import-linter c
 
 - `ledger`: `Store`, what a crawl writes through: runs, targets, pending work, finishing.
 - `writer`: one batch of outcomes written in one transaction; `statements`: its compiled SQL.
-- `readers`: read-only queries for `crawler runs`, `sql`, `check`, `tables` and metrics.
+- `readers`: read-only queries for `crawler runs` and `crawler sql`; `monitoring`: those for
+  `--resume --dry-run`, the metrics file, `crawler check` and `crawler tables`.
 - `content`: an image's canonical content and hash; `versions`: the history the writer and the
   end of a run write (and the mass-deletion guard); `history`: diff, timelines, change counts.
 - `retention`: pruning old runs' targets and results.
@@ -26,14 +27,13 @@ from crawler.store.history import (
     run_pair,
 )
 from crawler.store.ledger import Store
-from crawler.store.readers import (
+from crawler.store.monitoring import (
     MonitoringFacts,
     monitoring_facts,
-    query_readonly,
-    recent_runs,
     table_counts,
     unfinished_run_pending,
 )
+from crawler.store.readers import query_readonly, recent_runs
 from crawler.store.retention import Pruned
 from crawler.store.summaries import RunSummary
 from crawler.store.timestamps import format_utc, parse_utc, utc_now
