@@ -177,6 +177,10 @@ async def test_postgresql_sql_cannot_step_out_of_its_read_only_transaction(
         with pytest.raises(StoreError):
             await query_readonly(postgres_url, statement)
     assert tables(postgres_url, ("images",)) == before
+    _, rows = await query_readonly(
+        postgres_url, "SELECT count(*) FROM images WHERE image_id LIKE 'img-%' AND '%' = '%'"
+    )
+    assert rows[0][0] > 0  # a % is text, not a placeholder
     _, rows = await query_readonly(postgres_url, "SHOW statement_timeout")
     assert rows == [("1min",)]
     _, rows = await query_readonly(postgres_url, "SELECT raw->>'name' FROM images LIMIT 1")
