@@ -372,6 +372,9 @@ class CrawlJob:
             yield TargetsReader(stream, path, skip_invalid=self.options.skip_invalid)
 
 
+_REJECTED = (401, 403)  # credentials refused: the whole worker stops (AuthError)
+
+
 class _FencedStore:
     """The store as one worker of a shared run writes to it: only results it still holds."""
 
@@ -387,8 +390,11 @@ class _FencedStore:
         )
 
     async def write_results(self, run_id: int, results: Sequence[TargetResult]) -> int:
-        written = await self._store.write_results(run_id, results, fence=self._claims.fence_results)
-        self._claims.settle(results, written)
+        # A target answered 401/403 failed because of this worker's credentials, not its own:
+        # it goes back to the pool with the rest of the claims (the run goes on without us).
+        kept = [result for result in results if result.http_status not in _REJECTED]
+        written = await self._store.write_results(run_id, kept, fence=self._claims.fence_results)
+        self._claims.settle(kept, written)
         return written
 
 

@@ -345,3 +345,29 @@ def test_resume_after_the_coordinator_died_finishes_the_run_once_its_leases_laps
     assert crawl(config, "--resume", recorder=recorder) == 0, recorder.stderr.getvalue()
     assert query(postgres_url, "SELECT status, fetched FROM crawl_runs") == [("succeeded", total)]
     assert results(postgres_url) == total
+
+
+def test_a_second_coordinator_exits_75_and_a_joiner_with_a_wrong_secret_exits_3(
+    simulator: SimulatorFactory, tmp_path: Path, postgres_url: str
+) -> None:
+    server = simulator(images_per_region=150, latency_ms=20)
+    targets = targets_file(tmp_path, server.sim)
+    config = write_config(
+        tmp_path, server.url, db=tmp_path / "x.db", database_url=postgres_url, concurrency=4
+    )
+    coordinator = start(config, "--targets", str(targets))
+    try:
+        wait_until(lambda: results(postgres_url) >= 10, "the coordinator's first results")
+        recorder = Recorder()
+        assert crawl(config, "--targets", str(targets), recorder=recorder) == 75
+        assert f"pid {coordinator.pid} on " in recorder.stderr.getvalue()
+        recorder = Recorder()
+        assert crawl(config, "--join", recorder=recorder, secret="wrong") == 3
+        assert query(postgres_url, "SELECT status FROM crawl_runs") == [("running",)]
+        code, log = finish(coordinator)
+    finally:
+        if coordinator.poll() is None:
+            coordinator.kill()
+            coordinator.communicate()
+    assert code == 0, log
+    assert query(postgres_url, "SELECT count(*), min(status) FROM crawl_runs") == [(1, "succeeded")]
