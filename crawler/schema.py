@@ -255,6 +255,8 @@ crawl_targets = Table(
     ForeignKeyConstraint(
         ["run_id"], ["crawl_runs.run_id"], name="fk_crawl_targets_crawl_runs", ondelete="CASCADE"
     ),
+    # A row per target per run: the key is the whole row, so no rowid beside it (SQLite only).
+    sqlite_with_rowid=False,
 )
 
 # The token bucket that every host crawling with one access key draws from (crawler.budget).
@@ -285,8 +287,8 @@ crawl_results = Table(
         ["run_id"], ["crawl_runs.run_id"], name="fk_crawl_results_crawl_runs", ondelete="CASCADE"
     ),
     _one_of("outcome", tuple(Outcome), "ck_crawl_results_outcome"),
+    sqlite_with_rowid=False,  # a row per target per run: the key is stored once, as the table
 )
-Index("ix_crawl_results_run_id_outcome", crawl_results.c.run_id, crawl_results.c.outcome)
 
 image_versions = Table(
     "image_versions",
@@ -305,4 +307,3 @@ image_versions = Table(
     _one_of("status", tuple(VersionStatus), "ck_image_versions_status"),
 )
 Index("ix_image_versions_valid_from_run", image_versions.c.valid_from_run)
-Index("ix_image_versions_valid_to_run", image_versions.c.valid_to_run)

@@ -88,8 +88,24 @@ def test_expected_indexes_exist(tmp_path: Path) -> None:
         ("disks", "ix_disks_disk_id"),
         ("attachments", "ix_attachments_instance_id"),
         ("tags", "ix_tags_key_value"),
-        ("crawl_results", "ix_crawl_results_run_id_outcome"),
+        ("image_versions", "ix_image_versions_valid_from_run"),
     }
+    # Gone in 0002: the key of crawl_results starts with run_id already.
+    assert ("crawl_results", "ix_crawl_results_run_id_outcome") not in indexed
+
+
+def test_the_per_run_tables_are_without_rowid_and_downgrade_puts_them_back(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "inventory.db"
+    migrate.upgrade(url(path))
+    sql = "SELECT name, sql FROM sqlite_master WHERE name IN ('crawl_targets', 'crawl_results')"
+    assert all(text.rstrip().endswith("WITHOUT ROWID") for _, text in query(path, sql))
+    migrate.downgrade(url(path), "0001")
+    assert not any("WITHOUT ROWID" in text for _, text in query(path, sql))
+    indexes = query(path, "SELECT name FROM sqlite_master WHERE type = 'index'")
+    assert ("ix_crawl_results_run_id_outcome",) in indexes
+    assert ("image_versions",) not in query(path, "SELECT name FROM sqlite_master")
 
 
 @pytest.mark.parametrize("scheme", ["sqlite+aiosqlite", "sqlite"])

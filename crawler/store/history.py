@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Text, and_, case, exists, func, literal, or_, select, type_coerce
+from sqlalchemy import Text, and_, case, func, literal, or_, select, tuple_, type_coerce
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from crawler import schema
@@ -130,12 +130,13 @@ async def diff_runs(
     versions = schema.image_versions
     from_run, to_run = pair.from_run or 0, pair.to_run
     began = versions.alias("c")
-    # Only an image with a version that began between the two runs can differ.
-    candidate = exists().where(
-        began.c.region_id == versions.c.region_id,
-        began.c.image_id == versions.c.image_id,
-        began.c.valid_from_run > min(from_run, to_run),
-        began.c.valid_from_run <= max(from_run, to_run),
+    # Only an image with a version that began between the two runs can differ. (An uncorrelated
+    # IN: with a correlated EXISTS, SQLite may scan the valid_from_run index once per row.)
+    candidate = tuple_(versions.c.region_id, versions.c.image_id).in_(
+        select(began.c.region_id, began.c.image_id).where(
+            began.c.valid_from_run > min(from_run, to_run),
+            began.c.valid_from_run <= max(from_run, to_run),
+        )
     )
     at_from = _valid_at(from_run) if pair.from_run is not None else literal(False)
     at_to = _valid_at(to_run)

@@ -36,11 +36,11 @@ from crawler.store.database import _parse_url, _translated, database_name
 from crawler.store.dialects import Dialect, dialect_for
 from crawler.store.history import change_counts
 from crawler.store.migrate import upgrade
-from crawler.store.retention import Pruned, prune_runs
+from crawler.store.retention import Pruned, forget_targets, prune_runs
 from crawler.store.statements import _WriteStatements
 from crawler.store.summaries import RunSummary
 from crawler.store.timestamps import format_utc, utc_now
-from crawler.store.versions import MissingCounts, MissingGuard, apply_missing, missing_counts
+from crawler.store.versions import MissingGuard, apply_missing, missing_counts
 from crawler.store.writer import _Batch
 
 # Targets inserted per executemany by create_run: bounded memory for any number of targets.
@@ -356,6 +356,7 @@ class Store:
             async with self._writer.begin() as conn:
                 if status in _MARKING_STATUSES:
                     status, message = await self._mark_missing(conn, run_id, guard, status, message)
+                    await forget_targets(conn, run_id)
                 counts = await _outcome_counts(conn, run_id)
                 values = {
                     "status": str(status),
@@ -382,7 +383,7 @@ class Store:
     ) -> tuple[RunStatus, str | None]:
         counts = await missing_counts(conn, run_id)
         if guard.holds(counts.newly_missing, counts.present_before):
-            held = _held_message(run_id, counts, guard)
+            held = guard.held_message(run_id, counts)
             return RunStatus.HELD, held if message is None else f"{message}; {held}"
         await apply_missing(conn, run_id, format_utc(self._clock()))
         return status, message
@@ -451,17 +452,6 @@ class Store:
         with _translated(self._name, f"read run {run_id}"):
             async with self._engine.connect() as conn:
                 return await _read_run(conn, self._name, run_id)
-
-
-def _held_message(run_id: int, counts: MissingCounts, guard: MissingGuard) -> str:
-    share = counts.newly_missing / counts.present_before if counts.present_before else 1.0
-    return (
-        f"held back {counts.newly_missing:,} missing marks: {counts.newly_missing:,} of the"
-        f" {counts.present_before:,} images present before this run answered 404 ({share:.0%},"
-        f" over max_missing_fraction {guard.max_fraction:g}); wrong credentials or account?"
-        f" If they are really gone, apply with `crawler accept {run_id}`"
-        " (or crawl with --accept-missing)"
-    )
 
 
 def _no_result() -> ColumnElement[bool]:

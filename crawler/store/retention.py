@@ -3,6 +3,11 @@
 `[retention] keep_runs` is applied at the end of every crawl and by `crawler prune`. A run that is
 unfinished (it may be resumed) or held (it may be accepted, which reads its results) keeps its rows
 whatever its age.
+
+A run that finished (`succeeded`, `partial` or `held`) has a result for every target, so its
+`crawl_results` rows list its targets: its `crawl_targets` rows are dropped then
+(`forget_targets`), which keeps about a fifth of a run's rows off the disk for every kept run.
+`crawl_targets` holds the targets of runs that can still be resumed.
 """
 
 from __future__ import annotations
@@ -26,6 +31,12 @@ class Pruned:
     run_ids: tuple[int, ...]
     targets: int
     results: int
+
+
+async def forget_targets(conn: AsyncConnection, run_id: int) -> None:
+    """Drop a finished run's `crawl_targets`: its `crawl_results` name every one of them."""
+    targets = schema.crawl_targets
+    await conn.execute(delete(targets).where(targets.c.run_id == run_id))
 
 
 async def prune_runs(conn: AsyncConnection, keep_runs: int) -> Pruned:

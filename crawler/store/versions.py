@@ -20,7 +20,6 @@ from typing import Any
 from sqlalchemy import (
     ColumnElement,
     and_,
-    exists,
     func,
     insert,
     literal,
@@ -57,18 +56,24 @@ async def current_versions(
 ) -> dict[ImageKey, CurrentVersion]:
     """The current version of each image in `keys` that has one."""
     versions = schema.image_versions
+    by_region: dict[str, list[str]] = {}
+    for region_id, image_id in keys:
+        by_region.setdefault(region_id, []).append(image_id)
     found: dict[ImageKey, CurrentVersion] = {}
-    for start in range(0, len(keys), _KEYS_PER_QUERY):
-        chunk = keys[start : start + _KEYS_PER_QUERY]
-        statement = select(
-            versions.c.region_id, versions.c.image_id, versions.c.version, versions.c.status,
-            versions.c.content_hash, versions.c.valid_from_run,
-        ).where(
-            tuple_(versions.c.region_id, versions.c.image_id).in_(chunk),
-            versions.c.valid_to_run.is_(None),
-        )  # fmt: skip
-        for region_id, image_id, *rest in await conn.execute(statement):
-            found[(region_id, image_id)] = CurrentVersion(*rest)
+    # One region per query, so that the primary key's (region_id, image_id) prefix finds each
+    # image: a row-value IN list would scan the whole table on SQLite.
+    for region_id, image_ids in by_region.items():
+        for start in range(0, len(image_ids), _KEYS_PER_QUERY):
+            statement = select(
+                versions.c.image_id, versions.c.version, versions.c.status,
+                versions.c.content_hash, versions.c.valid_from_run,
+            ).where(
+                versions.c.region_id == region_id,
+                versions.c.image_id.in_(image_ids[start : start + _KEYS_PER_QUERY]),
+                versions.c.valid_to_run.is_(None),
+            )  # fmt: skip
+            for image_id, *rest in await conn.execute(statement):
+                found[(region_id, image_id)] = CurrentVersion(*rest)
     return found
 
 
@@ -141,6 +146,17 @@ class MissingGuard:
             newly_missing >= self.min_count and newly_missing > self.max_fraction * present_before
         )
 
+    def held_message(self, run_id: int, counts: MissingCounts) -> str:
+        """What a held run's summary and log say: how many, and how to apply them."""
+        newly, present = counts.newly_missing, counts.present_before
+        share = newly / present if present else 1.0
+        return (
+            f"held back {newly:,} missing marks: {newly:,} of the {present:,} images present"
+            f" before this run answered 404 ({share:.0%}, over max_missing_fraction"
+            f" {self.max_fraction:g}); wrong credentials or account? If they are really gone,"
+            f" apply with `crawler accept {run_id}` (or crawl with --accept-missing)"
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class MissingCounts:
@@ -152,6 +168,10 @@ class MissingCounts:
 
 def _same_image(table: Any, other: Any) -> ColumnElement[bool]:
     return and_(table.c.region_id == other.c.region_id, table.c.image_id == other.c.image_id)
+
+
+def _key(table: Any) -> Any:
+    return tuple_(table.c.region_id, table.c.image_id)
 
 
 def _newly_missing(run_id: int) -> Any:
@@ -178,18 +198,15 @@ def _newly_missing(run_id: int) -> Any:
 async def missing_counts(conn: AsyncConnection, run_id: int) -> MissingCounts:
     """What the guard weighs for `run_id`."""
     results, versions = schema.crawl_results, schema.image_versions
+    present = select(versions.c.region_id, versions.c.image_id).where(
+        versions.c.status == _PRESENT,
+        versions.c.valid_from_run < run_id,
+        or_(versions.c.valid_to_run.is_(None), versions.c.valid_to_run >= run_id),
+    )
     present_before = (
         select(func.count())
         .select_from(results)
-        .where(
-            results.c.run_id == run_id,
-            exists().where(
-                _same_image(versions, results),
-                versions.c.status == _PRESENT,
-                versions.c.valid_from_run < run_id,
-                or_(versions.c.valid_to_run.is_(None), versions.c.valid_to_run >= run_id),
-            ),
-        )
+        .where(results.c.run_id == run_id, _key(results).in_(present))
     )
     newly = select(func.count()).select_from(_newly_missing(run_id).subquery())
     return MissingCounts(
@@ -209,24 +226,21 @@ async def apply_missing(conn: AsyncConnection, run_id: int, recorded_at: str) ->
         literal(recorded_at),
     )  # fmt: skip
     marked = (await conn.execute(insert(versions).from_select(columns, opened))).rowcount
-    # Close the present versions just succeeded by a missing one opened in this run.
-    successor = versions.alias("m")
-    opened_here = exists().where(
-        _same_image(successor, versions),
-        successor.c.version == versions.c.version + 1,
-        successor.c.valid_from_run == run_id,
-        successor.c.status == _MISSING,
+    # Close the present versions just succeeded by a missing one opened in this run. The keys
+    # come from one uncorrelated subquery: a correlated EXISTS lets SQLite's planner pick the
+    # valid_from_run index, which every version of this run shares (a scan per row).
+    new = versions.alias("m")
+    opened_here = select(new.c.region_id, new.c.image_id).where(
+        new.c.valid_from_run == run_id, new.c.status == _MISSING, new.c.valid_to_run.is_(None)
     )
     await conn.execute(
         update(versions)
-        .where(versions.c.valid_to_run.is_(None), versions.c.status == _PRESENT, opened_here)
+        .where(
+            versions.c.valid_to_run.is_(None),
+            versions.c.status == _PRESENT,
+            _key(versions).in_(opened_here),
+        )
         .values(valid_to_run=run_id)
-    )
-    missing_version = exists().where(
-        _same_image(versions, images),
-        versions.c.valid_from_run == run_id,
-        versions.c.status == _MISSING,
-        versions.c.valid_to_run.is_(None),
     )
     found_at = (
         select(results.c.finished_at)
@@ -235,7 +249,7 @@ async def apply_missing(conn: AsyncConnection, run_id: int, recorded_at: str) ->
     )
     await conn.execute(
         update(images)
-        .where(images.c.missing_since.is_(None), missing_version)
+        .where(images.c.missing_since.is_(None), _key(images).in_(opened_here))
         .values(missing_since=found_at)
     )
     return int(marked)

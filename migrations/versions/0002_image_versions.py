@@ -17,6 +17,12 @@ versions with, so an unchanged image re-crawled after the upgrade writes no new 
 constraint, so the table is rebuilt; the views that read it are dropped first and recreated
 after (see 0001). Only portable types are used: `content` is JSON, jsonb on PostgreSQL.
 
+Every run adds a row per target to `crawl_targets` and `crawl_results`, so their size is what
+retention keeps in check: on SQLite both become WITHOUT ROWID tables (the primary key is the
+table, not a second copy of the key beside it), and the (run_id, outcome) index goes (the key
+starts with run_id; a run's outcomes are counted once, when it finishes). That is 244 bytes a
+target a run before, about 156 after.
+
 - `image_changes`: one row per version, with its run and the run's times, and the change it
   records: `added` (an image's first version), `removed` (went missing), `restored` (present
   again after missing) or `changed` (present before and after, different content).
@@ -42,7 +48,7 @@ depends_on: str | None = None
 
 _STATUSES_0001 = ("running", "succeeded", "partial", "failed", "interrupted")
 _STATUSES = (*_STATUSES_0001, "held")
-# The views of 0001 that read crawl_runs, in the order they can be created again.
+# The views of 0001 that read crawl_runs or crawl_results, in the order they can be created.
 _RUN_VIEWS = ("latest_run", "latest_run_failures", "newly_missing_images")
 # Images read per step of the backfill: bounded memory for any inventory.
 _BACKFILL_CHUNK = 2_000
@@ -77,21 +83,38 @@ def _one_of(values: Sequence[str]) -> str:
 
 
 def _set_run_statuses(values: Sequence[str]) -> None:
-    views = _views_0001()
-    for name in reversed(_RUN_VIEWS):
-        op.execute(f"DROP VIEW IF EXISTS {name}")
     # On SQLite a rebuild (the constraint is read back from the table's SQL); elsewhere ALTERs.
     with op.batch_alter_table(
         "crawl_runs", recreate="auto", table_kwargs={"sqlite_autoincrement": True}
     ) as batch:
         batch.drop_constraint("ck_crawl_runs_status", type_="check")
         batch.create_check_constraint("ck_crawl_runs_status", _one_of(values))
+
+
+def _set_run_rows_rowid(with_rowid: bool) -> None:
+    """The per-target tables of runs as WITHOUT ROWID tables on SQLite, or back."""
+    if op.get_context().dialect.name != "sqlite":
+        return  # a storage option of SQLite's alone
+    for table in ("crawl_targets", "crawl_results"):
+        with op.batch_alter_table(
+            table, recreate="always", table_kwargs={"sqlite_with_rowid": with_rowid}
+        ):
+            pass
+
+
+def _rebuild_run_tables(statuses: Sequence[str], *, with_rowid: bool) -> None:
+    views = _views_0001()
+    for name in reversed(_RUN_VIEWS):
+        op.execute(f"DROP VIEW IF EXISTS {name}")
+    _set_run_statuses(statuses)
+    _set_run_rows_rowid(with_rowid)
     for name in _RUN_VIEWS:
         op.execute(f"CREATE VIEW {name} AS {views[name].strip()}")
 
 
 def upgrade() -> None:
-    _set_run_statuses(_STATUSES)
+    op.drop_index("ix_crawl_results_run_id_outcome", table_name="crawl_results")
+    _rebuild_run_tables(_STATUSES, with_rowid=False)
     op.create_table(
         "image_versions",
         sa.Column("region_id", sa.Text(), nullable=False),
@@ -107,7 +130,6 @@ def upgrade() -> None:
         sa.CheckConstraint("status IN ('present', 'missing')", name="ck_image_versions_status"),
     )
     op.create_index("ix_image_versions_valid_from_run", "image_versions", ["valid_from_run"])
-    op.create_index("ix_image_versions_valid_to_run", "image_versions", ["valid_to_run"])
     _backfill(op.get_bind())
     for name, select in VIEWS.items():
         op.execute(f"CREATE VIEW {name} AS {select.strip()}")
@@ -116,12 +138,12 @@ def upgrade() -> None:
 def downgrade() -> None:
     for name in reversed(VIEWS):
         op.execute(f"DROP VIEW IF EXISTS {name}")
-    op.drop_index("ix_image_versions_valid_to_run", table_name="image_versions")
     op.drop_index("ix_image_versions_valid_from_run", table_name="image_versions")
     op.drop_table("image_versions")
     # 0001 knows no `held`: such a run finished, with its missing marks never applied.
     op.execute("UPDATE crawl_runs SET status = 'partial' WHERE status = 'held'")
-    _set_run_statuses(_STATUSES_0001)
+    _rebuild_run_tables(_STATUSES_0001, with_rowid=True)
+    op.create_index("ix_crawl_results_run_id_outcome", "crawl_results", ["run_id", "outcome"])
 
 
 # --- the backfill -------------------------------------------------------------------------------
