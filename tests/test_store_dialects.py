@@ -115,7 +115,8 @@ async def test_the_same_writes_leave_the_same_rows_in_both_databases(
     sqlite_tables, postgres_tables = tables(sqlite_url), tables(postgres_url)
     for name in TABLES:
         assert postgres_tables[name] == sqlite_tables[name], name
-        assert postgres_tables[name], f"{name} is empty"
+        # A finished run's crawl_targets are dropped (its results name them all).
+        assert postgres_tables[name] or name == "crawl_targets", f"{name} is empty"
 
 
 async def test_a_rewrite_replaces_the_children(db_url: str, inventory: Inventory) -> None:

@@ -217,6 +217,9 @@ class Store:
                     counts = await _outcome_counts(conn, run_id)
                     final = RunStatus.PARTIAL if counts.get(Outcome.FAILED) else RunStatus.SUCCEEDED
                     final, message = await self._mark_missing(conn, run_id, guard, final, None)
+                    # The run's crawl_targets stay (unlike finish_run's): they hold who claimed
+                    # and completed each target, and how often it was taken over; a late worker's
+                    # fenced completion finds its token gone either way. Retention drops them.
                     values |= {
                         "status": str(final),
                         "finished_at": format_utc(self._clock()),
