@@ -53,6 +53,9 @@ log = logging.getLogger(__name__)
 ASSUMED_LATENCY_S = 0.05
 # Databases on which several worker processes can share a run (CONTRACT.md §9).
 SHARED_URL_PREFIX = "postgresql+psycopg://"
+# A worker holds claims for this many times its concurrency: the next targets are queued before
+# the slots free up, so workers never wait for a claim's round trip.
+CLAIM_AHEAD = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +186,7 @@ class CrawlJob:
         batch_size = BATCH_MAX_IDS if config.crawl.strategy == "batch" else 1
         claims = Claims(run_id, lease_s=config.crawl.lease_s)
         feed = ClaimFeed(
-            store.engine, claims, capacity=config.crawl.concurrency * batch_size,
+            store.engine, claims, capacity=CLAIM_AHEAD * config.crawl.concurrency * batch_size,
             batch_size=batch_size,
         )  # fmt: skip
         rate = None

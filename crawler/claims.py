@@ -261,10 +261,12 @@ FULL_RETRY_S = 0.05
 class ClaimFeed:
     """The scheduler's `TargetFeed` on PostgreSQL: each page is a claim sized to free slots.
 
-    `capacity` is how many targets this worker can have in flight (its concurrency, times 100 for
-    the batch strategy, whose claims are whole describeImages batches of one region). A claim is
-    made once at least a quarter of that is free, so a busy worker claims in batches rather than
-    one target per round trip.
+    `capacity` is how many claimed, uncrawled targets this worker may hold: a multiple of its
+    concurrency (times 100 for the batch strategy, whose claims are whole describeImages batches
+    of one region), so the next targets are queued before slots free up. A claim is made once at
+    least half of that is free, so a busy worker claims in batches rather than one target per
+    round trip (claims of a quarter of the concurrency left workers waiting on the feeder: 641
+    against 1,119 requests/s at 20 ms and 64 in flight).
     """
 
     def __init__(
@@ -282,7 +284,7 @@ class ClaimFeed:
         assert run_id == self._claims.run_id
         free = self._capacity - self._claims.in_flight
         want = min(limit, free) // self._batch_size * self._batch_size
-        threshold = max(self._batch_size, self._capacity // 4)
+        threshold = max(self._batch_size, self._capacity // 2)
         if want <= 0 or (want < threshold and self._claims.in_flight > 0):
             return TargetPage([], exhausted=False, retry_in_s=FULL_RETRY_S)
         with translated("claim targets"):
