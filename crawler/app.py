@@ -30,6 +30,7 @@ from crawler.errors import (
     CrawlerError,
     EndpointUnreachableError,
     InternalError,
+    RunNotFoundError,
     StoreError,
 )
 from crawler.models import JsonObject, RunStatus, Target, TargetResult
@@ -44,10 +45,14 @@ from crawler.scheduler import (
     SchedulerConfig,
 )
 from crawler.signer import Signer
-from crawler.store import MissingGuard, RunSummary, Store, crawl_lock
-from crawler.targets import TargetsReader, is_valid_region_id
+from crawler.store import MissingGuard, RunSummary, Store, crawl_lock, unfinished_run_pending
+from crawler.targets import TargetsReader, decoded_lines, is_valid_region_id
 
 log = logging.getLogger(__name__)
+
+# `--resume RUN_ID` also takes a run an error stopped (e.g. a database that refused a write),
+# once the cause is fixed; plain `--resume` picks only running or interrupted runs.
+RESUMABLE_BY_ID = (RunStatus.RUNNING, RunStatus.INTERRUPTED, RunStatus.FAILED)
 
 # The dry run's time estimate needs a latency; this is a typical in-country API round trip.
 ASSUMED_LATENCY_S = 0.05
@@ -77,10 +82,11 @@ class CrawlOptions:
 class CrawlReport:
     """What a finished (or stopped) run did."""
 
-    summary: RunSummary
-    stats: CrawlStats
-    duration_s: float
+    summary: RunSummary  # the whole run, over every session (what `crawler runs` shows)
+    stats: CrawlStats  # this session only
+    duration_s: float  # this session only
     stopped_by: str | None  # "signal", "deadline" or None
+    resumed: bool = False  # this session finished an earlier, unfinished run
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +97,7 @@ class Plan:
     requests: int
     estimate_s: float
     skipped_lines: int
+    resume_run_id: int | None = None  # the run `--resume` would finish; its pending targets
 
 
 class CrawlJob:
@@ -109,6 +116,10 @@ class CrawlJob:
         self.run_id: int | None = None
         self.scheduler: Scheduler | None = None
         self.stopped_by: str | None = None
+        self.resumed = False
+        # Set when the run ends with an error after it was created (credentials rejected, the
+        # database refused a write, a bug), so the CLI can still print the run's summary line.
+        self.failed_report: CrawlReport | None = None
         self._environ = environ
         self._stdin = stdin
         self._pacing = pacing or Pacing()
@@ -122,10 +133,26 @@ class CrawlJob:
         if self.scheduler is not None:
             self.scheduler.stop()
 
-    def plan(self) -> Plan:
-        """Validate credentials and targets and estimate the run, sending nothing."""
+    async def plan(self) -> Plan:
+        """Validate credentials and targets and estimate the run, sending nothing.
+
+        With `--resume`, the plan is the unfinished run's pending targets, read over a read-only
+        connection; with `--resume --targets` and nothing to resume, the targets file's.
+        """
         config = self.options.config
         resolve_credentials(config.api, self._environ)
+        if self.options.resume:
+            found = await unfinished_run_pending(config.database.url, self.options.resume_run_id)
+            if found is not None:
+                run_id, pending = found
+                requests = _requests_needed(pending, config.crawl.strategy)
+                total = sum(requests.values())
+                return Plan(pending, total, _estimate_s(requests, config), 0, run_id)
+            self._check_new_run_allowed(self.options.resume_run_id)
+        return self._plan_targets()
+
+    def _plan_targets(self) -> Plan:
+        config = self.options.config
         counts: dict[str, int] = {}
         seen: set[Target] = set()
         with self._targets_reader() as reader:
@@ -157,14 +184,32 @@ class CrawlJob:
             )
             if self._on_run_id is not None:
                 self._on_run_id(self.run_id)
-            log.info("run %d %s", self.run_id, "joined" if self.options.join else "started")
-            if store.shared:
-                stats, summary = await self._crawl_shared(store, credentials)
-            else:
-                stats = await self._crawl(store, credentials)
+            if self.options.join:
+                log.info("joined run %d as one more worker", self.run_id)
+            try:
+                if store.shared:
+                    stats, summary = await self._crawl_shared(store, credentials)
+                else:
+                    stats = await self._crawl(store, credentials)
+            except CrawlerError:
+                await self._keep_failed_report(store, time.monotonic() - started)
+                raise
+            if not store.shared:
                 summary = await self._finish(store, stats)
             await self._prune(store)
-        return CrawlReport(summary, stats, time.monotonic() - started, self.stopped_by)
+        duration_s = time.monotonic() - started
+        return CrawlReport(summary, stats, duration_s, self.stopped_by, self.resumed)
+
+    async def _keep_failed_report(self, store: Store, duration_s: float) -> None:
+        """The failed run's summary for the CLI, if the database can still be read."""
+        assert self.run_id is not None
+        try:
+            summary = await store.run_summary(self.run_id)
+        except StoreError as exc:
+            log.debug("no summary of the failed run %d: %s", self.run_id, exc)
+            return
+        stats = self.scheduler.stats if self.scheduler else CrawlStats()
+        self.failed_report = CrawlReport(summary, stats, duration_s, None, self.resumed)
 
     async def _join_run(self, store: Store) -> int:
         run_id = self.options.join_run_id or await store.latest_running_run()
@@ -234,25 +279,54 @@ class CrawlJob:
         return stats, summary
 
     async def _start_run(self, store: Store) -> int:
-        if not self.options.resume:
-            with self._targets_reader() as reader:
-                run_id = await store.create_run(reader, strategy=self.options.config.crawl.strategy)
-            if reader.invalid_count:
-                log.warning("%s", reader.describe_invalid())
-            return run_id
-        return await self._resume_run(store)
-
-    async def _resume_run(self, store: Store) -> int:
-        run_id = self.options.resume_run_id or await store.latest_unfinished_run()
-        if run_id is None:
-            raise CrawlerError("--resume: this database has no unfinished run to resume")
-        await store.reopen_run(run_id)
+        if self.options.resume:
+            run_id = await self._unfinished_run(store)
+            if run_id is not None:
+                await store.reopen_run(run_id)
+                self.resumed = True
+                if self.options.targets is not None:
+                    log.info(
+                        "--resume: finishing run %d; --targets is read only when there is "
+                        "nothing to resume",
+                        run_id,
+                    )
+                return run_id
+            self._check_new_run_allowed(self.options.resume_run_id)
+            log.info("--resume: no unfinished run, so a new run starts from the targets file")
+        with self._targets_reader() as reader:
+            run_id = await store.create_run(reader, strategy=self.options.config.crawl.strategy)
+        if reader.invalid_count:
+            log.warning("%s", reader.describe_invalid())
         return run_id
+
+    async def _unfinished_run(self, store: Store) -> int | None:
+        """The run `--resume` finishes: RUN_ID if it is unfinished, else the latest unfinished."""
+        run_id = self.options.resume_run_id
+        if run_id is None:
+            return await store.latest_unfinished_run()
+        summary = await store.run_summary(run_id)  # RunNotFoundError: a usage error
+        if summary.status not in RESUMABLE_BY_ID:
+            raise CrawlerError(
+                f"--resume {run_id}: run {run_id} is {summary.status}; only a running, "
+                "interrupted or failed run can be resumed"
+            )
+        return run_id
+
+    def _check_new_run_allowed(self, run_id: int | None) -> None:
+        """With nothing to resume, only `--resume --targets PATH` may start a new run."""
+        if run_id is not None:  # an explicit RUN_ID that is not unfinished was refused already
+            raise RunNotFoundError(f"--resume {run_id}: no unfinished run {run_id}")
+        if self.options.targets is None:
+            raise CrawlerError(
+                "--resume: this database has no unfinished run to resume (add --targets PATH "
+                "to start a new run when there is none, as a nightly job does)"
+            )
 
     async def _crawl(self, store: Store, credentials: Credentials) -> CrawlStats:
         config = self.options.config
         assert self.run_id is not None
         pending = await store.pending_counts(self.run_id)
+        self._log_start(await store.run_summary(self.run_id), sum(pending.values()))
         async with _api_client(config, credentials) as api:
             self.scheduler = Scheduler(
                 _scheduler_config(config), api, store, _normaliser(config), pacing=self._pacing
@@ -293,6 +367,14 @@ class CrawlJob:
             await on_error()
         if not self.options.join:
             await self._fail(store, error)
+
+    def _log_start(self, run: RunSummary, pending: int) -> None:
+        if self.resumed:
+            log.info(
+                "resumed: %s of %s pending", _count(pending, "target"), f"{run.targets_total:,}"
+            )
+        else:
+            log.info("started: %s", _count(run.targets_total, "target"))
 
     async def _finish(self, store: Store, stats: CrawlStats) -> RunSummary:
         assert self.run_id is not None
@@ -364,15 +446,18 @@ class CrawlJob:
         path = self.options.targets or self.options.config.targets.file
         if path is None:
             raise CrawlerError("no targets: give --targets PATH (or -) or set [targets] file")
+        skip_invalid = self.options.skip_invalid
         if path == "-":
-            yield TargetsReader(self._stdin, "<stdin>", skip_invalid=self.options.skip_invalid)
+            binary = getattr(self._stdin, "buffer", None)  # a real stdin; tests pass a StringIO
+            lines = self._stdin if binary is None else decoded_lines(binary, "<stdin>")
+            yield TargetsReader(lines, "<stdin>", skip_invalid=skip_invalid)
             return
         try:
-            stream = open(path, encoding="utf-8", newline="")  # noqa: SIM115 - closed below
+            stream = open(path, "rb")  # noqa: SIM115 - closed below
         except OSError as exc:
             raise CrawlerError(f"cannot read the targets file {path}: {exc.strerror}") from exc
         with stream:
-            yield TargetsReader(stream, path, skip_invalid=self.options.skip_invalid)
+            yield TargetsReader(decoded_lines(stream, path), path, skip_invalid=skip_invalid)
 
 
 _REJECTED = (401, 403)  # credentials refused: the whole worker stops (AuthError)
@@ -475,6 +560,11 @@ def _scheduler_config(config: Config) -> SchedulerConfig:
 
 def _normaliser(config: Config) -> Normaliser:
     return partial(normalise_image, naive_tz=ZoneInfo(config.api.naive_time_zone))
+
+
+def _count(number: int, noun: str) -> str:
+    """`1 target`, `2,500 targets`."""
+    return f"{number:,} {noun}{'' if number == 1 else 's'}"
 
 
 def _requests_needed(targets_by_region: dict[str, int], strategy: str) -> dict[str, int]:

@@ -76,8 +76,12 @@ def demo_crawl_config(endpoint: str, db_path: Path) -> Config:
     return dataclasses.replace(base, api=api, retry=retry, database=database)
 
 
-async def run_demo(db_path: Path, images: int, out: TextIO) -> int:
-    """Crawl a fresh simulator into `db_path` and show what came of it."""
+async def run_demo(db_path: Path, images: int, out: TextIO, program: str = "crawler") -> int:
+    """Crawl a fresh simulator into `db_path` and show what came of it.
+
+    `program` is how the user runs the crawler from here (`.venv/bin/crawler` after
+    `make demo`), so the closing hint can be pasted as it is.
+    """
     simulator = Simulator(demo_simulator_config(images))
     running = await start_simulator(simulator)
     try:
@@ -98,5 +102,6 @@ async def run_demo(db_path: Path, images: int, out: TextIO) -> int:
     for title, sql in EXAMPLE_QUERIES:
         columns, rows = await query_readonly(config.database.url, sql)
         print(f"\n{title}:\n{sql}\n\n{render_table(columns, rows)}", file=out)
-    print(f'\nAsk your own: crawler sql "SELECT ..." --db {db_path}', file=out)
+    print(f'\nAsk your own: {program} sql "SELECT ..." --db {db_path}', file=out)
+    print(f"List the tables: {program} tables --db {db_path}", file=out)
     return 0

@@ -13,6 +13,8 @@
     │       └── AuthError           401/403: credentials rejected, the whole run stops (exit 3)
     ├── NormaliseError         an API image object that cannot become rows
     ├── StoreError             the database is unusable (exit 3)
+    │   ├── QueryError         `crawler sql` got a query SQLite rejects or that would write (exit 2)
+    │   └── RunNotFoundError   no run with the id asked for, e.g. `--resume 99` (exit 2)
     ├── EndpointUnreachableError  no answer at all from the API, only transport failures (exit 3)
     ├── InternalError          a bug: the run is marked failed, the traceback logged (exit 70)
     └── LockHeldError          another crawl holds the database lock (exit 75)
@@ -103,6 +105,18 @@ class NormaliseError(CrawlerError):
 
 class StoreError(CrawlerError):
     """The database cannot be opened, migrated or written."""
+
+
+class QueryError(StoreError):
+    """A read-only query was rejected: bad SQL, or a statement that would write.
+
+    A StoreError so that code catching database failures still catches it; the CLI maps it to a
+    usage error (exit 2), since the database itself is fine.
+    """
+
+
+class RunNotFoundError(StoreError):
+    """The database has no run with the id asked for (a usage error, exit 2)."""
 
 
 class EndpointUnreachableError(CrawlerError):

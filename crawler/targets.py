@@ -7,11 +7,12 @@ the first `MAX_REPORTED` bad lines (and a count of the rest). Duplicates are fol
 
 from __future__ import annotations
 
+import codecs
 import csv
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import TextIO
+from typing import BinaryIO
 
 from crawler.errors import TargetsError
 from crawler.models import Target
@@ -59,7 +60,7 @@ class TargetsReader:
     `skip_invalid` is set; then they stay in `invalid` for the caller to report.
     """
 
-    def __init__(self, stream: TextIO, source: str, *, skip_invalid: bool = False) -> None:
+    def __init__(self, stream: Iterable[str], source: str, *, skip_invalid: bool = False) -> None:
         self.source = source
         self.skip_invalid = skip_invalid
         self.invalid: list[InvalidLine] = []
@@ -120,6 +121,32 @@ class TargetsReader:
         self.invalid_count += 1
         if len(self.invalid) < MAX_REPORTED:
             self.invalid.append(InvalidLine(line_number, reason))
+
+
+def decoded_lines(stream: BinaryIO, source: str) -> Iterator[str]:
+    """The lines of a UTF-8 byte stream (a leading BOM dropped), decoded one line at a time.
+
+    Decoding line by line, rather than through a buffered text wrapper, is what lets the error
+    name the line and the byte: spreadsheets often save CSV as GBK, which is not UTF-8.
+
+    Raises:
+        TargetsError: a line is not UTF-8; names the file, the line, the byte and a fix.
+    """
+    offset = 0
+    for line_number, raw in enumerate(stream, start=1):
+        if line_number == 1 and raw.startswith(codecs.BOM_UTF8):
+            offset, raw = len(codecs.BOM_UTF8), raw[len(codecs.BOM_UTF8) :]
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            byte = raw[exc.start]
+            raise TargetsError(
+                f"{source}: line {line_number} is not UTF-8: byte 0x{byte:02x} at offset "
+                f"{offset + exc.start} of the file (byte {exc.start + 1} of the line). Save the "
+                f"file as UTF-8, or convert it, e.g. from a spreadsheet's GBK: "
+                f"iconv -f GBK -t UTF-8 {source} > targets-utf8.csv"
+            ) from exc
+        offset += len(raw)
 
 
 def _is_skippable(fields: list[str]) -> bool:

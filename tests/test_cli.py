@@ -459,7 +459,7 @@ def test_migrate_creates_the_schema_and_runs_lists_the_runs(
     recorder = Recorder()
     assert main(["runs", "--db", str(db)], recorder.io()) == 0
     table = recorder.stdout.getvalue().splitlines()
-    assert table[0].split()[:3] == ["run_id", "status", "started_at"]
+    assert table[0].split()[:4] == ["run", "status", "started", "(UTC)"]
     assert table[2].split()[:2] == ["1", "succeeded"]
 
 

@@ -104,7 +104,7 @@ def test_runs_sql_migrate_and_the_lock_on_postgresql(
     assert main(["sql", sql, "--db", postgres_url, "--format", "csv"], recorder.io()) == 0
     assert recorder.stdout.getvalue().startswith("name\n")
     recorder = Recorder()
-    assert main(["sql", "DELETE FROM images", "--db", postgres_url], recorder.io()) == 3
+    assert main(["sql", "DELETE FROM images", "--db", postgres_url], recorder.io()) == 2
     assert "read-only" in recorder.stderr.getvalue()
     assert query(postgres_url, "SELECT count(*) FROM images") == [(80,)]
 
@@ -371,3 +371,25 @@ def test_a_second_coordinator_exits_75_and_a_joiner_with_a_wrong_secret_exits_3(
             coordinator.communicate()
     assert code == 0, log
     assert query(postgres_url, "SELECT count(*), min(status) FROM crawl_runs") == [(1, "succeeded")]
+
+
+def test_check_tables_datasette_and_resume_with_targets_on_postgresql(
+    simulator: SimulatorFactory, tmp_path: Path, postgres_url: str
+) -> None:
+    server = simulator(images_per_region=10)
+    targets = targets_file(tmp_path, server.sim)
+    config = write_config(tmp_path, server.url, db=tmp_path / "x.db", database_url=postgres_url)
+    recorder = Recorder()
+    # A new database: --resume --targets starts a new run from the targets.
+    assert crawl(config, "--resume", "--targets", str(targets), recorder=recorder) == 0, (
+        recorder.stderr.getvalue()
+    )
+    for command in (["check", "--max-age", "1h"], ["tables"], ["datasette-metadata"]):
+        recorder = Recorder()
+        code = main([*command, "--db", postgres_url], recorder.io())
+        assert code == 0, (command, recorder.stderr.getvalue())
+        assert recorder.stdout.getvalue().strip(), command
+    recorder = Recorder()
+    assert main(["tables", "--db", postgres_url], recorder.io()) == 0
+    assert re.search(r"^images\s+table\s+40\b", recorder.stdout.getvalue(), flags=re.M)
+    assert "rate_budgets" in recorder.stdout.getvalue()

@@ -109,3 +109,20 @@ def test_quoted_fields_keep_line_numbers_right() -> None:
 def test_check_pair_accepts_the_documented_shapes() -> None:
     assert check_pair("cn-southwest-1", "img-m5s0ed7ldz") is None
     assert check_pair("cn-north-1", "img-" + "a" * 64) is None
+
+
+def test_decoded_lines_drop_a_bom_and_name_line_byte_and_offset_of_a_bad_byte() -> None:
+    import io as io_module
+
+    from crawler.targets import decoded_lines
+
+    data = "\ufeffregion_id,image_id\n".encode() + b"cn-north-1,img-a\n" + b"x,\xd6\xd0\n"
+    lines = decoded_lines(io_module.BytesIO(data), "t.csv")
+    assert next(lines) == "region_id,image_id\n"
+    assert next(lines) == "cn-north-1,img-a\n"
+    with pytest.raises(TargetsError) as caught:
+        next(lines)
+    offset = data.index(b"\xd6")
+    assert str(caught.value).startswith(
+        f"t.csv: line 3 is not UTF-8: byte 0xd6 at offset {offset} of the file (byte 3 of the line)"
+    )

@@ -4,7 +4,8 @@ One job per module, dependencies pointing down (pyproject.toml's import-linter c
 
 - `ledger`: `Store`, what a crawl writes through: runs, targets, pending work, finishing.
 - `writer`: one batch of outcomes written in one transaction; `statements`: its compiled SQL.
-- `readers`: read-only queries for `crawler runs` and `crawler sql`.
+- `readers`: read-only queries for `crawler runs` and `crawler sql`; `monitoring`: those for
+  `--resume --dry-run`, the metrics file, `crawler check` and `crawler tables`.
 - `content`: an image's canonical content and hash; `versions`: the history the writer and the
   end of a run write (and the mass-deletion guard); `history`: diff, timelines, change counts.
 - `retention`: pruning old runs' targets and results.
@@ -26,6 +27,12 @@ from crawler.store.history import (
     run_pair,
 )
 from crawler.store.ledger import Store
+from crawler.store.monitoring import (
+    MonitoringFacts,
+    monitoring_facts,
+    table_counts,
+    unfinished_run_pending,
+)
 from crawler.store.readers import query_readonly, recent_runs
 from crawler.store.retention import Pruned
 from crawler.store.summaries import RunSummary
@@ -36,6 +43,7 @@ __all__ = [
     "FieldChange",
     "ImageDiff",
     "MissingGuard",
+    "MonitoringFacts",
     "Pruned",
     "RunPair",
     "RunSummary",
@@ -44,6 +52,7 @@ __all__ = [
     "crawl_lock",
     "database_name",
     "format_utc",
+    "monitoring_facts",
     "parse_utc",
     "query_readonly",
     "read_diff",
@@ -51,5 +60,7 @@ __all__ = [
     "recent_runs",
     "run_changes",
     "run_pair",
+    "table_counts",
+    "unfinished_run_pending",
     "utc_now",
 ]

@@ -11,9 +11,10 @@ keeping it would double the history's size; its key order therefore cannot move 
      "attachments": {"data:1:0": {...}},
      "tags": {"data:1": {"env": "prod"}}}
 
-NULL columns are left out (NULL and absent are one thing), empty kinds too, booleans are 0/1 as in
-the tables, and the JSON text has sorted keys and no spaces: equal aggregates give equal bytes,
-whatever order the rows or the API's keys came in. `content_hash` is the SHA-256 of those bytes.
+NULL columns are left out (NULL and absent are one thing), empty kinds too, booleans are 0/1 as the
+normaliser writes them and the tables hold them, and the JSON text has sorted keys and no spaces:
+equal aggregates give equal bytes, whatever order the rows or the API's keys came in.
+`content_hash` is the SHA-256 of those bytes.
 
 `changed_fields` lists how two contents differ, with the paths of CONTRACT.md §7:
 `name`, `disks[data:1].disk_type`, `attachments[data:1:0].status`, `tags[system:0].env`.
@@ -55,15 +56,11 @@ class Canonical:
     hash: str
 
 
-def _value(value: Any) -> Any:
-    return int(value) if isinstance(value, bool) else value
-
-
 def _columns(row: Row, excluded: frozenset[str]) -> dict[str, Any]:
+    # Runs for every row the crawler writes: no per-value conversion (the normaliser writes
+    # booleans as 0/1 already, as the tables hold them).
     return {
-        name: _value(value)
-        for name, value in row.items()
-        if value is not None and name not in excluded
+        name: value for name, value in row.items() if value is not None and name not in excluded
     }
 
 

@@ -30,7 +30,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from crawler import schema
-from crawler.errors import CrawlerError, StoreError
+from crawler.errors import CrawlerError, RunNotFoundError, StoreError
 from crawler.models import Change, Outcome, RunStatus, Target, TargetResult
 from crawler.store.database import _parse_url, _translated, database_name
 from crawler.store.dialects import Dialect, dialect_for
@@ -243,7 +243,7 @@ class Store:
                     update(runs).where(runs.c.run_id == run_id).values(values)
                 )
         if result.rowcount == 0:
-            raise StoreError(f"database {self._name} has no run {run_id} to resume")
+            raise RunNotFoundError(f"database {self._name} has no run {run_id} to resume")
 
     async def pending_counts(self, run_id: int) -> dict[str, int]:
         """Region id to the number of the run's targets that have no result yet."""
@@ -509,5 +509,5 @@ async def _read_run(conn: AsyncConnection, database: str, run_id: int) -> RunSum
     result = await conn.execute(runs.select().where(runs.c.run_id == run_id))
     row = result.mappings().first()
     if row is None:
-        raise StoreError(f"database {database} has no run {run_id}")
+        raise RunNotFoundError(f"database {database} has no run {run_id}")
     return RunSummary.from_row(row)

@@ -10,7 +10,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from crawler import schema
-from crawler.errors import StoreError
+from crawler.errors import QueryError, StoreError
 from crawler.store.database import _FAILURES, _parse_url, _reason, _translated, database_name
 from crawler.store.dialects import dialect_for
 from crawler.store.summaries import RunSummary
@@ -24,11 +24,11 @@ def _readonly_connection(url: str) -> AbstractAsyncContextManager[AsyncConnectio
 def _query_error(url: str, database: str, exc: DBAPIError) -> StoreError:
     reason = _reason(exc)
     if dialect_for(_parse_url(url)).is_readonly_violation(exc):
-        return StoreError(
+        return QueryError(
             f"crawler sql is read-only: the statement would change {database} ({reason});"
             " only SELECT and other reads are allowed"
         )
-    return StoreError(f"query failed on database {database}: {reason}")
+    return QueryError(f"query failed on database {database}: {reason}")
 
 
 async def query_readonly(url: str, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
