@@ -6,7 +6,8 @@ image's result in batches as the crawl's writer does, finishes the run (missing 
 applies `[retention] keep_runs` as `crawler crawl` does, and closes the store. Each night a share
 of the images changes (`--change-rate`: a data disk's type and the image's name), and a few
 disappear and come back, so history has something to record. The images are real-shaped
-(`crawler.simulator.inventory`) and normalised once up front.
+(`crawler.simulator.inventory`) and normalised once up front; results are written in the order
+a crawl produces them (each region by image id, the regions in turn).
 
 After the first night and after the last it prints the file's size and each table's share
 (SQLite's `dbstat`, indexes counted with their table), and what history adds: `image_versions`
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import random
 import sqlite3
@@ -76,12 +78,19 @@ def changed(rng: random.Random, image: JsonObject) -> JsonObject:
     return image
 
 
+def crawl_order(rows: dict[Target, ImageRows]) -> list[Target]:
+    """The order a crawl's results arrive in: each region's targets by image id (how the
+    scheduler pages them), the regions taken in turn."""
+    lanes = [sorted(t for t in rows if t.region_id == region) for region in REGIONS]
+    return [t for turn in itertools.zip_longest(*lanes) for t in turn if t is not None]
+
+
 async def night(
     db: Path, run_no: int, rows: dict[Target, ImageRows], gone: set[Target], at: datetime
 ) -> None:
     store = await Store.open(f"sqlite+aiosqlite:///{db}")
     try:
-        targets = list(rows)
+        targets = crawl_order(rows)
         run_id = await store.create_run(targets, strategy="single")
         for start in range(0, len(targets), BATCH):
             results = []

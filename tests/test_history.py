@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import csv
 import io
 import json
 import os
@@ -459,3 +460,39 @@ def test_a_first_release_database_upgrades_backfills_and_diffs_the_next_run(
     assert {row["image_id"]: row["n"] for row in counts} == {
         str(image["imageId"]): changed.get(str(image["imageId"]), 1) for _, image in images
     }
+
+
+def test_diff_formats_region_and_exit_code(simulator: SimulatorFactory, tmp_path: Path) -> None:
+    server = simulator(regions=("cn-north-1", "cn-east-2"), images_per_region=4)
+    db = tmp_path / "inventory.db"
+    config = write_config(tmp_path, server.url, db=db)
+    targets = targets_file(tmp_path, server.sim)
+    assert crawl(config, "--targets", str(targets)) == 0
+    baseline = run_cli("diff", "--db", str(db))
+    assert baseline.startswith("baseline: run 1 against an empty inventory")
+    assert "8 added, 0 removed, 0 restored, 0 changed" in baseline
+    run_cli("diff", "--db", str(db), "--exit-code", expect=1)  # a baseline lists changes too
+
+    north = server.sim.inventory.images["cn-north-1"][0]
+    east = server.sim.inventory.images["cn-east-2"][0]
+    server.sim.set_image("cn-north-1", {**north, "name": 'new, "quoted" name'})
+    server.sim.delete_image("cn-east-2", str(east["imageId"]))
+    assert crawl(config, "--targets", str(targets)) == 0
+
+    table = run_cli("diff", "--db", str(db), "--exit-code", expect=1)
+    assert table.splitlines()[0] == "changes from run 1 to run 2"
+    assert "0 added, 1 removed, 0 restored, 1 changed" in table
+    rows = list(csv.reader(io.StringIO(run_cli("diff", "--db", str(db), "--format", "csv"))))
+    header = ["from_run", "to_run", "region_id", "image_id", "change", "path", "from", "to"]
+    assert rows[0] == header
+    assert sorted(rows[1:]) == sorted([
+        ["1", "2", "cn-east-2", str(east["imageId"]), "removed", "", "", ""],
+        ["1", "2", "cn-north-1", str(north["imageId"]), "changed", "name", north["name"],
+         'new, "quoted" name'],
+    ])  # fmt: skip
+    east_only = cli_diff(db, "--region", "cn-east-2")
+    assert [(entry[2], entry[4]) for entry in east_only] == [("cn-east-2", "removed")]
+    same = run_cli("diff", "--db", str(db), "--from", "2", "--to", "2", "--exit-code")
+    assert "0 added, 0 removed, 0 restored, 0 changed" in same  # and exit 0
+    run_cli("diff", "--db", str(db), "--from", "7", expect=2)  # no such run
+    run_cli("history", "cn-north-1", "img-nosuchimage", "--db", str(db), expect=2)
