@@ -11,6 +11,7 @@ import contextlib
 import csv
 import logging
 import math
+import ssl
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
@@ -23,7 +24,8 @@ from zoneinfo import ZoneInfo
 from crawler.budget import SharedHold, SharedRate
 from crawler.claims import ClaimFeed, Claims, keep_renewed, release_claims
 from crawler.client import ApiClient, open_session
-from crawler.config import Config, Credentials, resolve_credentials
+from crawler.config import Config
+from crawler.credentials import Access, resolve_access
 from crawler.discovery import IMAGE_SOURCES, Discovery, DiscoveryStats
 from crawler.errors import (
     AuthError,
@@ -34,6 +36,7 @@ from crawler.errors import (
     StoreError,
 )
 from crawler.models import JsonObject, RunStatus, Target, TargetResult
+from crawler.network import Proxy, choose_proxy, tls_context
 from crawler.normalise import normalise_image, scrub_text
 from crawler.retry import Retrier, RetryPolicy
 from crawler.scheduler import (
@@ -76,6 +79,30 @@ class CrawlOptions:
     join: bool = False  # `--join`: one more worker on a running run (PostgreSQL)
     join_run_id: int | None = None
     accept_missing: bool = False  # apply the missing marks even if the guard would hold them
+    profile: str | None = None  # --profile NAME
+
+
+@dataclass(frozen=True, slots=True)
+class ApiRoute:
+    """Everything needed to reach the API, checked before anything is locked or sent."""
+
+    access: Access
+    tls: ssl.SSLContext
+    proxy: Proxy | None
+
+
+def api_route(
+    config: Config, environ: Mapping[str, str], *, profile: str | None = None
+) -> ApiRoute:
+    """The credentials, endpoint, trusted certificates and proxy of a run.
+
+    Raises:
+        ConfigError: a credential, the profile, the CA bundle or the proxy is unusable.
+    """
+    access = resolve_access(config, environ, profile=profile)
+    tls = tls_context(config.api, environ)
+    proxy = choose_proxy(config.api, environ, access.endpoint)
+    return ApiRoute(access, tls, proxy)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +167,7 @@ class CrawlJob:
         connection; with `--resume --targets` and nothing to resume, the targets file's.
         """
         config = self.options.config
-        resolve_credentials(config.api, self._environ)
+        api_route(config, self._environ, profile=self.options.profile)
         if self.options.resume:
             found = await unfinished_run_pending(config.database.url, self.options.resume_run_id)
             if found is not None:
@@ -168,7 +195,7 @@ class CrawlJob:
     async def run(self) -> CrawlReport:
         """Crawl and return the report; raises CrawlerError subclasses for the CLI to map."""
         config = self.options.config
-        credentials = resolve_credentials(config.api, self._environ)
+        route = api_route(config, self._environ, profile=self.options.profile)
         started = time.monotonic()
         if self.options.join and not config.database.url.startswith(SHARED_URL_PREFIX):
             raise CrawlerError("--join needs a PostgreSQL database (postgresql+psycopg://...)")
@@ -188,9 +215,9 @@ class CrawlJob:
                 log.info("joined run %d as one more worker", self.run_id)
             try:
                 if store.shared:
-                    stats, summary = await self._crawl_shared(store, credentials)
+                    stats, summary = await self._crawl_shared(store, route)
                 else:
-                    stats = await self._crawl(store, credentials)
+                    stats = await self._crawl(store, route)
             except CrawlerError:
                 await self._keep_failed_report(store, time.monotonic() - started)
                 raise
@@ -221,9 +248,7 @@ class CrawlJob:
             raise CrawlerError(f"--join: run {run_id} is not running ({state})")
         return run_id
 
-    async def _crawl_shared(
-        self, store: Store, credentials: Credentials
-    ) -> tuple[CrawlStats, RunSummary]:
+    async def _crawl_shared(self, store: Store, route: ApiRoute) -> tuple[CrawlStats, RunSummary]:
         """Crawl the run as one of possibly many workers: targets by claims, one rate budget."""
         config = self.options.config
         run_id = self.run_id
@@ -237,14 +262,16 @@ class CrawlJob:
         rate = None
         if config.crawl.rate_limit_per_s > 0:
             rate = SharedRate(
-                store.engine, credentials.access_key, config.crawl.rate_limit_per_s,
+                store.engine, route.access.credentials.access_key, config.crawl.rate_limit_per_s,
                 clock=self._pacing.clock, sleep=self._pacing.sleep,
             )  # fmt: skip
-        hold = SharedHold(store.engine, credentials.access_key, clock=self._pacing.clock)
+        access_key = route.access.credentials.access_key
+        hold = SharedHold(store.engine, access_key, clock=self._pacing.clock)
         pending = await store.pending_counts(run_id)
         renewer = asyncio.create_task(keep_renewed(store.engine, claims), name="lease-renewer")
         try:
-            async with _api_client(config, credentials) as api:
+            _log_route(route)
+            async with _api_client(config, route) as api:
                 self.scheduler = Scheduler(
                     _scheduler_config(config), api, _FencedStore(store, claims),
                     _normaliser(config), pacing=self._pacing, feed=feed, rate=rate,
@@ -253,7 +280,7 @@ class CrawlJob:
                 if self.stopped_by is not None:
                     self.scheduler.stop()
                 stats = await self._scheduled(
-                    store, pending, on_error=lambda: release_claims(store.engine, claims)
+                    store, pending, route, on_error=lambda: release_claims(store.engine, claims)
                 )
         finally:
             renewer.cancel()
@@ -322,23 +349,25 @@ class CrawlJob:
                 "to start a new run when there is none, as a nightly job does)"
             )
 
-    async def _crawl(self, store: Store, credentials: Credentials) -> CrawlStats:
+    async def _crawl(self, store: Store, route: ApiRoute) -> CrawlStats:
         config = self.options.config
         assert self.run_id is not None
         pending = await store.pending_counts(self.run_id)
         self._log_start(await store.run_summary(self.run_id), sum(pending.values()))
-        async with _api_client(config, credentials) as api:
+        _log_route(route)
+        async with _api_client(config, route) as api:
             self.scheduler = Scheduler(
                 _scheduler_config(config), api, store, _normaliser(config), pacing=self._pacing
             )
             if self.stopped_by is not None:  # a signal arrived while the run was being set up
                 self.scheduler.stop()
-            return await self._scheduled(store, pending)
+            return await self._scheduled(store, pending, route)
 
     async def _scheduled(
         self,
         store: Store,
         pending: dict[str, int],
+        route: ApiRoute,
         *,
         on_error: Callable[[], Awaitable[None]] | None = None,
     ) -> CrawlStats:
@@ -348,7 +377,13 @@ class CrawlJob:
         with self._deadline(self.options.config.crawl.deadline_s):
             try:
                 return await self.scheduler.run(self.run_id, pending)
-            except (AuthError, StoreError, EndpointUnreachableError, InternalError) as error:
+            except AuthError as error:
+                explained = _explain_rejection(error, route.access)
+                await self._ended_by(store, explained, on_error)
+                if explained is error:
+                    raise
+                raise explained from error
+            except (StoreError, EndpointUnreachableError, InternalError) as error:
                 await self._ended_by(store, error, on_error)
                 raise
             except Exception as exc:
@@ -486,21 +521,43 @@ class _FencedStore:
         return written
 
 
+def _log_route(route: ApiRoute) -> None:
+    """Where the keys came from and which proxy is used: the first things to check on a 401."""
+    log.info("signing with the keys from %s", route.access.source)
+    if route.proxy is not None:
+        log.info("connecting through the proxy %s (from %s)", route.proxy.url, route.proxy.source)
+
+
+def _explain_rejection(error: AuthError, access: Access) -> AuthError:
+    """A 401 while signing with a temporary credential most likely means it expired."""
+    if access.credentials.session_token is None or error.http_status != 401:
+        return error
+    return AuthError(
+        f"{error.message}; the session token may have expired: get a new temporary credential",
+        http_status=error.http_status,
+        error_status=error.error_status,
+        request_id=error.request_id,
+    )
+
+
 @contextlib.asynccontextmanager
-async def _api_client(config: Config, credentials: Credentials) -> AsyncIterator[ApiClient]:
+async def _api_client(config: Config, route: ApiRoute) -> AsyncIterator[ApiClient]:
+    keys = route.access.credentials
     signer = Signer(
-        credentials.access_key,
-        credentials.secret_key,
+        keys.access_key,
+        keys.secret_key,
         version=config.api.signature_version,
         sign_date_nonce=config.api.sign_date_nonce,
+        session_token=keys.session_token,
     )
-    async with open_session(concurrency=config.crawl.concurrency) as session:
+    async with open_session(concurrency=config.crawl.concurrency, tls=route.tls) as session:
         yield ApiClient(
             session,
-            config.api.endpoint,
+            route.access.endpoint,
             signer,
             timeout_s=config.api.timeout_s,
             max_response_bytes=config.api.max_response_bytes,
+            proxy=route.proxy,
         )
 
 
@@ -512,9 +569,10 @@ async def discover_targets(
     *,
     environ: Mapping[str, str],
     pacing: Pacing | None = None,
+    profile: str | None = None,
 ) -> DiscoveryStats:
     """Write a targets CSV of every image the API lists in `regions` for `sources`."""
-    credentials = resolve_credentials(config.api, environ)
+    route = api_route(config, environ, profile=profile)
     _check_discovery_args(regions, sources)
     pacing = pacing or Pacing()
     writer = csv.writer(out, lineterminator="\n")
@@ -526,8 +584,14 @@ async def discover_targets(
         )
 
     retrier = Retrier(_retry_policy(config), sleep=pacing.sleep, rng=pacing.rng)
-    async with _api_client(config, credentials) as api:
-        return await Discovery(api, retrier, found).run(regions, sources)
+    async with _api_client(config, route) as api:
+        try:
+            return await Discovery(api, retrier, found).run(regions, sources)
+        except AuthError as error:
+            explained = _explain_rejection(error, route.access)
+            if explained is error:
+                raise
+            raise explained from error
 
 
 def _check_discovery_args(regions: Sequence[str], sources: Sequence[str]) -> None:

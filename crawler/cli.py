@@ -15,6 +15,7 @@ import math
 import os
 import shutil
 import signal
+import ssl
 import sys
 import time
 import traceback
@@ -63,7 +64,7 @@ from crawler.render import (
 )
 from crawler.scheduler import Pacing
 from crawler.schema_docs import parse_docs, readme_text
-from crawler.simulator import Simulator, SimulatorConfig, serve_forever
+from crawler.simulator import Simulator, SimulatorConfig, serve_forever, server_tls_context
 from crawler.store import (
     MonitoringFacts,
     Store,
@@ -222,6 +223,7 @@ def _crawl(args: argparse.Namespace, io: Io, context: RunContext, invocation: _I
         join=args.join is not None,
         join_run_id=args.join or None,
         accept_missing=args.accept_missing,
+        profile=args.profile,
     )
     if options.join and (options.resume or options.targets is not None):
         raise CrawlerError("--join takes the run's own targets; give no --resume or --targets")
@@ -407,11 +409,17 @@ def run_discover(args: argparse.Namespace, io: Io) -> int:
     if args.output == "-":
         stats = asyncio.run(
             discover_targets(
-                config, regions, sources, io.stdout, environ=io.environ, pacing=io.pacing
+                config,
+                regions,
+                sources,
+                io.stdout,
+                environ=io.environ,
+                pacing=io.pacing,
+                profile=args.profile,
             )
         )
     else:
-        stats = _discover_to_file(Path(args.output), config, regions, sources, io)
+        stats = _discover_to_file(Path(args.output), config, regions, sources, io, args.profile)
     counts = ", ".join(f"{region} {count:,}" for region, count in sorted(stats.by_region.items()))
     line = f"discovered {stats.images:,} images ({counts}) in {stats.requests:,} requests"
     if args.log_format == "json":
@@ -423,7 +431,7 @@ def run_discover(args: argparse.Namespace, io: Io) -> int:
 
 
 def _discover_to_file(
-    path: Path, config: Config, regions: list[str], sources: list[str], io: Io
+    path: Path, config: Config, regions: list[str], sources: list[str], io: Io, profile: str | None
 ) -> DiscoveryStats:
     # Written beside the target and renamed at the end, so a cron job never crawls a list
     # that a failed discovery left half-written.
@@ -432,7 +440,13 @@ def _discover_to_file(
         with partial.open("w", encoding="utf-8", newline="") as out:
             stats = asyncio.run(
                 discover_targets(
-                    config, regions, sources, out, environ=io.environ, pacing=io.pacing
+                    config,
+                    regions,
+                    sources,
+                    out,
+                    environ=io.environ,
+                    pacing=io.pacing,
+                    profile=profile,
                 )
             )
         partial.replace(path)
@@ -459,15 +473,21 @@ def run_simulate(args: argparse.Namespace, io: Io) -> int:
         max_faults_per_image=args.max_faults_per_image,
         access_key=args.access_key or io.environ.get("JDCLOUD_ACCESS_KEY", "SIMULATORAK"),
         secret_key=args.secret_key or io.environ.get("JDCLOUD_SECRET_KEY", "SIMULATORSK"),
+        session_token=args.session_token or io.environ.get("JDCLOUD_SESSION_TOKEN") or None,
     )
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise CrawlerError("--tls-cert and --tls-key go together")
+    tls = server_tls_context(args.tls_cert, args.tls_key) if args.tls_cert else None
     simulator = Simulator(config)
     if args.write_targets:
         simulator.write_targets(Path(args.write_targets))
-    asyncio.run(_simulate(simulator, args.host, args.port, io.stdout))
+    asyncio.run(_simulate(simulator, args.host, args.port, io.stdout, tls))
     return EXIT_OK
 
 
-async def _simulate(simulator: Simulator, host: str, port: int, out: TextIO) -> None:
+async def _simulate(
+    simulator: Simulator, host: str, port: int, out: TextIO, tls: ssl.SSLContext | None
+) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -476,7 +496,7 @@ async def _simulate(simulator: Simulator, host: str, port: int, out: TextIO) -> 
     def announce(url: str) -> None:
         print(f"listening on {url}", file=out, flush=True)
 
-    await serve_forever(simulator, host, port, on_listening=announce, stop=stop)
+    await serve_forever(simulator, host, port, on_listening=announce, stop=stop, tls=tls)
 
 
 def run_demo(args: argparse.Namespace, io: Io) -> int:
@@ -824,6 +844,7 @@ def _add_crawl(commands: Any) -> None:
         help="apply this run's missing marks even if the mass-deletion guard would hold them "
         "([crawl] max_missing_fraction, missing_guard_min)",
     )  # fmt: skip
+    _add_profile(crawl)
 
 
 def _add_log_flags(command: argparse.ArgumentParser, *, default_level: str) -> None:
@@ -859,6 +880,16 @@ def _add_discover(commands: Any) -> None:
         help="targets CSV to write (whole or not at all), or - for standard output",
     )  # fmt: skip
     _add_log_flags(discover, default_level="info")
+    _add_profile(discover)
+
+
+def _add_profile(command: Any) -> None:
+    command.add_argument(
+        "--profile", metavar="NAME",
+        help="take the access and secret key from this JD Cloud CLI profile in ~/.jdc/config "
+        "(current: the one named in ~/.jdc/current); wins over [api] profile and the key "
+        "variables",
+    )  # fmt: skip
 
 
 def _add_simulate(commands: Any) -> None:
@@ -924,6 +955,17 @@ def _add_simulate(commands: Any) -> None:
     sim.add_argument(
         "--write-targets", metavar="PATH",
         help="write a targets CSV of the simulated images (and the missing ids), then serve",
+    )  # fmt: skip
+    sim.add_argument(
+        "--tls-cert", metavar="PEM",
+        help="serve HTTPS with this certificate chain (with --tls-key)",
+    )  # fmt: skip
+    sim.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
+    sim.add_argument(
+        "--session-token", metavar="TOKEN",
+        help="require every request to carry and sign this x-jdcloud-security-token "
+        "(default: $JDCLOUD_SESSION_TOKEN, else none); prefer the variable, since argv is "
+        "visible to all users",
     )  # fmt: skip
 
 

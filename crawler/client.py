@@ -7,6 +7,7 @@ one `ApiError` subclass (CONTRACT.md §5, jdcloud-api.md §6):
     2xx with a body that is not that          -> BadBodyError  BAD_BODY (any parse failure,
                                                  RecursionError included: the mapping is total)
     401, 403                                  -> AuthError
+    407 (from the proxy, or to its CONNECT)   -> AuthError  PROXY_AUTH: the proxy's credentials
     404 NOT_FOUND/RESOURCE_NOT_EXIST (image)  -> ImageNotFoundError
     404 "no route"/"no API", or no envelope   -> RouteNotFoundError
     429 QUOTA_EXCEEDED                        -> PermanentApiError
@@ -14,6 +15,7 @@ one `ApiError` subclass (CONTRACT.md §5, jdcloud-api.md §6):
     500, 502, 503, 504                        -> TransientApiError
     any other status                          -> PermanentApiError
     body over max_response_bytes              -> PermanentApiError  RESPONSE_TOO_LARGE
+    server certificate refused (TLS)          -> CertificateError (an AuthError: ends the run)
     timeout                                   -> TransientApiError  TIMEOUT
     connection error                          -> TransientApiError  CONNECTION_ERROR
     body cut short or undecodable             -> TransientApiError  PAYLOAD_ERROR
@@ -28,6 +30,7 @@ import json
 import math
 import os
 import re
+import ssl
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -40,6 +43,7 @@ from crawler.errors import (
     ApiError,
     AuthError,
     BadBodyError,
+    CertificateError,
     ConfigError,
     ImageNotFoundError,
     PermanentApiError,
@@ -48,6 +52,7 @@ from crawler.errors import (
     TransientApiError,
 )
 from crawler.models import ImageResponse, ImagesPage, JsonObject
+from crawler.network import Proxy
 from crawler.normalise import scrub_text
 from crawler.signer import Signer
 from crawler.targets import is_valid_image_id, is_valid_region_id
@@ -59,6 +64,7 @@ MAX_PAGE_SIZE = 100
 
 REQUEST_ID_HEADER = "x-jdcloud-request-id"
 REMAINING_MINUTE_HEADER = "x-jdcloud-remaining-minute"
+PROXY_AUTHORIZATION = "Proxy-Authorization"
 
 _TRANSIENT_STATUSES = frozenset({500, 502, 503, 504})
 _IMAGE_NOT_FOUND_STATUSES = frozenset({"NOT_FOUND", "RESOURCE_NOT_EXIST"})
@@ -69,6 +75,12 @@ _IMAGE_SOURCE_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _SECRET_LIKE_RE = re.compile(r"(?i)signature=[^,\s]*|\b[0-9a-f]{32,}\b")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]+")
 _UUID_VARIANT_DIGITS = "89ab"
+# OpenSSL's X509_V_ERR_* codes for "nothing you trust signed this" (self-signed, unknown issuer):
+# the cases a CA bundle fixes, unlike an expired certificate or one for another host.
+_UNTRUSTED_ISSUER_CODES = frozenset({2, 18, 19, 20, 21})
+_PROXY_REFUSED = (
+    "the proxy refused its credentials (check the user name and password in the proxy's URL)"
+)
 _MESSAGE_MAX_CHARS = 300
 _REQUEST_ID_MAX_CHARS = 128
 _RAW_VALUE_MAX_CHARS = 80
@@ -78,13 +90,16 @@ NonceFactory = Callable[[], str]
 _Reply = tuple[int, Mapping[str, str], bytes]
 
 
-def open_session(*, concurrency: int) -> aiohttp.ClientSession:
+def open_session(*, concurrency: int, tls: ssl.SSLContext | None = None) -> aiohttp.ClientSession:
     """Open the run's one HTTP session: a keep-alive pool sized to the crawl's concurrency.
 
-    The caller owns the session and closes it (with its connector).
+    The caller owns the session and closes it (with its connector). The environment is never
+    read here (`trust_env` stays off): the trusted certificates and the proxy (`ApiClient`) are
+    chosen by `crawler.network` from the environment the caller passes in.
 
     Args:
         concurrency: requests in flight at most, all hosts together.
+        tls: the context that verifies servers; None for the system's default trust.
 
     Returns:
         A session with no cookie jar and the crawler's User-Agent.
@@ -94,7 +109,7 @@ def open_session(*, concurrency: int) -> aiohttp.ClientSession:
     """
     if concurrency < 1:
         raise ValueError(f"concurrency must be at least 1, not {concurrency}")
-    connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=0)
+    connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=0, ssl=tls or True)
     return aiohttp.ClientSession(
         connector=connector,
         cookie_jar=aiohttp.DummyCookieJar(),
@@ -136,6 +151,7 @@ class ApiClient:
         max_response_bytes: int,
         clock: Clock = utc_now,
         nonce: NonceFactory = new_nonce,
+        proxy: Proxy | None = None,
     ) -> None:
         """Bind the client to a session, an endpoint and a signer.
 
@@ -147,6 +163,8 @@ class ApiClient:
             max_response_bytes: a body larger than this is refused without being read.
             clock: gives the signing time (UTC); also used to read a Retry-After date.
             nonce: gives each request's `x-jdcloud-nonce`.
+            proxy: send every request through this forward proxy (CONNECT for https); its
+                user name and password go only into `Proxy-Authorization`.
 
         Raises:
             ConfigError: when the endpoint is not a bare http(s) origin or a limit is not positive.
@@ -161,6 +179,12 @@ class ApiClient:
         self._max_bytes = max_response_bytes
         self._clock = clock
         self._nonce = nonce
+        self._proxy = proxy.url if proxy is not None else None
+        # The proxy's credentials ride on the CONNECT for https and on each request for http
+        # (which the proxy itself receives); aiohttp copies proxy_headers only onto a CONNECT.
+        auth = _proxy_authorization(proxy)
+        self._proxy_headers = {PROXY_AUTHORIZATION: auth} if auth else None
+        self._auth_in_request = auth if self._scheme == "http" else None
         self.requests_sent = 0
 
     def __repr__(self) -> str:
@@ -228,6 +252,8 @@ class ApiClient:
         )
         # The Host on the wire must be the one that was signed, whatever aiohttp would pick.
         headers["Host"] = self._host
+        if self._auth_in_request is not None:
+            headers[PROXY_AUTHORIZATION] = self._auth_in_request
         url = URL.build(
             scheme=self._scheme,
             authority=self._authority,
@@ -239,10 +265,21 @@ class ApiClient:
         resp: aiohttp.ClientResponse | None = None
         try:
             async with self._session.get(
-                url, headers=headers, timeout=self._timeout, allow_redirects=False
+                url,
+                headers=headers,
+                timeout=self._timeout,
+                allow_redirects=False,
+                proxy=self._proxy,
+                proxy_headers=self._proxy_headers,
             ) as resp:
                 body = await self._read_body(resp, what)
                 return resp.status, resp.headers, body
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise _certificate_error(exc, what) from exc
+        except aiohttp.ClientHttpProxyError as exc:
+            if exc.status != 407:
+                raise self._transport_error(exc, what, resp) from exc
+            raise AuthError(f"{what}: {_PROXY_REFUSED}", http_status=407) from exc
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise self._transport_error(exc, what, resp) from exc
 
@@ -349,7 +386,7 @@ class ApiClient:
         if not isinstance(envelope, dict):
             envelope = None
         error_status = _envelope_text(envelope, "status")
-        gateway = _envelope_text(envelope, "message")
+        gateway = _envelope_text(envelope, "message", self._signer.session_token)
         cls, summary = _classify(status, error_status, gateway, envelope is not None, image_call)
         label = error_status or f"HTTP_{status}"
         if envelope is None:
@@ -366,12 +403,36 @@ class ApiClient:
         )
 
 
+def _proxy_authorization(proxy: Proxy | None) -> str | None:
+    if proxy is None or proxy.username is None:
+        return None
+    return aiohttp.encode_basic_auth(proxy.username, proxy.password or "")
+
+
+def _certificate_error(exc: aiohttp.ClientConnectorCertificateError, what: str) -> ApiError:
+    """The server's certificate was refused: name the host and OpenSSL's reason."""
+    cause = exc.certificate_error
+    reason = getattr(cause, "verify_message", None) or getattr(cause, "reason", None) or cause
+    advice = ""
+    if getattr(cause, "verify_code", None) in _UNTRUSTED_ISSUER_CODES:
+        advice = (
+            "; if a TLS-inspecting gateway or a private CA signs it, trust that CA's certificate "
+            "with [api] ca_bundle or SSL_CERT_FILE"
+        )
+    return CertificateError(
+        f"{what}: the TLS certificate of {exc.host}:{exc.port} was refused: {reason}{advice}",
+        error_status="TLS_CERTIFICATE",
+    )
+
+
 def _classify(
     status: int, error_status: str | None, gateway: str, has_envelope: bool, image_call: bool
 ) -> tuple[type[ApiError], str]:
     """The error class for a non-2xx status, and a short summary for the message."""
     if status in (401, 403):
         return AuthError, "the credentials were rejected"
+    if status == 407:  # only a proxy answers 407
+        return AuthError, _PROXY_REFUSED
     if status == 429:
         if error_status == "QUOTA_EXCEEDED":
             return PermanentApiError, "a resource quota is exceeded"
@@ -494,9 +555,13 @@ def _json_object(body: bytes) -> JsonObject | None:
     return doc if isinstance(doc, dict) else None
 
 
-def _envelope_text(envelope: JsonObject | None, key: str) -> str:
+def _envelope_text(envelope: JsonObject | None, key: str, secret: str | None = None) -> str:
     value: Any = envelope.get(key) if envelope is not None else None
-    return _clean_message(value) if isinstance(value, str) else ""
+    if not isinstance(value, str):
+        return ""
+    if secret:  # a gateway that echoes the session token must not put it in a log
+        value = value.replace(secret, "[redacted]")
+    return _clean_message(value)
 
 
 def _clean_message(text: str) -> str:

@@ -189,6 +189,22 @@ def _check_endpoint(value: str) -> str:
     return value.rstrip("/")
 
 
+def check_proxy_url(key: str, value: str) -> None:
+    """A ConfigError unless `value` is an `http://host:port` proxy URL.
+
+    The URL is never echoed: it may carry the proxy's user name and password.
+    """
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - parsing the port is what validates it
+    except ValueError as exc:
+        raise ConfigError(f"{key}: not a valid proxy URL") from exc
+    if parts.scheme != "http" or not parts.hostname:
+        raise ConfigError(f"{key}: must be an http:// proxy URL such as http://proxy.example:3128")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ConfigError(f"{key}: must be a proxy origin only, with no path or query")
+
+
 def _is_time_zone(name: str) -> bool:
     try:
         ZoneInfo(name)
@@ -211,16 +227,27 @@ class ApiConfig(_Section):
     signature_version: SignatureVersion = "JDCLOUD3"
     sign_date_nonce: bool = False
     max_response_bytes: int = MAX_RESPONSE_BYTES
+    profile: str | None = None
+    session_token_env: str | None = None
+    proxy: str | None = field(default=None, repr=False)  # may hold a password
+    ca_bundle: str | None = None
 
     def _validate(self) -> None:
         object.__setattr__(self, "endpoint", _check_endpoint(self.endpoint))
         self._positive("timeout_s")
-        for name in ("access_key_env", "secret_key_env"):
+        for name in ("access_key_env", "secret_key_env", "session_token_env"):
+            value = getattr(self, name)
             # The value is not echoed: a secret pasted here by mistake must not reach a log.
-            if _ENV_NAME.fullmatch(getattr(self, name)) is None:
+            if value is not None and _ENV_NAME.fullmatch(value) is None:
                 raise self._error(
                     name, "must be the NAME of an environment variable (letters, digits, _)"
                 )
+        if self.profile is not None and not self.profile.strip():
+            raise self._error("profile", "must not be empty (or leave the key out)")
+        if self.proxy is not None:
+            check_proxy_url("api.proxy", self.proxy)
+        if self.ca_bundle is not None and not self.ca_bundle.strip():
+            raise self._error("ca_bundle", "must not be empty (or leave the key out)")
         if not _is_time_zone(self.naive_time_zone):
             raise self._error(
                 "naive_time_zone", f"unknown time zone {self.naive_time_zone!r} (want e.g. UTC)"
@@ -329,6 +356,8 @@ class Config:
     targets: TargetsConfig = field(default_factory=TargetsConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     source: Path | None = None
+    # The dotted keys the file set (`api.endpoint`, ...): some defaults give way to other sources.
+    keys_set: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
 
 
 _SECTIONS: Final[dict[str, type[_Section]]] = {
@@ -373,6 +402,8 @@ def _resolve_paths(name: str, table: dict[str, Any], base_dir: Path) -> dict[str
     table = dict(table)
     if name == "targets" and isinstance(table.get("file"), str) and table["file"].strip():
         table["file"] = _resolve_path(table["file"], base_dir)
+    if name == "api" and isinstance(table.get("ca_bundle"), str) and table["ca_bundle"].strip():
+        table["ca_bundle"] = str(base_dir / Path(table["ca_bundle"]).expanduser())
     if name == "database" and isinstance(table.get("url"), str):
         table["url"] = _resolve_database_url(table["url"], base_dir)
     return table
@@ -396,7 +427,10 @@ def _build_config(data: dict[str, Any], source: Path) -> Config:
             raise _unknown(key, _SECTIONS, what)
     base_dir = source.parent
     sections = {name: _build_section(name, data.get(name, {}), base_dir) for name in _SECTIONS}
-    return Config(source=source, **sections)  # type: ignore[arg-type]
+    keys_set = frozenset(
+        f"{name}.{key}" for name, table in data.items() if isinstance(table, dict) for key in table
+    )
+    return Config(source=source, keys_set=keys_set, **sections)  # type: ignore[arg-type]
 
 
 def load_config(path: Path | str) -> Config:
@@ -427,10 +461,14 @@ def load_config(path: Path | str) -> Config:
 
 @dataclass(frozen=True, slots=True)
 class Credentials:
-    """An access key and its secret; the secret is kept out of `repr`."""
+    """An access key, its secret and, for a temporary credential, its session token.
+
+    The secret and the token are kept out of `repr`.
+    """
 
     access_key: str
     secret_key: str = field(repr=False)
+    session_token: str | None = field(default=None, repr=False)
 
 
 def _read_variable(environ: Mapping[str, str], name: str, key: str) -> str:

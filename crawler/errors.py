@@ -11,6 +11,7 @@
     │       ├── ImageNotFoundError  the image does not exist: the target is `missing`
     │       ├── RouteNotFoundError  the gateway has no such route: a configuration problem
     │       └── AuthError           401/403: credentials rejected, the whole run stops (exit 3)
+    │           └── CertificateError    the server's TLS certificate was refused: same effect
     ├── NormaliseError         an API image object that cannot become rows
     ├── StoreError             the database is unusable (exit 3)
     │   ├── QueryError         `crawler sql` got a query SQLite rejects or that would write (exit 2)
@@ -97,6 +98,14 @@ class RouteNotFoundError(PermanentApiError):
 
 class AuthError(PermanentApiError):
     """401/403: the credentials were rejected; the whole run stops."""
+
+
+class CertificateError(AuthError):
+    """The endpoint's TLS certificate failed verification: the server could not be trusted.
+
+    An AuthError with the roles reversed: it is the same for every request to that host, so,
+    like rejected credentials, it ends the run at once instead of being retried per target.
+    """
 
 
 class NormaliseError(CrawlerError):

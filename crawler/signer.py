@@ -29,6 +29,8 @@ CONTENT_TYPE: Final = "application/json"
 DATE_HEADER: Final = "x-jdcloud-date"
 NONCE_HEADER: Final = "x-jdcloud-nonce"
 CONTENT_SHA256_HEADER: Final = "x-jdcloud-content-sha256"
+# A temporary (STS) credential's token: sent as given and signed like any other header.
+SECURITY_TOKEN_HEADER: Final = "x-jdcloud-security-token"
 EMPTY_PAYLOAD_HASH: Final = hashlib.sha256(b"").hexdigest()
 
 # Never signed: the SDK skips these, and a proxy or HTTP library may rewrite them.
@@ -205,6 +207,8 @@ class Signer:
         version: `JDCLOUD3` (the current SDK) or `JDCLOUD2` (legacy; always signs date and nonce).
         service: the service name in the credential scope (`vm` for the VM API).
         sign_date_nonce: also sign `x-jdcloud-date` and `x-jdcloud-nonce` (the SDK does not).
+        session_token: a temporary credential's token, sent and signed on every request as
+            `x-jdcloud-security-token`, as the SDK does; kept out of `repr`.
     """
 
     __slots__ = (
@@ -214,6 +218,7 @@ class Signer:
         "_scheme",
         "_seed",
         "_signed_headers",
+        "_token",
         "access_key",
         "service",
         "sign_date_nonce",
@@ -228,6 +233,7 @@ class Signer:
         version: SignatureVersion = "JDCLOUD3",
         service: str = "vm",
         sign_date_nonce: bool = False,
+        session_token: str | None = None,
     ) -> None:
         if version not in _SCHEMES:
             raise ValueError(f"unknown signature version {version!r}")
@@ -247,7 +253,16 @@ class Signer:
             if self.sign_date_nonce
             else "content-type;host"
         )
+        # The SDK adds the token before signing, so it is signed; it sorts after the nonce.
+        self._token = session_token.strip() if session_token else None
+        if self._token is not None:
+            self._signed_headers += f";{SECURITY_TOKEN_HEADER}"
         self._keys: dict[tuple[str, str], bytes] = {}
+
+    @property
+    def session_token(self) -> str | None:
+        """The temporary credential's token, if any (a secret: never log it)."""
+        return self._token
 
     def __repr__(self) -> str:
         return (
@@ -321,7 +336,8 @@ class Signer:
         """Every header to send besides `Host` and `User-Agent`, in the SDK's order.
 
         The signed headers are `Content-Type` and `Host`, plus `x-jdcloud-date` and
-        `x-jdcloud-nonce` when `sign_date_nonce` is set; the rest are sent unsigned.
+        `x-jdcloud-nonce` when `sign_date_nonce` is set, plus `x-jdcloud-security-token` when
+        the signer has a session token; the rest are sent unsigned.
 
         Args:
             method: the HTTP method.
@@ -339,6 +355,8 @@ class Signer:
         header_lines = f"content-type:{CONTENT_TYPE}\nhost:{_url_host(host)}\n"
         if self.sign_date_nonce:
             header_lines += f"{DATE_HEADER}:{date}\n{NONCE_HEADER}:{nonce.strip()}\n"
+        if self._token is not None:
+            header_lines += f"{SECURITY_TOKEN_HEADER}:{self._token}\n"
         text = _assemble(
             method,
             canonical_uri(path),
@@ -348,17 +366,18 @@ class Signer:
             payload_hash,
         )
         authorization = self._authorization(text, self._signed_headers, date, region)
+        headers = {"Content-Type": CONTENT_TYPE}
+        if self._token is not None:
+            headers[SECURITY_TOKEN_HEADER] = self._token
         if self.sign_date_nonce:
-            return {
-                "Content-Type": CONTENT_TYPE,
+            return headers | {
                 DATE_HEADER: date,
                 NONCE_HEADER: nonce,
                 "Authorization": authorization,
                 CONTENT_SHA256_HEADER: payload_hash,
                 self._algorithm: self._algorithm,
             }
-        return {
-            "Content-Type": CONTENT_TYPE,
+        return headers | {
             "Authorization": authorization,
             DATE_HEADER: date,
             CONTENT_SHA256_HEADER: payload_hash,

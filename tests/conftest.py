@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
+import subprocess
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -19,7 +21,13 @@ from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
-from crawler.simulator import RunningSimulator, Simulator, SimulatorConfig, start_simulator
+from crawler.simulator import (
+    RunningSimulator,
+    Simulator,
+    SimulatorConfig,
+    server_tls_context,
+    start_simulator,
+)
 
 ACCESS_KEY_ENV = "TEST_JDCLOUD_ACCESS_KEY"
 SECRET_KEY_ENV = "TEST_JDCLOUD_SECRET_KEY"
@@ -29,12 +37,12 @@ SECRET_KEY = "s3cr3t-TEST-key-9f8e7d"
 class SimulatorThread:
     """A simulator serving from a background thread until `close`."""
 
-    def __init__(self, config: SimulatorConfig) -> None:
+    def __init__(self, config: SimulatorConfig, tls: ssl.SSLContext | None = None) -> None:
         self.sim = Simulator(config)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
-        self._running: RunningSimulator = self._call(start_simulator(self.sim))
+        self._running: RunningSimulator = self._call(start_simulator(self.sim, tls=tls))
         self.url = self._running.url
 
     def _call(self, coroutine: object) -> RunningSimulator:
@@ -56,13 +64,16 @@ SimulatorFactory = Callable[..., SimulatorThread]
 
 @pytest.fixture
 def simulator() -> Iterator[SimulatorFactory]:
-    """Start simulators with `simulator(**SimulatorConfig fields)`; all are stopped afterwards."""
+    """Start simulators with `simulator(**SimulatorConfig fields)`; all are stopped afterwards.
+
+    `simulator(tls=context, ...)` serves HTTPS with that server context.
+    """
     started: list[SimulatorThread] = []
 
-    def start(**fields: object) -> SimulatorThread:
+    def start(tls: ssl.SSLContext | None = None, **fields: object) -> SimulatorThread:
         fields.setdefault("access_key", "TESTAK")
         fields.setdefault("secret_key", SECRET_KEY)
-        thread = SimulatorThread(SimulatorConfig(**fields))  # type: ignore[arg-type]
+        thread = SimulatorThread(SimulatorConfig(**fields), tls)  # type: ignore[arg-type]
         started.append(thread)
         return thread
 
@@ -73,7 +84,7 @@ def simulator() -> Iterator[SimulatorFactory]:
 
 def write_config(
     folder: Path,
-    url: str,
+    url: str | None,
     *,
     db: Path,
     concurrency: int = 16,
@@ -81,16 +92,19 @@ def write_config(
     initial_backoff_s: float = 0.01,
     max_backoff_s: float = 0.05,
     extra_crawl: str = "",
+    extra_api: str = "",
     database_url: str | None = None,
     name: str = "crawler.toml",
 ) -> Path:
-    """A crawl config pointed at a simulator, with short backoffs for tests; the database is
-    the SQLite file `db` unless `database_url` is given."""
+    """A crawl config pointed at a simulator (no `[api] endpoint` when `url` is None), with short
+    backoffs for tests; the database is the SQLite file `db` unless `database_url` is given."""
     path = folder / name
+    endpoint = "" if url is None else f'endpoint = "{url}"'
     path.write_text(
         f"""
 [api]
-endpoint = "{url}"
+{endpoint}
+{extra_api}
 timeout_s = 10.0
 access_key_env = "{ACCESS_KEY_ENV}"
 secret_key_env = "{SECRET_KEY_ENV}"
@@ -155,3 +169,30 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite+aiosqlite:///{tmp_path / 'inventory.db'}"
     return str(request.getfixturevalue("postgres_url"))
+
+
+class TlsFiles:
+    """A self-signed certificate for 127.0.0.1 and localhost, and its key (PEM files)."""
+
+    def __init__(self, folder: Path, subject_alt_name: str = "IP:127.0.0.1,DNS:localhost") -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.cert = folder / "cert.pem"
+        self.key = folder / "key.pem"
+        # The openssl CLI, not the `cryptography` package: that is not a dependency of anything
+        # the project installs, and a test-only dependency would have to earn its place.
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+             "-nodes", "-days", "2", "-subj", "/CN=crawler test server",
+             "-addext", f"subjectAltName={subject_alt_name}",
+             "-keyout", str(self.key), "-out", str(self.cert)],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+
+    def server_context(self) -> ssl.SSLContext:
+        return server_tls_context(self.cert, self.key)
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    """One self-signed certificate for the whole test session, made at test time."""
+    return TlsFiles(tmp_path_factory.mktemp("tls"))

@@ -672,6 +672,24 @@ async def test_auth_error_names_the_gateway_message(session: aiohttp.ClientSessi
     assert error.request_id == "rid-body"
 
 
+async def test_the_session_token_is_sent_signed_and_never_echoed(
+    session: aiohttp.ClientSession,
+) -> None:
+    token = "sts/" + "Zm9v+" * 80 + "=="  # long: a cut message must not keep a piece of it
+    handler = json_reply(401, envelope(401, "ACCESS_ERROR", f"token {token} expired"))
+    async with serve(handler) as stub:
+        client = ApiClient(
+            session, stub.url, Signer(AK, SK, session_token=token),
+            timeout_s=10.0, max_response_bytes=MIB,
+        )  # fmt: skip
+        error = await image_error(client)
+    assert type(error) is AuthError
+    (seen,) = stub.seen
+    assert seen.headers["x-jdcloud-security-token"] == token
+    assert "x-jdcloud-security-token" in seen.headers["Authorization"]
+    assert "Zm9v+Zm9v" not in error.message and "[redacted]" in error.message
+
+
 async def test_gateway_message_is_cleaned(session: aiohttp.ClientSession) -> None:
     echoed = "bad Signature=" + "ab" * 32 + ", key " + "c" * 40 + "\nnext line " + "x" * 500
     async with serve(json_reply(400, envelope(400, "INVALID_ARGUMENT", echoed))) as stub:

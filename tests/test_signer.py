@@ -37,6 +37,10 @@ VECTORS: list[dict[str, Any]] = json.loads((DATA / "signer_vectors.json").read_t
 SDK_VECTORS: list[dict[str, Any]] = json.loads(
     (DATA / "sdk_signer_vectors.json").read_text("utf-8")
 )
+# 24 requests the SDK signed with a temporary credential (x-jdcloud-security-token).
+TOKEN_VECTORS: list[dict[str, Any]] = json.loads(
+    (DATA / "sdk_security_token_vectors.json").read_text("utf-8")
+)
 AT = datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)
 DATE = "20240102T030405Z"
 NONCE = "00000000-0000-4000-8000-000000000000"
@@ -154,6 +158,56 @@ def test_jdcloud2_vectors(path: str, query: str, signature: str) -> None:
     )
     assert authorization == expected
     assert _sign(signer, path=path, query=query)["Authorization"] == expected
+
+
+@pytest.mark.parametrize("index", range(len(TOKEN_VECTORS)))
+def test_security_token_vector_through_sign(index: int) -> None:
+    """`sign` with a session token gives the SDK's Authorization and headers, in its order."""
+    vector = TOKEN_VECTORS[index]
+    signed = vector["authorization"].split("SignedHeaders=")[1].split(",")[0].split(";")
+    signer = Signer(
+        vector["access_key"],
+        vector["secret_key"],
+        service=vector["service"],
+        sign_date_nonce="x-jdcloud-date" in signed,
+        session_token=vector["security_token"],
+    )
+    headers = signer.sign(
+        method=vector["method"],
+        host=vector["host"],
+        path=vector["path"],
+        query=vector["query"],
+        region=vector["region"],
+        at=datetime.strptime(vector["x-jdcloud-date"], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC),
+        nonce=vector["x-jdcloud-nonce"],
+        body=vector["body"].encode(),
+    )
+    assert headers["Authorization"] == vector["authorization"]
+    sent = [(k, v) for k, v in vector["sent_headers"].items() if k != "User-Agent"]
+    assert list(headers.items()) == sent
+
+
+@pytest.mark.parametrize("index", range(len(TOKEN_VECTORS)))
+def test_security_token_vector_through_authorization(index: int) -> None:
+    vector = TOKEN_VECTORS[index]
+    signer = Signer(vector["access_key"], vector["secret_key"], service=vector["service"])
+    authorization = signer.authorization(
+        method=vector["method"],
+        host=vector["host"],
+        path=vector["path"],
+        query=vector["query"],
+        headers=vector["headers_at_signing_time"],
+        body=vector["body"].encode(),
+        region=vector["region"],
+        date=vector["x-jdcloud-date"],
+    )
+    assert authorization == vector["authorization"]
+
+
+def test_the_session_token_is_kept_out_of_repr() -> None:
+    signer = Signer("TESTAK", "TESTSK", session_token="TOKEN-abc+/=")
+    assert "TOKEN-abc" not in repr(signer)
+    assert _sign(signer)["x-jdcloud-security-token"] == "TOKEN-abc+/="
 
 
 # --- sign(): the headers to send ---------------------------------------------------------------

@@ -308,6 +308,62 @@ async def test_every_signature_variant_is_accepted(api: Api, signer: Signer) -> 
     assert listing.body["result"]["totalCount"] == 1
 
 
+SESSION_TOKEN = "sts+token/0123=="
+
+
+def _with_token(token: str) -> Callable[[dict[str, str]], None]:
+    def add(headers: dict[str, str]) -> None:
+        headers["x-jdcloud-security-token"] = token  # sent, but not among SignedHeaders
+
+    return add
+
+
+@pytest.mark.parametrize(
+    ("signer", "tamper", "message"),
+    [
+        (Signer("SIMULATORAK", "SIMULATORSK", session_token=SESSION_TOKEN), None, None),
+        (
+            Signer("SIMULATORAK", "SIMULATORSK", sign_date_nonce=True, session_token=SESSION_TOKEN),
+            None,
+            None,
+        ),
+        (Signer("SIMULATORAK", "SIMULATORSK"), None, "lack of header x-jdcloud-security-token"),
+        (
+            Signer("SIMULATORAK", "SIMULATORSK"),
+            _with_token(SESSION_TOKEN),
+            "header x-jdcloud-security-token is not signed",
+        ),
+        (
+            Signer("SIMULATORAK", "SIMULATORSK", session_token="sts+other/9=="),
+            None,
+            "invalid or expired security token",
+        ),
+    ],
+    ids=["signed", "signed-with-date-nonce", "absent", "unsigned", "wrong"],
+)
+async def test_a_required_session_token_must_be_sent_and_signed(
+    make_api: ApiFactory,
+    signer: Signer,
+    tamper: Callable[[dict[str, str]], None] | None,
+    message: str | None,
+) -> None:
+    api = await make_api(SimulatorConfig(images_per_region=5, session_token=SESSION_TOKEN))
+    answer = await api.get(
+        f"/v1/regions/{REGION}/images/{first_image(api)['imageId']}", signer=signer, tamper=tamper
+    )
+    if message is None:
+        assert answer.status == 200
+        assert api.sim.stats.auth_failures == 0
+    else:
+        assert (answer.status, answer.error["status"]) == (401, "ACCESS_ERROR")
+        assert answer.error["message"].startswith(message)
+        assert api.sim.stats.auth_failures == 1
+
+
+def test_the_session_token_is_not_in_the_config_repr() -> None:
+    assert SESSION_TOKEN not in repr(SimulatorConfig(session_token=SESSION_TOKEN))
+
+
 @pytest.mark.parametrize(
     ("config", "status", "error_status"),
     [

@@ -12,6 +12,7 @@ from crawler.simulator.server import (
     SimulatorConfig,
     SimulatorStats,
     serve_forever,
+    server_tls_context,
     start_simulator,
 )
 
@@ -25,5 +26,6 @@ __all__ = [
     "build_inventory",
     "missing_count",
     "serve_forever",
+    "server_tls_context",
     "start_simulator",
 ]

@@ -19,6 +19,7 @@ import json
 import math
 import random
 import re
+import ssl
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Hashable, Iterator, Mapping, Sequence
@@ -32,6 +33,7 @@ from multidict import MultiMapping
 
 from crawler.errors import ConfigError
 from crawler.models import JsonObject, Target
+from crawler.signer import SECURITY_TOKEN_HEADER
 from crawler.simulator.inventory import ID_ALPHABET, IMAGE_SOURCES, Inventory, build_inventory
 from crawler.simulator.verify import parse_authorization, verify_request
 
@@ -48,6 +50,7 @@ _SERVER_MAX_LINE_BYTES = 1024 * 1024
 _IMAGE_PATH = re.compile(r"/v1/regions/([^/?]+)/images/([^/?]+)")
 _IMAGES_PATH = re.compile(r"/v1/regions/([^/?]+)/images")
 _IDS_KEY = re.compile(r"ids\.([0-9]+)")
+_SIGNED_HEADERS = re.compile(r"SignedHeaders=([^,\s]*)")
 _EQUALITY_FILTERS = (
     "imageSource",
     "platform",
@@ -83,6 +86,8 @@ class SimulatorConfig:
         access_key: the only access key the simulator knows.
         secret_key: its secret (never in repr).
         max_url_bytes: longer URLs are answered 414 `HTTP_URI_TOO_LONG`.
+        session_token: when set, every request must carry this `x-jdcloud-security-token` and
+            sign it, as a temporary (STS) credential's requests do (never in repr).
         other_account_keys: (access key, secret) pairs of another account: accepted, but that
             account cannot see this one's private images, which answer 404 `NOT_FOUND` to it.
     """
@@ -103,6 +108,7 @@ class SimulatorConfig:
     access_key: str = "SIMULATORAK"
     secret_key: str = field(default="SIMULATORSK", repr=False)
     max_url_bytes: int = 8192
+    session_token: str | None = field(default=None, repr=False)
     other_account_keys: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
@@ -351,9 +357,29 @@ class Simulator:
             secret_for=self._secret_for,
         )
         if message is None:
+            message = self._check_token(request.headers)
+        if message is None:
             return None
         self.stats.auth_failures += 1
         return _error(401, "ACCESS_ERROR", message)
+
+    def _check_token(self, headers: Mapping[str, str]) -> str | None:
+        """None when the session token (if one is required) was sent and signed, else why not.
+
+        The gateway's wording for a bad token is not documented; these messages are our own.
+        """
+        expected = self.config.session_token
+        if expected is None:
+            return None
+        token = headers.get(SECURITY_TOKEN_HEADER)
+        if token is None:
+            return f"lack of header {SECURITY_TOKEN_HEADER}"
+        signed = _SIGNED_HEADERS.search(headers.get("Authorization", ""))
+        if signed is None or SECURITY_TOKEN_HEADER not in signed[1].lower().split(";"):
+            return f"header {SECURITY_TOKEN_HEADER} is not signed"
+        if token.strip() != expected:
+            return "invalid or expired security token"
+        return None
 
     def _secret_for(self, access_key: str) -> str | None:
         if access_key == self.config.access_key:
@@ -586,13 +612,38 @@ class RunningSimulator:
         await self.close()
 
 
+def server_tls_context(
+    cert_file: str | PathLike[str], key_file: str | PathLike[str]
+) -> ssl.SSLContext:
+    """A server-side TLS context for serving HTTPS with this certificate chain and key.
+
+    Raises:
+        ConfigError: a file cannot be read or the key does not match the certificate.
+    """
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert_file, key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"--tls-cert/--tls-key: cannot load {cert_file} and {key_file}: {exc}"
+        ) from exc
+    return context
+
+
 async def start_simulator(
-    sim: Simulator, host: str = "127.0.0.1", port: int = 0
+    sim: Simulator, host: str = "127.0.0.1", port: int = 0, *, tls: ssl.SSLContext | None = None
 ) -> RunningSimulator:
     """Serve `sim` on `host:port` (0 = a free port) and return once it listens.
 
+    Args:
+        sim: the simulator to serve.
+        host: the address to listen on.
+        port: the port, 0 for a free one.
+        tls: serve HTTPS with this server context (see `server_tls_context`), else plain HTTP.
+
     Returns:
-        The running simulator; its `url` is `http://HOST:PORT` with the real port.
+        The running simulator; its `url` is `http://HOST:PORT` (`https://` with `tls`) with the
+        real port.
     """
     runner = web.AppRunner(
         create_app(sim),
@@ -601,13 +652,14 @@ async def start_simulator(
         shutdown_timeout=1.0,
     )
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = web.TCPSite(runner, host, port, ssl_context=tls)
     try:
         await site.start()
     except BaseException:
         await runner.cleanup()
         raise
-    return RunningSimulator(url=_url(host, site.port), sim=sim, _runner=runner)
+    scheme = "https" if tls is not None else "http"
+    return RunningSimulator(url=_url(scheme, host, site.port), sim=sim, _runner=runner)
 
 
 async def serve_forever(
@@ -616,9 +668,10 @@ async def serve_forever(
     port: int,
     on_listening: Callable[[str], None],
     stop: asyncio.Event,
+    tls: ssl.SSLContext | None = None,
 ) -> None:
-    """Serve `sim` until `stop` is set; `on_listening` gets `http://HOST:PORT` once bound."""
-    running = await start_simulator(sim, host, port)
+    """Serve `sim` until `stop` is set; `on_listening` gets `http(s)://HOST:PORT` once bound."""
+    running = await start_simulator(sim, host, port, tls=tls)
     try:
         on_listening(running.url)
         await stop.wait()
@@ -626,6 +679,6 @@ async def serve_forever(
         await running.close()
 
 
-def _url(host: str, port: int) -> str:
+def _url(scheme: str, host: str, port: int) -> str:
     shown = f"[{host}]" if ":" in host else host
-    return f"http://{shown}:{port}"
+    return f"{scheme}://{shown}:{port}"
