@@ -225,7 +225,10 @@ async def apply_missing(conn: AsyncConnection, run_id: int, recorded_at: str) ->
         literal(None), literal(_MISSING), found.c.content_hash, found.c.content,
         literal(recorded_at),
     )  # fmt: skip
-    marked = (await conn.execute(insert(versions).from_select(columns, opened))).rowcount
+    # SQLAlchemy promises rowcount for UPDATE and DELETE only; psycopg's INSERT ... SELECT gives -1
+    # unless asked to keep it.
+    opening = insert(versions).from_select(columns, opened)
+    marked = (await conn.execute(opening.execution_options(preserve_rowcount=True))).rowcount
     # Close the present versions just succeeded by a missing one opened in this run. The keys
     # come from one uncorrelated subquery: a correlated EXISTS lets SQLite's planner pick the
     # valid_from_run index, which every version of this run shares (a scan per row).
