@@ -61,6 +61,9 @@ RESUMABLE_BY_ID = (RunStatus.RUNNING, RunStatus.INTERRUPTED, RunStatus.FAILED)
 ASSUMED_LATENCY_S = 0.05
 # Databases on which several worker processes can share a run (CONTRACT.md §9).
 SHARED_URL_PREFIX = "postgresql+psycopg://"
+# A worker holds claims for this many times its concurrency: the next targets are queued before
+# the slots free up, so workers never wait for a claim's round trip.
+CLAIM_AHEAD = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,16 +212,17 @@ class CrawlJob:
             if self._on_run_id is not None:
                 self._on_run_id(self.run_id)
             if self.options.join:
-                log.info("run %d joined", self.run_id)
+                log.info("joined run %d as one more worker", self.run_id)
             try:
                 if store.shared:
                     stats, summary = await self._crawl_shared(store, route)
                 else:
                     stats = await self._crawl(store, route)
-                    summary = await self._finish(store, stats)
             except CrawlerError:
                 await self._keep_failed_report(store, time.monotonic() - started)
                 raise
+            if not store.shared:
+                summary = await self._finish(store, stats)
             await self._prune(store)
         duration_s = time.monotonic() - started
         return CrawlReport(summary, stats, duration_s, self.stopped_by, self.resumed)
@@ -250,22 +254,23 @@ class CrawlJob:
         run_id = self.run_id
         assert run_id is not None
         batch_size = BATCH_MAX_IDS if config.crawl.strategy == "batch" else 1
-        access_key = route.access.credentials.access_key
         claims = Claims(run_id, lease_s=config.crawl.lease_s)
         feed = ClaimFeed(
-            store.engine, claims, capacity=config.crawl.concurrency * batch_size,
+            store.engine, claims, capacity=CLAIM_AHEAD * config.crawl.concurrency * batch_size,
             batch_size=batch_size,
         )  # fmt: skip
         rate = None
         if config.crawl.rate_limit_per_s > 0:
             rate = SharedRate(
-                store.engine, access_key, config.crawl.rate_limit_per_s,
+                store.engine, route.access.credentials.access_key, config.crawl.rate_limit_per_s,
                 clock=self._pacing.clock, sleep=self._pacing.sleep,
             )  # fmt: skip
+        access_key = route.access.credentials.access_key
         hold = SharedHold(store.engine, access_key, clock=self._pacing.clock)
         pending = await store.pending_counts(run_id)
         renewer = asyncio.create_task(keep_renewed(store.engine, claims), name="lease-renewer")
         try:
+            _log_route(route)
             async with _api_client(config, route) as api:
                 self.scheduler = Scheduler(
                     _scheduler_config(config), api, _FencedStore(store, claims),
@@ -490,6 +495,9 @@ class CrawlJob:
             yield TargetsReader(decoded_lines(stream, path), path, skip_invalid=skip_invalid)
 
 
+_REJECTED = (401, 403)  # credentials refused: the whole worker stops (AuthError)
+
+
 class _FencedStore:
     """The store as one worker of a shared run writes to it: only results it still holds."""
 
@@ -505,8 +513,11 @@ class _FencedStore:
         )
 
     async def write_results(self, run_id: int, results: Sequence[TargetResult]) -> int:
-        written = await self._store.write_results(run_id, results, fence=self._claims.fence_results)
-        self._claims.settle(results, written)
+        # A target answered 401/403 failed because of this worker's credentials, not its own:
+        # it goes back to the pool with the rest of the claims (the run goes on without us).
+        kept = [result for result in results if result.http_status not in _REJECTED]
+        written = await self._store.write_results(run_id, kept, fence=self._claims.fence_results)
+        self._claims.settle(kept, written)
         return written
 
 

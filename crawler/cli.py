@@ -244,11 +244,7 @@ def _crawl(args: argparse.Namespace, io: Io, context: RunContext, invocation: _I
         profile=args.profile,
     )
     if options.join and (options.resume or options.targets is not None):
-        print(
-            "crawler crawl: --join takes the run's own targets; no --resume or --targets",
-            file=io.stderr,
-        )
-        return EXIT_USAGE
+        raise CrawlerError("--join takes the run's own targets; give no --resume or --targets")
     invocation.url = options.config.database.url
     job = CrawlJob(
         options,
@@ -878,8 +874,9 @@ def _add_crawl(commands: Any) -> None:
     )  # fmt: skip
     crawl.add_argument(
         "--join", nargs="?", const=0, type=_positive_int, metavar="RUN_ID",
-        help="PostgreSQL: crawl a running run (default: the latest) as one more worker, from"
-        " any host; exits 0 when nothing is left to claim",
+        help="PostgreSQL only: crawl a running run (RUN_ID, else the latest with status running) "
+        "as one more worker, from any host, with this config's credentials and limits; exits 0 "
+        "when nothing is left to claim, 2 when there is no running run",
     )  # fmt: skip
     crawl.add_argument(
         "--concurrency", type=_positive_int, metavar="N",

@@ -32,8 +32,6 @@ SignatureVersion = Literal["JDCLOUD3", "JDCLOUD2"]
 Strategy = Literal["single", "batch"]
 
 DEFAULT_DATABASE_URL: Final = "sqlite+aiosqlite:///inventory.db"
-# The drivers the store speaks; any other URL scheme is a config error.
-DATABASE_SCHEMES: Final = ("sqlite+aiosqlite", "postgresql+psycopg")
 MAX_RESPONSE_BYTES: Final = 8 * 1024 * 1024
 
 _ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -61,15 +59,30 @@ def database_url(value: str) -> str:
     """
     if not value.strip():
         raise ConfigError("database.url: must not be empty")
-    if "://" not in value:
-        return f"sqlite+aiosqlite:///{value}"
-    scheme = value.split("://", 1)[0]
-    if scheme not in DATABASE_SCHEMES:
+    url = value if "://" in value else f"sqlite+aiosqlite:///{value}"
+    check_database_scheme(url)
+    return url
+
+
+# The database drivers the store can open (CONTRACT.md §9); any other scheme fails here, as a
+# config error, not mid-crawl.
+SUPPORTED_DATABASE_SCHEMES: Final = ("sqlite+aiosqlite", "postgresql+psycopg")
+
+
+def check_database_scheme(url: str) -> None:
+    """Refuse a database URL whose scheme (dialect+driver) the store cannot open.
+
+    Raises:
+        ConfigError: naming the scheme (never the rest of the URL, which may hold a password).
+    """
+    scheme = url.split("://", 1)[0]
+    if scheme not in SUPPORTED_DATABASE_SCHEMES:
+        supported = ", ".join(f"{name}://" for name in SUPPORTED_DATABASE_SCHEMES)
         raise ConfigError(
-            f"database.url: unsupported scheme {scheme!r}; use a file path,"
-            " sqlite+aiosqlite:///PATH or postgresql+psycopg://USER@HOST[:PORT]/DB"
+            f"database.url: the scheme {scheme}:// is not supported; use {supported} "
+            "(e.g. sqlite+aiosqlite:///inventory.db or postgresql+psycopg://USER@HOST/DB) or a"
+            " plain file path"
         )
-    return value
 
 
 class _Section:

@@ -177,7 +177,7 @@ def test_a_database_url_the_crawler_cannot_open_is_a_config_error(tmp_path: Path
         recorder = Recorder()
         assert crawl(config, "--targets", "-", "--db", url, *extra, recorder=recorder) == 2
         message = recorder.stderr.getvalue()
-        assert "unsupported scheme" in message and "sqlite+aiosqlite:///PATH" in message
+        assert "is not supported; use sqlite+aiosqlite://" in message
         assert "Traceback" not in message and "ModuleNotFoundError" not in message
 
 

@@ -104,9 +104,7 @@ def test_runs_sql_migrate_and_the_lock_on_postgresql(
     assert main(["sql", sql, "--db", postgres_url, "--format", "csv"], recorder.io()) == 0
     assert recorder.stdout.getvalue().startswith("name\n")
     recorder = Recorder()
-    assert (
-        main(["sql", "DELETE FROM images", "--db", postgres_url], recorder.io()) == 2
-    )  # a usage error, as on SQLite
+    assert main(["sql", "DELETE FROM images", "--db", postgres_url], recorder.io()) == 2
     assert "read-only" in recorder.stderr.getvalue()
     assert query(postgres_url, "SELECT count(*) FROM images") == [(80,)]
 
@@ -347,3 +345,51 @@ def test_resume_after_the_coordinator_died_finishes_the_run_once_its_leases_laps
     assert crawl(config, "--resume", recorder=recorder) == 0, recorder.stderr.getvalue()
     assert query(postgres_url, "SELECT status, fetched FROM crawl_runs") == [("succeeded", total)]
     assert results(postgres_url) == total
+
+
+def test_a_second_coordinator_exits_75_and_a_joiner_with_a_wrong_secret_exits_3(
+    simulator: SimulatorFactory, tmp_path: Path, postgres_url: str
+) -> None:
+    server = simulator(images_per_region=150, latency_ms=20)
+    targets = targets_file(tmp_path, server.sim)
+    config = write_config(
+        tmp_path, server.url, db=tmp_path / "x.db", database_url=postgres_url, concurrency=4
+    )
+    coordinator = start(config, "--targets", str(targets))
+    try:
+        wait_until(lambda: results(postgres_url) >= 10, "the coordinator's first results")
+        recorder = Recorder()
+        assert crawl(config, "--targets", str(targets), recorder=recorder) == 75
+        assert f"pid {coordinator.pid} on " in recorder.stderr.getvalue()
+        recorder = Recorder()
+        assert crawl(config, "--join", recorder=recorder, secret="wrong") == 3
+        assert query(postgres_url, "SELECT status FROM crawl_runs") == [("running",)]
+        code, log = finish(coordinator)
+    finally:
+        if coordinator.poll() is None:
+            coordinator.kill()
+            coordinator.communicate()
+    assert code == 0, log
+    assert query(postgres_url, "SELECT count(*), min(status) FROM crawl_runs") == [(1, "succeeded")]
+
+
+def test_check_tables_datasette_and_resume_with_targets_on_postgresql(
+    simulator: SimulatorFactory, tmp_path: Path, postgres_url: str
+) -> None:
+    server = simulator(images_per_region=10)
+    targets = targets_file(tmp_path, server.sim)
+    config = write_config(tmp_path, server.url, db=tmp_path / "x.db", database_url=postgres_url)
+    recorder = Recorder()
+    # A new database: --resume --targets starts a new run from the targets.
+    assert crawl(config, "--resume", "--targets", str(targets), recorder=recorder) == 0, (
+        recorder.stderr.getvalue()
+    )
+    for command in (["check", "--max-age", "1h"], ["tables"], ["datasette-metadata"]):
+        recorder = Recorder()
+        code = main([*command, "--db", postgres_url], recorder.io())
+        assert code == 0, (command, recorder.stderr.getvalue())
+        assert recorder.stdout.getvalue().strip(), command
+    recorder = Recorder()
+    assert main(["tables", "--db", postgres_url], recorder.io()) == 0
+    assert re.search(r"^images\s+table\s+40\b", recorder.stdout.getvalue(), flags=re.M)
+    assert "rate_budgets" in recorder.stdout.getvalue()

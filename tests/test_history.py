@@ -3,6 +3,9 @@
 The simulator on loopback is changed between crawls (`set_image`, `delete_image`); what the crawler
 says changed is checked against a brute-force comparison of the inventory tables themselves,
 snapshotted after each run, with none of the store's history code.
+
+Every test runs on a new SQLite file and on a new PostgreSQL database (the `db_url` fixture), except
+the one that upgrades a first-release database: that release knew SQLite only.
 """
 
 from __future__ import annotations
@@ -23,11 +26,13 @@ from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
 
 from crawler.cli import Io, main
 from crawler.models import JsonObject
 from crawler.simulator import Simulator
 from crawler.store import run_changes
+from crawler.store.migrate import sync_url
 from tests.conftest import (
     ACCESS_KEY_ENV,
     SECRET_KEY_ENV,
@@ -50,8 +55,8 @@ KEYS = {
 Snapshot = dict[tuple[str, str], tuple[str, dict[str, Any]]]  # key -> (state, path -> value)
 
 
-def query(db: Path, sql: str, **params: Any) -> list[dict[str, Any]]:
-    engine = create_engine(f"sqlite:///{db}")
+def query(db: str, sql: str, **params: Any) -> list[dict[str, Any]]:
+    engine = create_engine(sync_url(db), poolclass=NullPool)
     try:
         with engine.connect() as conn:
             return [dict(row._mapping) for row in conn.execute(text(sql), params)]
@@ -59,7 +64,7 @@ def query(db: Path, sql: str, **params: Any) -> list[dict[str, Any]]:
         engine.dispose()
 
 
-def snapshot(db: Path) -> Snapshot:
+def snapshot(db: str) -> Snapshot:
     """Every image: `present` or `missing`, and every non-NULL field by its diff path."""
     fields: dict[tuple[str, str], dict[str, Any]] = {}
     for table, key in KEYS.items():
@@ -110,8 +115,8 @@ def run_cli(*args: str, expect: int = 0) -> str:
     return recorder.stdout.getvalue()
 
 
-def cli_diff(db: Path, *args: str) -> list[Any]:
-    out = run_cli("diff", "--db", str(db), "--format", "jsonl", *args)
+def cli_diff(db: str, *args: str) -> list[Any]:
+    out = run_cli("diff", "--db", db, "--format", "jsonl", *args)
     found = []
     for line in out.splitlines():
         item = json.loads(line)
@@ -123,8 +128,8 @@ def cli_diff(db: Path, *args: str) -> list[Any]:
     return sorted(found, key=lambda entry: (entry[2], entry[3]))
 
 
-def cli_history(db: Path, region_id: str, image_id: str) -> list[dict[str, Any]]:
-    out = run_cli("history", region_id, image_id, "--db", str(db), "--format", "jsonl")
+def cli_history(db: str, region_id: str, image_id: str) -> list[dict[str, Any]]:
+    out = run_cli("history", region_id, image_id, "--db", db, "--format", "jsonl")
     return [json.loads(line) for line in out.splitlines()]
 
 
@@ -185,11 +190,10 @@ def step(rng: random.Random, sim: Simulator, originals: dict[tuple[str, str], Js
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_diff_and_history_agree_with_snapshots_of_every_run(
-    simulator: SimulatorFactory, tmp_path: Path, seed: int
+    simulator: SimulatorFactory, tmp_path: Path, db_url: str, seed: int
 ) -> None:
     server = simulator(regions=("cn-north-1", "cn-east-2"), images_per_region=12, seed=seed)
-    db = tmp_path / "inventory.db"
-    config = write_config(tmp_path, server.url, db=db)
+    config = write_config(tmp_path, server.url, db=tmp_path / "unused.db", database_url=db_url)
     targets = targets_file(tmp_path, server.sim)
     originals = {
         (region, str(image["imageId"])): image
@@ -204,18 +208,18 @@ def test_diff_and_history_agree_with_snapshots_of_every_run(
         if run_id > 1:
             step(rng, server.sim, originals)
         assert crawl(config, "--targets", str(targets)) == 0
-        snapshots[run_id] = snapshot(db)
+        snapshots[run_id] = snapshot(db_url)
 
-    assert cli_diff(db, "--to", "1") == brute_diff({}, snapshots[1], None, 1)  # the baseline
+    assert cli_diff(db_url, "--to", "1") == brute_diff({}, snapshots[1], None, 1)  # the baseline
     for a in snapshots:
         for b in snapshots:
             if a != b:
                 expected = brute_diff(snapshots[a], snapshots[b], a, b)
-                assert cli_diff(db, "--from", str(a), "--to", str(b)) == expected, (a, b)
-    assert cli_diff(db) == brute_diff(snapshots[4], snapshots[5], 4, 5)  # the default pair
+                assert cli_diff(db_url, "--from", str(a), "--to", str(b)) == expected, (a, b)
+    assert cli_diff(db_url) == brute_diff(snapshots[4], snapshots[5], 4, 5)  # the default pair
 
     for region, image_id in originals:
-        versions = cli_history(db, region, image_id)
+        versions = cli_history(db_url, region, image_id)
         for run_id in snapshots:
             valid = [
                 v for v in versions
@@ -246,7 +250,7 @@ def other_account() -> tuple[Recorder, Io]:
 
 
 def test_the_wrong_accounts_credentials_end_held_with_exit_4_and_accept_applies_them(
-    simulator: SimulatorFactory, tmp_path: Path
+    simulator: SimulatorFactory, tmp_path: Path, db_url: str
 ) -> None:
     server = simulator(images_per_region=60, other_account_keys=((OTHER_KEY, OTHER_SECRET),))
     private = {
@@ -256,8 +260,7 @@ def test_the_wrong_accounts_credentials_end_held_with_exit_4_and_accept_applies_
         if image["imageSource"] == "private"
     }
     assert len(private) >= 50  # over missing_guard_min, and far over 20 % of 240
-    db = tmp_path / "inventory.db"
-    config = write_config(tmp_path, server.url, db=db)
+    config = write_config(tmp_path, server.url, db=tmp_path / "unused.db", database_url=db_url)
     targets = targets_file(tmp_path, server.sim)
     assert crawl(config, "--targets", str(targets)) == 0
 
@@ -268,93 +271,96 @@ def test_the_wrong_accounts_credentials_end_held_with_exit_4_and_accept_applies_
     assert f"run 2 held: {240 - len(private)} fetched, {len(private)} missing" in summary
     assert "crawler accept 2" in summary and "--accept-missing" in summary
     assert "crawler accept 2" in recorder.stderr.getvalue()  # the log says it too
-    assert query(db, "SELECT COUNT(*) AS n FROM images WHERE missing_since IS NOT NULL") == [
+    assert query(db_url, "SELECT COUNT(*) AS n FROM images WHERE missing_since IS NOT NULL") == [
         {"n": 0}
     ]
-    outcomes = query(db, "SELECT outcome, COUNT(*) AS n FROM crawl_results WHERE run_id = 2"
+    outcomes = query(db_url, "SELECT outcome, COUNT(*) AS n FROM crawl_results WHERE run_id = 2"
                          " GROUP BY outcome ORDER BY outcome")  # fmt: skip
     assert outcomes == [
         {"outcome": "fetched", "n": 240 - len(private)},
         {"outcome": "missing", "n": len(private)},
     ]
-    assert cli_diff(db, "--from", "1", "--to", "2") == []  # held: nothing removed
+    assert cli_diff(db_url, "--from", "1", "--to", "2") == []  # held: nothing removed
 
-    out = run_cli("accept", "2", "--db", str(db))
+    out = run_cli("accept", "2", "--db", db_url)
     assert f"run 2 succeeded: {len(private)} images marked missing" in out
-    missing = query(db, "SELECT image_id FROM images WHERE missing_since IS NOT NULL")
+    missing = query(db_url, "SELECT image_id FROM images WHERE missing_since IS NOT NULL")
     assert {row["image_id"] for row in missing} == private
-    removed = cli_diff(db, "--from", "1", "--to", "2")
+    removed = cli_diff(db_url, "--from", "1", "--to", "2")
     assert {entry[3] for entry in removed} == private
     assert {entry[4] for entry in removed} == {"removed"}
-    run_cli("accept", "2", "--db", str(db), expect=2)  # not held any more
+    run_cli("accept", "2", "--db", db_url, expect=2)  # not held any more
 
 
+@pytest.mark.parametrize(
+    ("extra", "flags"), [("max_missing_fraction = 1", []), ("", ["--accept-missing"])]
+)
 def test_accept_missing_and_a_fraction_of_1_let_the_marks_through(
-    simulator: SimulatorFactory, tmp_path: Path
+    simulator: SimulatorFactory, tmp_path: Path, db_url: str, extra: str, flags: list[str]
 ) -> None:
     server = simulator(images_per_region=60, other_account_keys=((OTHER_KEY, OTHER_SECRET),))
-    for extra, flags in (("max_missing_fraction = 1", []), ("", ["--accept-missing"])):
-        folder = tmp_path / (extra[:3] or "flag")
-        folder.mkdir()
-        db = folder / "inventory.db"
-        config = write_config(folder, server.url, db=db, extra_crawl=extra)
-        targets = targets_file(folder, server.sim)
-        assert crawl(config, "--targets", str(targets)) == 0
-        recorder, other = other_account()
-        args = ["crawl", "--config", str(config), "--no-progress", "--targets", str(targets)]
-        assert main([*args, *flags], other) == 0, recorder.stderr.getvalue()
-        marked = query(db, "SELECT COUNT(*) AS n FROM images WHERE missing_since IS NOT NULL")
-        assert marked[0]["n"] > 50
+    config = write_config(
+        tmp_path, server.url, db=tmp_path / "unused.db", database_url=db_url, extra_crawl=extra
+    )
+    targets = targets_file(tmp_path, server.sim)
+    assert crawl(config, "--targets", str(targets)) == 0
+    recorder, other = other_account()
+    args = ["crawl", "--config", str(config), "--no-progress", "--targets", str(targets)]
+    assert main([*args, *flags], other) == 0, recorder.stderr.getvalue()
+    marked = query(db_url, "SELECT COUNT(*) AS n FROM images WHERE missing_since IS NOT NULL")
+    assert marked[0]["n"] > 50
 
 
 # --- retention --------------------------------------------------------------------------------
 
 
 def test_retention_keeps_the_newest_runs_rows_and_all_of_the_history(
-    simulator: SimulatorFactory, tmp_path: Path
+    simulator: SimulatorFactory, tmp_path: Path, db_url: str
 ) -> None:
     server = simulator(regions=("cn-north-1",), images_per_region=10)
-    db = tmp_path / "inventory.db"
-    config = write_config(tmp_path, server.url, db=db)
+    config = write_config(tmp_path, server.url, db=tmp_path / "unused.db", database_url=db_url)
     config.write_text(config.read_text("utf-8") + "\n[retention]\nkeep_runs = 2\n", "utf-8")
     targets = targets_file(tmp_path, server.sim)
     image = server.sim.inventory.images["cn-north-1"][0]
     for run_id in range(1, 5):
         server.sim.set_image("cn-north-1", {**image, "name": f"name-{run_id}"})
         assert crawl(config, "--targets", str(targets)) == 0
-    runs = query(db, "SELECT DISTINCT run_id FROM crawl_results ORDER BY run_id")
+    runs = query(db_url, "SELECT DISTINCT run_id FROM crawl_results ORDER BY run_id")
     assert [row["run_id"] for row in runs] == [3, 4]
-    # A finished run's targets are its results: crawl_targets keeps those of unfinished runs.
-    assert query(db, "SELECT COUNT(*) AS n FROM crawl_targets") == [{"n": 0}]
-    assert len(query(db, "SELECT run_id FROM crawl_runs")) == 4
-    history = cli_history(db, "cn-north-1", str(image["imageId"]))
+    # A finished run's targets are its results: on SQLite crawl_targets keeps those of unfinished
+    # runs only; on PostgreSQL a finished run's rows stay (who claimed and completed each target)
+    # until retention drops them with its results.
+    kept_targets = query(db_url, "SELECT DISTINCT run_id FROM crawl_targets ORDER BY run_id")
+    expected_targets = [3, 4] if db_url.startswith("postgresql") else []
+    assert [row["run_id"] for row in kept_targets] == expected_targets
+    assert len(query(db_url, "SELECT run_id FROM crawl_runs")) == 4
+    history = cli_history(db_url, "cn-north-1", str(image["imageId"]))
     assert [entry["valid_from_run"] for entry in history] == [1, 2, 3, 4]
-    assert cli_diff(db, "--from", "1", "--to", "2")[0][5] == [("name", "name-1", "name-2")]
+    assert cli_diff(db_url, "--from", "1", "--to", "2")[0][5] == [("name", "name-1", "name-2")]
 
-    out = run_cli("prune", "--keep-runs", "1", "--vacuum", "--db", str(db))
+    out = run_cli("prune", "--keep-runs", "1", "--vacuum", "--db", db_url)
     assert "pruned runs: 3" in out
-    assert query(db, "SELECT DISTINCT run_id FROM crawl_results") == [{"run_id": 4}]
-    run_cli("prune", "--db", str(db))  # [retention] default 30: nothing more to do
+    assert query(db_url, "SELECT DISTINCT run_id FROM crawl_results") == [{"run_id": 4}]
+    run_cli("prune", "--db", db_url)  # [retention] default 30: nothing more to do
 
 
 def test_held_and_unfinished_runs_are_never_pruned(
-    simulator: SimulatorFactory, tmp_path: Path
+    simulator: SimulatorFactory, tmp_path: Path, db_url: str
 ) -> None:
     server = simulator(images_per_region=60, other_account_keys=((OTHER_KEY, OTHER_SECRET),))
-    db = tmp_path / "inventory.db"
-    config = write_config(tmp_path, server.url, db=db)
+    config = write_config(tmp_path, server.url, db=tmp_path / "unused.db", database_url=db_url)
     targets = targets_file(tmp_path, server.sim)
     assert crawl(config, "--targets", str(targets)) == 0
     recorder, other = other_account()
     args = ["crawl", "--config", str(config), "--no-progress", "--targets", str(targets)]
     assert main(args, other) == 4, recorder.stderr.getvalue()
     assert crawl(config, "--targets", str(targets)) == 0
-    engine = create_engine(f"sqlite:///{db}")
+    engine = create_engine(sync_url(db_url), poolclass=NullPool)
     with engine.begin() as conn:
         conn.execute(text("UPDATE crawl_runs SET status = 'interrupted' WHERE run_id = 1"))
     engine.dispose()
-    run_cli("prune", "--keep-runs", "1", "--db", str(db))
-    kept = query(db, "SELECT DISTINCT run_id FROM crawl_results ORDER BY run_id")
+    run_cli("prune", "--keep-runs", "1", "--db", db_url)
+    kept = query(db_url, "SELECT DISTINCT run_id FROM crawl_results ORDER BY run_id")
     assert [row["run_id"] for row in kept] == [1, 2, 3]
 
 
@@ -362,11 +368,10 @@ def test_held_and_unfinished_runs_are_never_pruned(
 
 
 def test_image_changes_and_the_change_counts_of_a_run(
-    simulator: SimulatorFactory, tmp_path: Path
+    simulator: SimulatorFactory, tmp_path: Path, db_url: str
 ) -> None:
     server = simulator(regions=("cn-north-1",), images_per_region=6)
-    db = tmp_path / "inventory.db"
-    config = write_config(tmp_path, server.url, db=db)
+    config = write_config(tmp_path, server.url, db=tmp_path / "unused.db", database_url=db_url)
     targets = targets_file(tmp_path, server.sim)
     assert crawl(config, "--targets", str(targets)) == 0
     first, second, third, *_ = server.sim.inventory.images["cn-north-1"]
@@ -376,18 +381,18 @@ def test_image_changes_and_the_change_counts_of_a_run(
     server.sim.set_image("cn-north-1", second)
     assert crawl(config, "--targets", str(targets)) == 0
 
-    changes = query(db, "SELECT run_id, change, COUNT(*) AS n FROM image_changes"
+    changes = query(db_url, "SELECT run_id, change, COUNT(*) AS n FROM image_changes"
                         " GROUP BY run_id, change ORDER BY run_id, change")  # fmt: skip
     assert [(row["run_id"], row["change"], row["n"]) for row in changes] == [
         (1, "added", 6), (2, "changed", 1), (2, "removed", 1), (3, "restored", 1),
     ]  # fmt: skip
     # Unchanged all along: its first version only.
-    versions = query(db, "SELECT COUNT(*) AS n FROM image_versions WHERE image_id = :i",
+    versions = query(db_url, "SELECT COUNT(*) AS n FROM image_versions WHERE image_id = :i",
                      i=str(third["imageId"]))  # fmt: skip
     assert versions == [{"n": 1}]
 
     # The reader behind the metrics file's crawler_last_run_changes.
-    counts = asyncio.run(run_changes(f"sqlite+aiosqlite:///{db}", 2))
+    counts = asyncio.run(run_changes(db_url, 2))
     assert {str(change): n for change, n in counts.items()} == {
         "added": 0, "removed": 1, "restored": 0, "changed": 1,
     }  # fmt: skip
@@ -424,11 +429,13 @@ def old_crawl(release: Path, config: Path, targets: Path) -> None:
 def test_a_first_release_database_upgrades_backfills_and_diffs_the_next_run(
     simulator: SimulatorFactory, tmp_path: Path
 ) -> None:
+    """SQLite only: the first release had no PostgreSQL dialect, and its backup is a file copy."""
     release = first_release(tmp_path / "release")
     server = simulator(regions=("cn-north-1", "cn-east-2"), images_per_region=10, seed=5)
     db = tmp_path / "inventory.db"
     config = write_config(tmp_path, server.url, db=db)
     targets = targets_file(tmp_path, server.sim)
+    url = f"sqlite+aiosqlite:///{db}"
     images = [(r, image) for r, found in server.sim.inventory.images.items() for image in found]
     (gone_region, gone), (edited_region, edited), (lost_region, lost) = images[:3]
     gone_id, edited_id, lost_id = (str(image["imageId"]) for image in (gone, edited, lost))
@@ -436,8 +443,8 @@ def test_a_first_release_database_upgrades_backfills_and_diffs_the_next_run(
     old_crawl(release, config, targets)  # run 1: everything
     server.sim.delete_image(gone_region, gone_id)
     old_crawl(release, config, targets)  # run 2: one image missing
-    assert query(db, "SELECT version_num FROM alembic_version") == [{"version_num": "0001"}]
-    assert query(db, "SELECT image_id FROM images WHERE missing_since IS NOT NULL") == [
+    assert query(url, "SELECT version_num FROM alembic_version") == [{"version_num": "0001"}]
+    assert query(url, "SELECT image_id FROM images WHERE missing_since IS NOT NULL") == [
         {"image_id": gone_id}
     ]
 
@@ -452,26 +459,29 @@ def test_a_first_release_database_upgrades_backfills_and_diffs_the_next_run(
         (2, 3, edited_region, edited_id, "changed", [("name", edited["name"], "edited-name")]),
         (2, 3, lost_region, lost_id, "removed", []),
     ]
-    assert cli_diff(db, "--from", "2", "--to", "3") == sorted(expected, key=lambda e: e[2:4])
-    assert cli_diff(db, "--from", "1", "--to", "2") == [(1, 2, gone_region, gone_id, "removed", [])]
+    assert cli_diff(url, "--from", "2", "--to", "3") == sorted(expected, key=lambda e: e[2:4])
+    assert cli_diff(url, "--from", "1", "--to", "2") == [
+        (1, 2, gone_region, gone_id, "removed", [])
+    ]
     # Every other image was unchanged: its backfilled version is still its only one.
-    counts = query(db, "SELECT image_id, COUNT(*) AS n FROM image_versions GROUP BY image_id")
+    counts = query(url, "SELECT image_id, COUNT(*) AS n FROM image_versions GROUP BY image_id")
     changed = {gone_id: 3, edited_id: 2, lost_id: 2}
     assert {row["image_id"]: row["n"] for row in counts} == {
         str(image["imageId"]): changed.get(str(image["imageId"]), 1) for _, image in images
     }
 
 
-def test_diff_formats_region_and_exit_code(simulator: SimulatorFactory, tmp_path: Path) -> None:
+def test_diff_formats_region_and_exit_code(
+    simulator: SimulatorFactory, tmp_path: Path, db_url: str
+) -> None:
     server = simulator(regions=("cn-north-1", "cn-east-2"), images_per_region=4)
-    db = tmp_path / "inventory.db"
-    config = write_config(tmp_path, server.url, db=db)
+    config = write_config(tmp_path, server.url, db=tmp_path / "unused.db", database_url=db_url)
     targets = targets_file(tmp_path, server.sim)
     assert crawl(config, "--targets", str(targets)) == 0
-    baseline = run_cli("diff", "--db", str(db))
+    baseline = run_cli("diff", "--db", db_url)
     assert baseline.startswith("baseline: run 1 against an empty inventory")
     assert "8 added, 0 removed, 0 restored, 0 changed" in baseline
-    run_cli("diff", "--db", str(db), "--exit-code", expect=1)  # a baseline lists changes too
+    run_cli("diff", "--db", db_url, "--exit-code", expect=1)  # a baseline lists changes too
 
     north = server.sim.inventory.images["cn-north-1"][0]
     east = server.sim.inventory.images["cn-east-2"][0]
@@ -479,10 +489,10 @@ def test_diff_formats_region_and_exit_code(simulator: SimulatorFactory, tmp_path
     server.sim.delete_image("cn-east-2", str(east["imageId"]))
     assert crawl(config, "--targets", str(targets)) == 0
 
-    table = run_cli("diff", "--db", str(db), "--exit-code", expect=1)
+    table = run_cli("diff", "--db", db_url, "--exit-code", expect=1)
     assert table.splitlines()[0] == "changes from run 1 to run 2"
     assert "0 added, 1 removed, 0 restored, 1 changed" in table
-    rows = list(csv.reader(io.StringIO(run_cli("diff", "--db", str(db), "--format", "csv"))))
+    rows = list(csv.reader(io.StringIO(run_cli("diff", "--db", db_url, "--format", "csv"))))
     header = ["from_run", "to_run", "region_id", "image_id", "change", "path", "from", "to"]
     assert rows[0] == header
     assert sorted(rows[1:]) == sorted([
@@ -490,9 +500,9 @@ def test_diff_formats_region_and_exit_code(simulator: SimulatorFactory, tmp_path
         ["1", "2", "cn-north-1", str(north["imageId"]), "changed", "name", north["name"],
          'new, "quoted" name'],
     ])  # fmt: skip
-    east_only = cli_diff(db, "--region", "cn-east-2")
+    east_only = cli_diff(db_url, "--region", "cn-east-2")
     assert [(entry[2], entry[4]) for entry in east_only] == [("cn-east-2", "removed")]
-    same = run_cli("diff", "--db", str(db), "--from", "2", "--to", "2", "--exit-code")
+    same = run_cli("diff", "--db", db_url, "--from", "2", "--to", "2", "--exit-code")
     assert "0 added, 0 removed, 0 restored, 0 changed" in same  # and exit 0
-    run_cli("diff", "--db", str(db), "--from", "7", expect=2)  # no such run
-    run_cli("history", "cn-north-1", "img-nosuchimage", "--db", str(db), expect=2)
+    run_cli("diff", "--db", db_url, "--from", "7", expect=2)  # no such run
+    run_cli("history", "cn-north-1", "img-nosuchimage", "--db", db_url, expect=2)

@@ -1,4 +1,8 @@
-"""The store against real, migrated SQLite files under tmp_path, filled with real normalised images.
+"""The store against real, migrated databases, filled with real normalised images.
+
+Each test that reads back through the store's readers or SQLAlchemy runs twice (the `db_url`
+fixture): on a new SQLite file under tmp_path and on a new PostgreSQL database. The few that test
+something of SQLite's own say why they take `sqlite_url` instead.
 
 Images come from `crawler.simulator.inventory` (the simulator's generator) through
 `normalise_image`; the tests read the database back through SQLAlchemy, independently of the
@@ -21,6 +25,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import Engine, create_engine, inspect, text
+from sqlalchemy.pool import NullPool
 
 from crawler.errors import CrawlerError, StoreError, TargetsError
 from crawler.models import ImageRows, JsonObject, Outcome, RunStatus, Target, TargetResult
@@ -35,7 +40,8 @@ from crawler.store import (
     query_readonly,
     recent_runs,
 )
-from crawler.store.migrate import head_revision
+from crawler.store.database import database_name
+from crawler.store.migrate import head_revision, sync_url
 
 NAIVE_TZ = ZoneInfo("Asia/Shanghai")
 REGIONS = ("cn-north-1", "cn-east-2")
@@ -61,13 +67,13 @@ def url_of(path: Path) -> str:
 
 
 @pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "inventory.db"
+def sqlite_url(tmp_path: Path) -> str:
+    return url_of(tmp_path / "inventory.db")
 
 
 @pytest.fixture
-async def store(db_path: Path) -> AsyncIterator[Store]:
-    opened = await Store.open(url_of(db_path), clock=Clock())
+async def store(db_url: str) -> AsyncIterator[Store]:
+    opened = await Store.open(db_url, clock=Clock())
     try:
         yield opened
     finally:
@@ -129,15 +135,15 @@ def rich_image(inventory: Inventory) -> tuple[str, JsonObject]:
     return max(existing(inventory), key=children)
 
 
-# --- reading the file back, independently of the store -------------------------------------------
+# --- reading the database back, independently of the store ------------------------------------
 
 
-def engine_of(path: Path) -> Engine:
-    return create_engine(f"sqlite:///{path}")
+def engine_of(url: str) -> Engine:
+    return create_engine(sync_url(url), poolclass=NullPool)
 
 
-def query(path: Path, sql: str, **params: Any) -> list[tuple[Any, ...]]:
-    engine = engine_of(path)
+def query(url: str, sql: str, **params: Any) -> list[tuple[Any, ...]]:
+    engine = engine_of(url)
     try:
         with engine.connect() as conn:
             return [tuple(row) for row in conn.execute(text(sql), params)]
@@ -145,9 +151,9 @@ def query(path: Path, sql: str, **params: Any) -> list[tuple[Any, ...]]:
         engine.dispose()
 
 
-def dump(path: Path, table: str, *, timestamps: bool = False) -> list[tuple[Any, ...]]:
+def dump(url: str, table: str, *, timestamps: bool = False) -> list[tuple[Any, ...]]:
     """Every row of `table`, sorted; without the `*_at` columns unless `timestamps`."""
-    engine = engine_of(path)
+    engine = engine_of(url)
     try:
         columns = [column["name"] for column in inspect(engine).get_columns(table)]
         kept = [c for c in columns if timestamps or not c.endswith("_at")]
@@ -160,14 +166,14 @@ def dump(path: Path, table: str, *, timestamps: bool = False) -> list[tuple[Any,
     return sorted(rows, key=repr)
 
 
-def dump_all(path: Path, tables: Sequence[str], **options: bool) -> dict[str, list[Any]]:
-    return {table: dump(path, table, **options) for table in tables}
+def dump_all(url: str, tables: Sequence[str], **options: bool) -> dict[str, list[Any]]:
+    return {table: dump(url, table, **options) for table in tables}
 
 
-def schema_of(path: Path) -> list[Any]:
+def schema_of(url: str) -> list[Any]:
     """Every table with its columns and indexes, and every view, as reflected: to see that none
     changed."""
-    engine = engine_of(path)
+    engine = engine_of(url)
     try:
         inspector = inspect(engine)
         tables = [
@@ -184,8 +190,8 @@ def schema_of(path: Path) -> list[Any]:
     return [*tables, *sorted(views)]
 
 
-def execute(path: Path, sql: str, **params: Any) -> None:
-    engine = engine_of(path)
+def execute(url: str, sql: str, **params: Any) -> None:
+    engine = engine_of(url)
     try:
         with engine.begin() as conn:
             conn.execute(text(sql), params)
@@ -193,8 +199,8 @@ def execute(path: Path, sql: str, **params: Any) -> None:
         engine.dispose()
 
 
-def image_row(path: Path, target: Target) -> dict[str, Any]:
-    engine = engine_of(path)
+def image_row(url: str, target: Target) -> dict[str, Any]:
+    engine = engine_of(url)
     try:
         with engine.connect() as conn:
             row = conn.execute(
@@ -207,9 +213,14 @@ def image_row(path: Path, target: Target) -> dict[str, Any]:
     return dict(row._mapping)
 
 
-def count(path: Path, table: str, target: Target) -> int:
+def as_json(value: Any) -> Any:
+    """A JSON column's value: text on SQLite, already parsed (jsonb) on PostgreSQL."""
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def count(url: str, table: str, target: Target) -> int:
     sql = f"SELECT COUNT(*) FROM {table} WHERE region_id = :region AND image_id = :image"
-    return int(query(path, sql, region=target.region_id, image=target.image_id)[0][0])
+    return int(query(url, sql, region=target.region_id, image=target.image_id)[0][0])
 
 
 # --- timestamps ---------------------------------------------------------------------------------
@@ -232,17 +243,18 @@ def test_the_crawlers_timestamps_are_utc_text(moment: datetime) -> None:
 # --- opening ------------------------------------------------------------------------------------
 
 
-async def test_open_migrates_a_new_file(db_path: Path) -> None:
-    store = await Store.open(url_of(db_path))
+async def test_open_migrates_a_new_file(db_url: str) -> None:
+    store = await Store.open(db_url)
     await store.close()
-    assert query(db_path, "SELECT version_num FROM alembic_version") == [(head_revision(),)]
-    engine = engine_of(db_path)
+    assert query(db_url, "SELECT version_num FROM alembic_version") == [(head_revision(),)]
+    engine = engine_of(db_url)
     tables = set(inspect(engine).get_table_names())
     engine.dispose()
     assert {"images", *CHILD_TABLES, "crawl_runs", "crawl_targets", "crawl_results"} <= tables
 
 
 async def test_open_reports_an_unusable_database_as_store_error(tmp_path: Path) -> None:
+    """SQLite only: a file that is not an SQLite database (a server has no such thing)."""
     not_sqlite = tmp_path / "notes.db"
     not_sqlite.write_text("this is not an SQLite database, just text " * 100)
     with pytest.raises(StoreError, match=r"notes\.db"):
@@ -250,39 +262,41 @@ async def test_open_reports_an_unusable_database_as_store_error(tmp_path: Path) 
 
 
 async def test_a_write_the_database_refuses_is_a_store_error_naming_it(
-    store: Store, inventory: Inventory, db_path: Path
+    store: Store, inventory: Inventory, db_url: str
 ) -> None:
     region, image = existing(inventory)[0]
     # No crawl_runs row 999: the foreign key (on in every store connection) refuses the results.
-    with pytest.raises(StoreError, match=re.escape(str(db_path))) as raised:
+    with pytest.raises(StoreError, match=re.escape(database_name(db_url))) as raised:
         await store.write_results(999, [fetched(region, image, at(1))])
-    assert "FOREIGN KEY" in str(raised.value)
-    assert dump(db_path, "images") == []
+    assert (
+        "foreign key" in str(raised.value).lower()
+    )  # SQLite: FOREIGN KEY; PostgreSQL: foreign key
+    assert dump(db_url, "images") == []
 
 
 # --- writing images -----------------------------------------------------------------------------
 
 
 async def test_rewriting_the_same_image_changes_nothing_but_timestamps(
-    store: Store, inventory: Inventory, db_path: Path
+    store: Store, inventory: Inventory, db_url: str
 ) -> None:
     region, image = rich_image(inventory)
     run_id = await store.create_run([target_of(region, image)], strategy="single")
     await store.write_results(run_id, [fetched(region, image, at(1))])
-    before = dump_all(db_path, (*IMAGE_TABLES, "crawl_results"))
-    first = image_row(db_path, target_of(region, image))
+    before = dump_all(db_url, (*IMAGE_TABLES, "crawl_results"))
+    first = image_row(db_url, target_of(region, image))
 
     await store.write_results(run_id, [fetched(region, image, at(2))])
 
-    assert dump_all(db_path, (*IMAGE_TABLES, "crawl_results")) == before
+    assert dump_all(db_url, (*IMAGE_TABLES, "crawl_results")) == before
     assert all(before[table] for table in IMAGE_TABLES)  # the image really has every kind of row
-    again = image_row(db_path, target_of(region, image))
+    again = image_row(db_url, target_of(region, image))
     assert again["first_seen_at"] == first["first_seen_at"] == "2024-05-01 08:01:00.000000"
     assert again["last_seen_at"] == "2024-05-01 08:02:00.000000"
 
 
 async def test_an_unchanged_image_writes_no_version_and_keeps_its_children(
-    store: Store, inventory: Inventory, db_path: Path
+    store: Store, inventory: Inventory, db_url: str
 ) -> None:
     region, image = rich_image(inventory)
     target = target_of(region, image)
@@ -290,22 +304,22 @@ async def test_an_unchanged_image_writes_no_version_and_keeps_its_children(
     await store.write_results(first, [fetched(region, image, at(1))])
     await store.finish_run(first, RunStatus.SUCCEEDED, requests=1, retries=0)
     # A mark no crawl writes: a rewrite of the children from the API would remove it.
-    execute(db_path, "UPDATE disks SET name = 'not-from-the-api'")
+    execute(db_url, "UPDATE disks SET name = 'not-from-the-api'")
 
     second = await store.create_run([target], strategy="single")
     reordered = dict(reversed(list(image.items())))  # the same image, its keys in another order
     await store.write_results(second, [fetched(region, reordered, at(2))])
 
-    assert {row[0] for row in query(db_path, "SELECT name FROM disks")} == {"not-from-the-api"}
-    row = image_row(db_path, target)
+    assert {row[0] for row in query(db_url, "SELECT name FROM disks")} == {"not-from-the-api"}
+    row = image_row(db_url, target)
     assert (row["last_seen_at"], row["last_run_id"]) == ("2024-05-01 08:02:00.000000", second)
-    assert query(db_path, "SELECT version, valid_from_run, valid_to_run FROM image_versions") == [
+    assert query(db_url, "SELECT version, valid_from_run, valid_to_run FROM image_versions") == [
         (1, first, None)
     ]
 
 
 async def test_a_changed_image_closes_its_version_and_opens_the_next(
-    store: Store, inventory: Inventory, db_path: Path
+    store: Store, inventory: Inventory, db_url: str
 ) -> None:
     region, image = rich_image(inventory)
     target = target_of(region, image)
@@ -317,7 +331,7 @@ async def test_a_changed_image_closes_its_version_and_opens_the_next(
     await store.write_results(second, [fetched(region, variant(image, 3), at(3))])
 
     versions = query(
-        db_path,
+        db_url,
         "SELECT version, valid_from_run, valid_to_run, status, content_hash, recorded_at"
         " FROM image_versions ORDER BY version",
     )
@@ -327,12 +341,12 @@ async def test_a_changed_image_closes_its_version_and_opens_the_next(
     ]
     assert versions[0][4] != versions[1][4]
     assert versions[1][5] == "2024-05-01 08:03:00.000000"
-    stored = query(db_path, "SELECT content FROM image_versions WHERE version = 2")[0][0]
-    assert json.loads(stored)["disks"].keys() == {"system:0", "data:0", "data:1", "data:2"}
+    stored = query(db_url, "SELECT content FROM image_versions WHERE version = 2")[0][0]
+    assert as_json(stored)["disks"].keys() == {"system:0", "data:0", "data:1", "data:2"}
 
 
 async def test_fetched_rows_hold_what_normalise_produced(
-    store: Store, inventory: Inventory, db_path: Path
+    store: Store, inventory: Inventory, db_url: str
 ) -> None:
     region, image = rich_image(inventory)
     target = target_of(region, image)
@@ -340,62 +354,65 @@ async def test_fetched_rows_hold_what_normalise_produced(
     await store.write_results(run_id, [fetched(region, image, at(1))])
 
     rows = normalised(region, image)
-    stored = image_row(db_path, target)
+    stored = image_row(db_url, target)
+    if db_url.startswith("postgresql"):  # raw is jsonb there: the same JSON, parsed
+        assert as_json(stored.pop("raw")) == json.loads(rows.image["raw"])
+        stored["raw"] = rows.image["raw"]
     assert {column: stored[column] for column in rows.image} == rows.image
     assert stored["last_run_id"] == run_id
     assert stored["missing_since"] is None
-    assert count(db_path, "disks", target) == len(rows.disks)
-    assert count(db_path, "attachments", target) == len(rows.attachments)
-    assert count(db_path, "tags", target) == len(rows.tags)
+    assert count(db_url, "disks", target) == len(rows.disks)
+    assert count(db_url, "attachments", target) == len(rows.attachments)
+    assert count(db_url, "tags", target) == len(rows.tags)
 
 
 async def test_a_rewrite_replaces_the_children(
-    store: Store, inventory: Inventory, db_path: Path
+    store: Store, inventory: Inventory, db_url: str
 ) -> None:
     region, image = rich_image(inventory)
     target = target_of(region, image)
     run_id = await store.create_run([target], strategy="single")
     await store.write_results(run_id, [fetched(region, image, at(1))])
-    assert count(db_path, "attachments", target) + count(db_path, "tags", target) > 0
+    assert count(db_url, "attachments", target) + count(db_url, "tags", target) > 0
 
     await store.write_results(run_id, [fetched(region, variant(image, 0), at(2))])
-    assert [count(db_path, table, target) for table in CHILD_TABLES] == [1, 0, 0]
+    assert [count(db_url, table, target) for table in CHILD_TABLES] == [1, 0, 0]
 
     await store.write_results(run_id, [fetched(region, variant(image, 3), at(3))])
-    assert [count(db_path, table, target) for table in CHILD_TABLES] == [4, 3, 6]
+    assert [count(db_url, table, target) for table in CHILD_TABLES] == [4, 3, 6]
 
 
 async def test_missing_marks_at_the_end_of_the_run_without_deleting_and_a_fetch_clears_it(
-    store: Store, inventory: Inventory, db_path: Path
+    store: Store, inventory: Inventory, db_url: str
 ) -> None:
     region, image = rich_image(inventory)
     target = target_of(region, image)
     first = await store.create_run([target], strategy="single")
     await store.write_results(first, [fetched(region, image, at(1))])
     await store.finish_run(first, RunStatus.SUCCEEDED, requests=1, retries=0)
-    children = dump_all(db_path, CHILD_TABLES, timestamps=True)
+    children = dump_all(db_url, CHILD_TABLES, timestamps=True)
 
     second = await store.create_run([target], strategy="single")
     await store.write_results(second, [missing(target, at(2))])
-    assert image_row(db_path, target)["missing_since"] is None  # not before the run ends
+    assert image_row(db_url, target)["missing_since"] is None  # not before the run ends
     await store.finish_run(second, RunStatus.SUCCEEDED, requests=1, retries=0)
     third = await store.create_run([target], strategy="single")
     await store.write_results(third, [missing(target, at(3))])
     await store.finish_run(third, RunStatus.SUCCEEDED, requests=1, retries=0)
 
-    row = image_row(db_path, target)
+    row = image_row(db_url, target)
     assert row["missing_since"] == "2024-05-01 08:02:00.000000"  # the first time is kept
     assert row["last_seen_at"] == "2024-05-01 08:01:00.000000"
-    assert dump_all(db_path, CHILD_TABLES, timestamps=True) == children
+    assert dump_all(db_url, CHILD_TABLES, timestamps=True) == children
 
     fourth = await store.create_run([target], strategy="single")
     await store.write_results(fourth, [fetched(region, image, at(4))])
-    row = image_row(db_path, target)
+    row = image_row(db_url, target)
     assert row["missing_since"] is None
     assert row["first_seen_at"] == "2024-05-01 08:01:00.000000"
     assert row["last_seen_at"] == "2024-05-01 08:04:00.000000"
     statuses = query(
-        db_path,
+        db_url,
         "SELECT version, valid_from_run, valid_to_run, status FROM image_versions ORDER BY 1",
     )
     assert statuses == [
@@ -424,7 +441,7 @@ def test_the_guard_holds_more_than_the_fraction_and_at_least_the_minimum(
 
 
 async def test_a_held_run_marks_nothing_until_accepted(
-    store: Store, inventory: Inventory, db_path: Path
+    store: Store, inventory: Inventory, db_url: str
 ) -> None:
     pairs = existing(inventory)[:10]
     targets = [target_of(*pair) for pair in pairs]
@@ -442,17 +459,17 @@ async def test_a_held_run_marks_nothing_until_accepted(
     assert summary.message is not None
     assert "held back 3 missing marks: 3 of the 10 images" in summary.message
     assert f"crawler accept {second}" in summary.message
-    assert query(db_path, "SELECT COUNT(*) FROM images WHERE missing_since IS NOT NULL") == [(0,)]
+    assert query(db_url, "SELECT COUNT(*) FROM images WHERE missing_since IS NOT NULL") == [(0,)]
 
     accepted, marked = await store.accept_run(second)
     assert (accepted.status, marked) == (RunStatus.PARTIAL, 3)  # it had a failed target
-    assert query(db_path, "SELECT COUNT(*) FROM images WHERE missing_since IS NOT NULL") == [(3,)]
+    assert query(db_url, "SELECT COUNT(*) FROM images WHERE missing_since IS NOT NULL") == [(3,)]
     with pytest.raises(CrawlerError, match="not held"):
         await store.accept_run(second)
 
 
 async def test_an_interrupted_or_failed_run_marks_nothing_missing(
-    store: Store, inventory: Inventory, db_path: Path
+    store: Store, inventory: Inventory, db_url: str
 ) -> None:
     region, image = rich_image(inventory)
     target = target_of(region, image)
@@ -463,43 +480,43 @@ async def test_an_interrupted_or_failed_run_marks_nothing_missing(
         run_id = await store.create_run([target], strategy="single")
         await store.write_results(run_id, [missing(target, at(2))])
         await store.finish_run(run_id, status, requests=1, retries=0)
-    assert image_row(db_path, target)["missing_since"] is None
-    assert query(db_path, "SELECT COUNT(*) FROM image_versions") == [(1,)]
+    assert image_row(db_url, target)["missing_since"] is None
+    assert query(db_url, "SELECT COUNT(*) FROM image_versions") == [(1,)]
 
 
 async def test_missing_for_a_never_seen_image_records_only_the_result(
-    store: Store, db_path: Path
+    store: Store, db_url: str
 ) -> None:
     target = Target("cn-north-1", "img-neverseen01")
     run_id = await store.create_run([target], strategy="single")
     await store.write_results(run_id, [missing(target, at(1))])
-    assert dump(db_path, "images") == []
-    assert query(db_path, "SELECT outcome, http_status, error_status FROM crawl_results") == [
+    assert dump(db_url, "images") == []
+    assert query(db_url, "SELECT outcome, http_status, error_status FROM crawl_results") == [
         ("missing", 404, "NOT_FOUND")
     ]
 
 
 async def test_failed_leaves_the_image_rows_untouched(
-    store: Store, inventory: Inventory, db_path: Path
+    store: Store, inventory: Inventory, db_url: str
 ) -> None:
     region, image = rich_image(inventory)
     target = target_of(region, image)
     first = await store.create_run([target], strategy="single")
     await store.write_results(first, [fetched(region, image, at(1))])
-    before = dump_all(db_path, IMAGE_TABLES, timestamps=True)
+    before = dump_all(db_url, IMAGE_TABLES, timestamps=True)
 
     second = await store.create_run([target], strategy="single")
     await store.write_results(second, [failed(target, at(2))])
 
-    assert dump_all(db_path, IMAGE_TABLES, timestamps=True) == before
-    assert query(db_path, "SELECT run_id, outcome, attempts FROM crawl_results ORDER BY 1") == [
+    assert dump_all(db_url, IMAGE_TABLES, timestamps=True) == before
+    assert query(db_url, "SELECT run_id, outcome, attempts FROM crawl_results ORDER BY 1") == [
         (first, "fetched", 1),
         (second, "failed", 6),
     ]
 
 
 async def test_a_batch_mixes_outcomes_and_the_last_result_for_a_target_wins(
-    store: Store, inventory: Inventory, db_path: Path
+    store: Store, inventory: Inventory, db_url: str
 ) -> None:
     pairs = existing(inventory)[:3]
     targets = [target_of(*pair) for pair in pairs]
@@ -514,18 +531,18 @@ async def test_a_batch_mixes_outcomes_and_the_last_result_for_a_target_wins(
     ]
     await store.write_results(run_id, batch)
 
-    outcomes = query(db_path, "SELECT image_id, outcome FROM crawl_results ORDER BY image_id")
+    outcomes = query(db_url, "SELECT image_id, outcome FROM crawl_results ORDER BY image_id")
     expected = {targets[0].image_id: "fetched", targets[1].image_id: "fetched"}
     expected[targets[2].image_id] = "missing"
     assert dict(outcomes) == expected
-    assert image_row(db_path, targets[0])["last_seen_at"] == "2024-05-01 08:03:00.000000"
-    assert count(db_path, "disks", targets[0]) == len(normalised(*pairs[0]).disks)
+    assert image_row(db_url, targets[0])["last_seen_at"] == "2024-05-01 08:03:00.000000"
+    assert count(db_url, "disks", targets[0]) == len(normalised(*pairs[0]).disks)
     await store.finish_run(run_id, RunStatus.PARTIAL, requests=5, retries=0)
-    assert image_row(db_path, targets[2])["missing_since"] == "2024-05-01 08:02:00.000000"
+    assert image_row(db_url, targets[2])["missing_since"] == "2024-05-01 08:02:00.000000"
 
 
 async def test_children_follow_the_rows_key_even_if_two_targets_return_one_image(
-    store: Store, inventory: Inventory, db_path: Path
+    store: Store, inventory: Inventory, db_url: str
 ) -> None:
     region, image = rich_image(inventory)
     alias = Target(region, "img-alias0000")  # say a batch answer mapped to the wrong target
@@ -534,8 +551,8 @@ async def test_children_follow_the_rows_key_even_if_two_targets_return_one_image
     await store.write_results(run_id, [result, replace(result, target=alias)])
     await store.write_results(run_id, [replace(result, target=alias, finished_at=at(2))])
 
-    assert query(db_path, "SELECT image_id FROM images") == [(image["imageId"],)]
-    assert count(db_path, "disks", target_of(region, image)) == len(normalised(region, image).disks)
+    assert query(db_url, "SELECT image_id FROM images") == [(image["imageId"],)]
+    assert count(db_url, "disks", target_of(region, image)) == len(normalised(region, image).disks)
 
 
 # --- atomicity against a concurrent reader -------------------------------------------------------
@@ -572,7 +589,7 @@ def variant(image: JsonObject, data_disks: int) -> JsonObject:
 # One statement, so one snapshot: per image, the data-disk count its raw JSON promises, and the
 # children rows actually there.
 CONSISTENCY_SQL = """
-SELECT json_array_length(i.raw, '$.dataDisks'),
+SELECT {data_disks},
        (SELECT COUNT(*) FROM disks AS d WHERE d.region_id = i.region_id
            AND d.image_id = i.image_id AND d.slot = 'data'),
        (SELECT COUNT(*) FROM disks AS d WHERE d.region_id = i.region_id
@@ -583,13 +600,17 @@ SELECT json_array_length(i.raw, '$.dataDisks'),
            AND t.image_id = i.image_id)
   FROM images AS i
 """
+DATA_DISKS = {  # the same count in each database's JSON functions (raw is jsonb on PostgreSQL)
+    "sqlite": "json_array_length(i.raw, '$.dataDisks')",
+    "postgresql": "jsonb_array_length(i.raw -> 'dataDisks')",
+}
 
 
 @dataclass
 class Reader:
     """Polls the database from another thread until told to stop, recording what it saw."""
 
-    path: Path
+    url: str
     stop: threading.Event = field(default_factory=threading.Event)
     looked: threading.Condition = field(default_factory=threading.Condition)
     snapshots: int = 0
@@ -597,15 +618,19 @@ class Reader:
     torn: tuple[Any, ...] | None = None
 
     def run(self) -> None:
-        engine = engine_of(self.path)
+        engine = engine_of(self.url)
+        sql = text(CONSISTENCY_SQL.format(data_disks=DATA_DISKS[engine.dialect.name]))
         try:
             with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
                 while not self.stop.is_set():
-                    self.check([tuple(row) for row in conn.execute(text(CONSISTENCY_SQL))])
+                    self.check([tuple(row) for row in conn.execute(sql)])
                     with self.looked:
                         self.snapshots += 1
                         self.looked.notify_all()
         finally:
+            self.stop.set()  # a reader that died must not leave the writer waiting for it
+            with self.looked:
+                self.looked.notify_all()
             engine.dispose()
 
     def check(self, rows: list[tuple[Any, ...]]) -> None:
@@ -621,13 +646,13 @@ class Reader:
 
 
 async def test_a_concurrent_reader_never_sees_half_of_an_images_children(
-    store: Store, inventory: Inventory, db_path: Path
+    store: Store, inventory: Inventory, db_url: str
 ) -> None:
     pairs = existing(inventory)[:40]
     run_id = await store.create_run([target_of(*pair) for pair in pairs], strategy="single")
     sizes = [3, 0, 5, 1, 4, 2]
     await store.write_results(run_id, [fetched(r, variant(i, sizes[-1]), at(0)) for r, i in pairs])
-    reader = Reader(db_path)
+    reader = Reader(db_url)
     polling = asyncio.create_task(asyncio.to_thread(reader.run))
     try:
         for round_no in range(36):
@@ -651,7 +676,7 @@ async def test_a_concurrent_reader_never_sees_half_of_an_images_children(
 # --- runs ---------------------------------------------------------------------------------------
 
 
-async def test_create_run_folds_duplicate_targets(store: Store, db_path: Path) -> None:
+async def test_create_run_folds_duplicate_targets(store: Store, db_url: str) -> None:
     targets = [Target("cn-north-1", f"img-{n:04d}") for n in range(5)]
     run_id = await store.create_run([*targets, *targets[:3], targets[0]], strategy="batch")
     summary = await store.run_summary(run_id)
@@ -660,12 +685,10 @@ async def test_create_run_folds_duplicate_targets(store: Store, db_path: Path) -
     assert summary.strategy == "batch"
     assert summary.started_at == START + timedelta(seconds=1)
     assert summary.finished_at is None
-    assert len(query(db_path, "SELECT * FROM crawl_targets WHERE run_id = :run", run=run_id)) == 5
+    assert len(query(db_url, "SELECT * FROM crawl_targets WHERE run_id = :run", run=run_id)) == 5
 
 
-async def test_create_run_leaves_nothing_when_the_targets_raise(
-    store: Store, db_path: Path
-) -> None:
+async def test_create_run_leaves_nothing_when_the_targets_raise(store: Store, db_url: str) -> None:
     def targets() -> Iterator[Target]:
         for n in range(25_000):  # past the first chunks, which are already inserted
             yield Target("cn-east-2", f"img-{n:06d}")
@@ -673,8 +696,8 @@ async def test_create_run_leaves_nothing_when_the_targets_raise(
 
     with pytest.raises(TargetsError, match="line 25002"):
         await store.create_run(targets(), strategy="single")
-    assert dump(db_path, "crawl_runs") == []
-    assert dump(db_path, "crawl_targets") == []
+    assert dump(db_url, "crawl_runs") == []
+    assert dump(db_url, "crawl_targets") == []
     run_id = await store.create_run([Target("cn-east-2", "img-1")], strategy="single")
     assert (await store.run_summary(run_id)).targets_total == 1
 
@@ -765,7 +788,7 @@ async def test_unknown_runs_are_store_errors(store: Store) -> None:
 # --- read-only access ---------------------------------------------------------------------------
 
 
-async def filled(db_path: Path, inventory: Inventory) -> list[RunSummary]:
+async def filled(db_url: str, inventory: Inventory) -> list[RunSummary]:
     """Two finished runs over the inventory: the second finds some images gone and fails others.
 
     Returns:
@@ -779,7 +802,7 @@ async def filled(db_path: Path, inventory: Inventory) -> list[RunSummary]:
         Target(region, image_id) for region in REGIONS for image_id in inventory.missing[region]
     ]
     targets = [*(target_of(*p) for p in pairs), *absent]
-    store = await Store.open(url_of(db_path), clock=Clock())
+    store = await Store.open(db_url, clock=Clock())
     try:
         summaries = []
         for run_no in (1, 2):
@@ -804,14 +827,15 @@ async def filled(db_path: Path, inventory: Inventory) -> list[RunSummary]:
     return summaries
 
 
-async def test_query_readonly_returns_columns_and_rows(db_path: Path, inventory: Inventory) -> None:
-    await filled(db_path, inventory)
+async def test_query_readonly_returns_columns_and_rows(db_url: str, inventory: Inventory) -> None:
+    await filled(db_url, inventory)
     columns, rows = await query_readonly(
-        url_of(db_path), "SELECT region_id, COUNT(*) AS images FROM images GROUP BY 1 ORDER BY 1"
+        db_url, "SELECT region_id, COUNT(*) AS images FROM images GROUP BY 1 ORDER BY 1"
     )
     assert columns == ["region_id", "images"]
     assert rows == [(region, 30) for region in sorted(REGIONS)]
-    assert await query_readonly(url_of(db_path), "PRAGMA foreign_keys=ON") == ([], [])
+    no_rows = "PRAGMA foreign_keys=ON" if db_url.startswith("sqlite") else "SET work_mem = '8MB'"
+    assert await query_readonly(db_url, no_rows) == ([], [])
 
 
 @pytest.mark.parametrize(
@@ -824,36 +848,52 @@ async def test_query_readonly_returns_columns_and_rows(db_path: Path, inventory:
         "CREATE TABLE notes (body TEXT)",
         "CREATE INDEX ix_notes ON images (name)",
         "ALTER TABLE images ADD COLUMN note TEXT",
-        "ATTACH DATABASE '{tmp}/other.db' AS other",
     ],
 )
 async def test_query_readonly_refuses_writes_and_changes_nothing(
-    sql: str, db_path: Path, inventory: Inventory, tmp_path: Path
+    sql: str, db_url: str, inventory: Inventory, tmp_path: Path
 ) -> None:
-    await filled(db_path, inventory)
-    before = dump_all(db_path, (*IMAGE_TABLES, "crawl_runs", "crawl_results"), timestamps=True)
-    schema_before = schema_of(db_path)
+    await refused_and_unchanged(sql, db_url, inventory, tmp_path)
+
+
+async def test_query_readonly_refuses_to_attach_a_database(
+    sqlite_url: str, inventory: Inventory, tmp_path: Path
+) -> None:
+    """SQLite only: ATTACH is SQLite's (a PostgreSQL session cannot open another database)."""
+    sql = "ATTACH DATABASE '{tmp}/other.db' AS other"
+    await refused_and_unchanged(sql, sqlite_url, inventory, tmp_path)
+
+
+async def refused_and_unchanged(
+    sql: str, db_url: str, inventory: Inventory, tmp_path: Path
+) -> None:
+    await filled(db_url, inventory)
+    before = dump_all(db_url, (*IMAGE_TABLES, "crawl_runs", "crawl_results"), timestamps=True)
+    schema_before = schema_of(db_url)
 
     with pytest.raises(StoreError, match=r"^crawler sql is read-only: "):
-        await query_readonly(url_of(db_path), sql.format(tmp=tmp_path))
+        await query_readonly(db_url, sql.format(tmp=tmp_path))
 
-    after = dump_all(db_path, (*IMAGE_TABLES, "crawl_runs", "crawl_results"), timestamps=True)
+    after = dump_all(db_url, (*IMAGE_TABLES, "crawl_runs", "crawl_results"), timestamps=True)
     assert after == before
-    assert schema_of(db_path) == schema_before
+    assert schema_of(db_url) == schema_before
     assert not (tmp_path / "other.db").exists()
 
 
 async def test_query_readonly_reports_sqlites_syntax_error(
-    db_path: Path, inventory: Inventory
+    sqlite_url: str, inventory: Inventory
 ) -> None:
-    await filled(db_path, inventory)
+    """SQLite only: SQLite's own messages (test_store_dialects checks PostgreSQL's)."""
+    db_url = sqlite_url
+    await filled(db_url, inventory)
     with pytest.raises(StoreError, match='near "SELEC": syntax error'):
-        await query_readonly(url_of(db_path), "SELEC * FROM images")
+        await query_readonly(db_url, "SELEC * FROM images")
     with pytest.raises(StoreError, match="no such table: imagez"):
-        await query_readonly(url_of(db_path), "SELECT * FROM imagez")
+        await query_readonly(db_url, "SELECT * FROM imagez")
 
 
 async def test_query_readonly_does_not_create_a_missing_database(tmp_path: Path) -> None:
+    """SQLite only: a missing file (test_store_dialects has the missing PostgreSQL database)."""
     absent = tmp_path / "absent.db"
     with pytest.raises(StoreError, match=re.escape(f"database {absent} does not exist")):
         await query_readonly(url_of(absent), "SELECT 1")
@@ -862,11 +902,11 @@ async def test_query_readonly_does_not_create_a_missing_database(tmp_path: Path)
     assert not absent.exists()
 
 
-async def test_recent_runs_lists_the_newest_first(db_path: Path, inventory: Inventory) -> None:
-    first, second = await filled(db_path, inventory)
-    runs = await recent_runs(url_of(db_path), limit=10)
+async def test_recent_runs_lists_the_newest_first(db_url: str, inventory: Inventory) -> None:
+    first, second = await filled(db_url, inventory)
+    runs = await recent_runs(db_url, limit=10)
     assert runs == [second, first]
-    assert await recent_runs(url_of(db_path), limit=1) == [second]
+    assert await recent_runs(db_url, limit=1) == [second]
     assert (second.status, second.missing, second.failed) == ("partial", 6 + 10, 6)
     assert second.targets_total == first.targets_total == 66
 
@@ -908,9 +948,11 @@ def test_the_cookbook_has_the_audit_questions() -> None:
 
 @pytest.mark.parametrize("recipe", cookbook_queries(), ids=lambda recipe: recipe.title)
 async def test_every_cookbook_query_runs_and_finds_rows(
-    recipe: CookbookQuery, db_path: Path, inventory: Inventory
+    recipe: CookbookQuery, sqlite_url: str, inventory: Inventory
 ) -> None:
-    await filled(db_path, inventory)
-    columns, rows = await query_readonly(url_of(db_path), recipe.sql)
+    """SQLite only: these are the SQLite spellings; test_store_dialects runs both on both."""
+    db_url = sqlite_url
+    await filled(db_url, inventory)
+    columns, rows = await query_readonly(db_url, recipe.sql)
     assert columns == recipe.columns
     assert rows, f"{recipe.title}: no rows"

@@ -7,8 +7,11 @@ it is compared as parsed JSON); the read-only side must refuse writes by name on
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,6 +35,7 @@ from crawler.models import RunStatus, Target
 from crawler.simulator.inventory import Inventory, build_inventory
 from crawler.store import RunSummary, Store, query_readonly, recent_runs
 from crawler.store.migrate import sync_url
+from tests.conftest import _postgres_server_url
 
 TABLES = (
     "images", "disks", "attachments", "tags", "crawl_runs", "crawl_targets", "crawl_results",
@@ -178,6 +182,10 @@ async def test_postgresql_sql_cannot_step_out_of_its_read_only_transaction(
         with pytest.raises(StoreError):
             await query_readonly(postgres_url, statement)
     assert tables(postgres_url, ("images",)) == before
+    _, rows = await query_readonly(
+        postgres_url, "SELECT count(*) FROM images WHERE image_id LIKE 'img-%' AND '%' = '%'"
+    )
+    assert rows[0][0] > 0  # a % is text, not a placeholder
     _, rows = await query_readonly(postgres_url, "SHOW statement_timeout")
     assert rows == [("1min",)]
     _, rows = await query_readonly(postgres_url, "SELECT raw->>'name' FROM images LIMIT 1")
@@ -198,3 +206,64 @@ async def test_a_missing_postgresql_database_is_a_store_error_without_the_passwo
     with pytest.raises(StoreError) as info:
         await query_readonly(bad, "SELECT 1")
     assert "hunter2" not in str(info.value)
+
+
+# --- the cookbook on both -----------------------------------------------------------------------
+
+COOKBOOK = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def cookbook_pairs() -> list[tuple[str, str, str]]:
+    """(title, SQLite query, PostgreSQL query) for every cookbook query: the `postgresql` block
+    after a query where the README gives one, else the same query."""
+    text = COOKBOOK.read_text(encoding="utf-8")
+    pairs = []
+    for section in re.split(r"^#### ", text, flags=re.M)[1:]:
+        title = section.splitlines()[0]
+        queries = re.findall(r"^```sql\n(.*?)^```", section, flags=re.M | re.S)
+        spelled = re.findall(r"^```postgresql\n(.*?)^```", section, flags=re.M | re.S)
+        assert not spelled or len(queries) == len(spelled) == 1, title
+        pairs += [(title, sql, spelled[0] if spelled else sql) for sql in queries]
+    return pairs
+
+
+def test_some_cookbook_queries_have_a_postgresql_spelling() -> None:
+    assert sum(sqlite != postgres for _, sqlite, postgres in cookbook_pairs()) >= 5
+
+
+@pytest.fixture(scope="module")
+def filled_pair(
+    tmp_path_factory: pytest.TempPathFactory, inventory: Inventory, request: pytest.FixtureRequest
+) -> tuple[str, str]:
+    """The same two runs written into SQLite and PostgreSQL, once for every cookbook query."""
+    folder = tmp_path_factory.mktemp("cookbook")
+    sqlite_url = f"sqlite+aiosqlite:///{folder / 'inventory.db'}"
+    server = make_url(_postgres_server_url())
+    name = f"crawler_cookbook_{folder.name[-8:].replace('-', '_')}"
+    admin = create_engine(server, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    postgres_url = server.set(database=name).render_as_string(hide_password=False)
+
+    def drop() -> None:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+    request.addfinalizer(drop)
+    for url in (sqlite_url, postgres_url):
+        asyncio.run(fill(url, inventory))
+    return sqlite_url, postgres_url
+
+
+@pytest.mark.parametrize(("title", "sqlite_sql", "postgres_sql"), cookbook_pairs(),
+                         ids=[title for title, _, _ in cookbook_pairs()])  # fmt: skip
+async def test_every_cookbook_query_gives_the_same_answer_on_both(
+    filled_pair: tuple[str, str], title: str, sqlite_sql: str, postgres_sql: str
+) -> None:
+    sqlite_url, postgres_url = filled_pair
+    sqlite_columns, sqlite_rows = await query_readonly(sqlite_url, sqlite_sql)
+    postgres_columns, postgres_rows = await query_readonly(postgres_url, postgres_sql)
+    assert postgres_columns == sqlite_columns
+    assert len(postgres_rows) == len(sqlite_rows), title

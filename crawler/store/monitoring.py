@@ -24,9 +24,16 @@ _UNFINISHED = (str(RunStatus.RUNNING), str(RunStatus.INTERRUPTED))
 
 
 def _database_file_exists(url: str) -> bool:
+    """False for an SQLite file not created yet; a server's database is asked instead."""
     parsed = _parse_url(url)
     path = dialect_for(parsed).database_file(parsed)
-    return path is not None and path.is_file()
+    if path is None:
+        return parsed.get_backend_name() != "sqlite"  # PostgreSQL: see `_has_runs_table`
+    return path.is_file()
+
+
+def _has_runs_table(conn: Connection) -> bool:
+    return inspect(conn).has_table("crawl_runs")
 
 
 async def _fetch(conn: AsyncConnection, statement: Any) -> list[tuple[Any, ...]]:
@@ -48,6 +55,8 @@ async def unfinished_run_pending(url: str, run_id: int | None) -> tuple[int, dic
         find = select(runs.c.run_id).where(runs.c.run_id == run_id, runs.c.status.in_(statuses))
     with _translated(name, "find an unfinished run"):
         async with _readonly_connection(url) as conn:
+            if not await conn.run_sync(_has_runs_table):  # a server database not migrated yet
+                return None
             found = (await conn.execute(find)).scalar()
             if found is None:
                 return None

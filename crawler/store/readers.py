@@ -44,7 +44,9 @@ async def query_readonly(url: str, sql: str) -> tuple[list[str], list[tuple[Any,
     name = database_name(url)
     try:
         async with _readonly_connection(url) as conn:
-            result = await conn.exec_driver_sql(sql)
+            # no_parameters: the text goes to the driver as it is (psycopg would read a `%` in
+            # `LIKE 'a%'` as a placeholder otherwise).
+            result = await conn.exec_driver_sql(sql, execution_options={"no_parameters": True})
             if not result.returns_rows:
                 return [], []
             return list(result.keys()), [tuple(row) for row in result.all()]

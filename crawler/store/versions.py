@@ -54,13 +54,7 @@ class CurrentVersion:
 async def current_versions(
     conn: AsyncConnection, keys: Sequence[ImageKey]
 ) -> dict[ImageKey, CurrentVersion]:
-    """The current version of each image in `keys` that has one.
-
-    Asked region by region (`region_id = ? AND image_id IN (...)`): both databases then look each
-    image up by the primary key. With `(region_id, image_id) IN (...)` SQLite 3.40 chose the
-    `valid_to_run` index instead and read every current version for every batch, which made a
-    first crawl quadratic (8 CPU ms per image at 20,000 images; benchmarks/growth.py).
-    """
+    """The current version of each image in `keys` that has one."""
     versions = schema.image_versions
     by_region: dict[str, list[str]] = {}
     for region_id, image_id in keys:
@@ -231,7 +225,10 @@ async def apply_missing(conn: AsyncConnection, run_id: int, recorded_at: str) ->
         literal(None), literal(_MISSING), found.c.content_hash, found.c.content,
         literal(recorded_at),
     )  # fmt: skip
-    marked = (await conn.execute(insert(versions).from_select(columns, opened))).rowcount
+    # SQLAlchemy promises rowcount for UPDATE and DELETE only; psycopg's INSERT ... SELECT gives -1
+    # unless asked to keep it.
+    opening = insert(versions).from_select(columns, opened)
+    marked = (await conn.execute(opening.execution_options(preserve_rowcount=True))).rowcount
     # Close the present versions just succeeded by a missing one opened in this run. The keys
     # come from one uncorrelated subquery: a correlated EXISTS lets SQLite's planner pick the
     # valid_from_run index, which every version of this run shares (a scan per row).

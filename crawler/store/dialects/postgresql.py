@@ -209,8 +209,15 @@ class AdvisoryLock:
         return bool(taken)
 
     def release(self) -> None:
-        """Drop the lock by ending its session."""
+        """Unlock, then end the session. Unlocking first matters: the server ends a closed
+        session's backend a moment later, and a crawl starting right after would still find
+        the lock held."""
         if self._connection is not None:
+            with contextlib.suppress(SQLAlchemyError):
+                self._connection.exec_driver_sql(
+                    "SELECT pg_advisory_unlock(%s, %s)", (LOCK_NAMESPACE, COORDINATOR_LOCK)
+                )
+                self._connection.commit()
             with contextlib.suppress(SQLAlchemyError):
                 self._connection.close()
             self._connection = None
