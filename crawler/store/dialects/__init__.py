@@ -13,9 +13,10 @@ from __future__ import annotations
 import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from contextlib import AbstractAsyncContextManager, AbstractContextManager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 from sqlalchemy import Table
 from sqlalchemy.engine import URL, Engine
@@ -30,6 +31,30 @@ _MODULES = {
     "sqlite": "crawler.store.dialects.sqlite",
     "postgresql": "crawler.store.dialects.postgresql",
 }
+
+
+class CrawlLock(ABC):
+    """The lock that keeps two crawls off one database; each dialect says how it is held."""
+
+    @abstractmethod
+    def acquire(self) -> None:
+        """Take the lock or raise `LockHeldError` naming the holder."""
+
+    @abstractmethod
+    def release(self) -> None:
+        """Drop the lock, if held."""
+
+    def __enter__(self) -> Self:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.release()
 
 
 class Dialect(ABC):
@@ -65,7 +90,7 @@ class Dialect(ABC):
         """Whether a failed statement failed because the connection is read-only."""
 
     @abstractmethod
-    def crawl_lock(self, url: URL) -> AbstractContextManager[object] | None:
+    def crawl_lock(self, url: URL) -> CrawlLock | None:
         """The lock that keeps two crawls off one database, not yet taken; None if none is needed.
 
         Entering it raises `LockHeldError` naming the holder when another crawl has it.

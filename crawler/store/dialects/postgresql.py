@@ -26,7 +26,6 @@ import os
 import socket
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from sqlalchemy import Table, create_engine, event
@@ -38,7 +37,7 @@ from sqlalchemy.pool import NullPool
 from sqlalchemy.sql.dml import Insert
 
 from crawler.errors import LockHeldError, StoreError
-from crawler.store.dialects import Dialect
+from crawler.store.dialects import CrawlLock, Dialect
 
 # Advisory lock keys (two int4s): the crawler's namespace, then which lock.
 LOCK_NAMESPACE = 0x6A64_6331  # "jdc1"
@@ -164,7 +163,7 @@ async def _readonly_connection(url: URL) -> AsyncIterator[AsyncConnection]:
 # --- the crawl lock -----------------------------------------------------------------------------
 
 
-class AdvisoryLock:
+class AdvisoryLock(CrawlLock):
     """The coordinator's lock on one PostgreSQL database: a session advisory lock."""
 
     def __init__(self, url: URL) -> None:
@@ -224,18 +223,6 @@ class AdvisoryLock:
         if self._engine is not None:
             self._engine.dispose()
             self._engine = None
-
-    def __enter__(self) -> AdvisoryLock:
-        self.acquire()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.release()
 
 
 def _holder(connection: Connection) -> str:

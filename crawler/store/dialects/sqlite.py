@@ -19,7 +19,6 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import aiosqlite
@@ -32,7 +31,7 @@ from sqlalchemy.pool import NullPool
 from sqlalchemy.sql.dml import Insert
 
 from crawler.errors import LockHeldError, StoreError
-from crawler.store.dialects import Dialect
+from crawler.store.dialects import CrawlLock, Dialect
 
 # A writer waits this long for another connection's write lock before giving up with SQLITE_BUSY.
 BUSY_TIMEOUT_MS = 10_000
@@ -235,7 +234,7 @@ def _backup(path: Path, target: Path) -> None:
 # --- the crawl lock -----------------------------------------------------------------------------
 
 
-class DatabaseLock:
+class DatabaseLock(CrawlLock):
     """An exclusive, non-blocking lock on `<database>.lock`."""
 
     def __init__(self, database_path: Path) -> None:
@@ -266,18 +265,6 @@ class DatabaseLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
-
-    def __enter__(self) -> DatabaseLock:
-        self.acquire()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.release()
 
 
 def _write_holder(fd: int) -> None:
