@@ -39,7 +39,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from crawler.errors import StoreError
@@ -351,14 +351,34 @@ class ClaimFeed:
         if not self._claims.taken_from - self._claims.ended:
             return
         with translated("end the sessions of workers whose leases lapsed"):
-            async with self._engine.begin() as conn:
-                ended = await self._claims.end_sessions_of_lapsed_owners(conn)
+            try:
+                async with self._engine.begin() as conn:
+                    ended = await self._claims.end_sessions_of_lapsed_owners(conn)
+            except DBAPIError as exc:
+                if getattr(exc.orig, "sqlstate", None) != _INSUFFICIENT_PRIVILEGE:
+                    raise
+                raise StoreError(_refused_message(self._engine, exc)) from exc
         if ended:
             log.warning("ended %d database sessions of workers whose leases lapsed", ended)
 
     def crawled(self, result: TargetResult) -> None:
         """Free the target's slot for the next claim."""
         self._claims.crawled(result.target)
+
+
+# SQLSTATE insufficient_privilege: pg_terminate_backend on a session of a role this one lacks.
+_INSUFFICIENT_PRIVILEGE = "42501"
+
+
+def _refused_message(engine: AsyncEngine, exc: DBAPIError) -> str:
+    """Why ending a lapsed worker's sessions was refused, and what to do about it (README)."""
+    role = engine.url.username or "this role"
+    reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
+    return (
+        f"cannot end the database sessions of a worker whose leases lapsed: the server refused"
+        f" ({reason}). Connect every host as the same database role, or"
+        f" GRANT pg_signal_backend TO {role}; the claims this worker took over are handed back"
+    )
 
 
 async def keep_renewed(engine: AsyncEngine, claims: Claims) -> None:
