@@ -62,8 +62,12 @@ ASSUMED_LATENCY_S = 0.05
 # Databases on which several worker processes can share a run (CONTRACT.md §9).
 SHARED_URL_PREFIX = "postgresql+psycopg://"
 # A worker holds claims for this many times its concurrency: the next targets are queued before
-# the slots free up, so workers never wait for a claim's round trip.
-CLAIM_AHEAD = 2
+# the slots free up, so workers never wait for a claim's round trip. A claim is made once half is
+# free: with 2, that was when the queue had just run dry, and 4 took a crawl at 20 ms / 64 in
+# flight from 1,109-1,191 to 1,211-1,614 requests/s (4 pairs, each 4 ahead faster) with fewer,
+# larger claims. Batches (100 ids per slot) keep 2: enough queued, and less held by one worker.
+CLAIM_AHEAD = 4
+CLAIM_AHEAD_BATCHES = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,7 +260,9 @@ class CrawlJob:
         batch_size = BATCH_MAX_IDS if config.crawl.strategy == "batch" else 1
         claims = Claims(run_id, lease_s=config.crawl.lease_s)
         feed = ClaimFeed(
-            store.engine, claims, capacity=CLAIM_AHEAD * config.crawl.concurrency * batch_size,
+            store.engine, claims,
+            capacity=(CLAIM_AHEAD if batch_size == 1 else CLAIM_AHEAD_BATCHES)
+            * config.crawl.concurrency * batch_size,
             batch_size=batch_size,
         )  # fmt: skip
         rate = None
