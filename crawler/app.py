@@ -68,6 +68,12 @@ SHARED_URL_PREFIX = "postgresql+psycopg://"
 # larger claims. Batches (100 ids per slot) keep 2: enough queued, and less held by one worker.
 CLAIM_AHEAD = 4
 CLAIM_AHEAD_BATCHES = 2
+# After each write of a shared run, the writer waits this long before taking the next batch. A
+# transaction costs the server a fixed ~5 ms (statements planned, run, committed) whatever its size:
+# batches of 170 cost 1.25 CPU s of server per 10,000 images, of 500 1.0 s. With the pause a crawl
+# at 20 ms / 64 in flight writes 19 batches of ~530 instead of 59-69, and client plus server CPU
+# per 10,000 targets is 5.40 s against 5.68 s (4 pairs). Results wait at most this much longer.
+SHARED_WRITE_PAUSE_S = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -524,6 +530,9 @@ class _FencedStore:
         kept = [result for result in results if result.http_status not in _REJECTED]
         written = await self._store.write_results(run_id, kept, fence=self._claims.fence_results)
         self._claims.settle(kept, written)
+        # The scheduler's writer takes whatever has arrived once this returns: pausing here lets
+        # a batch grow (see SHARED_WRITE_PAUSE_S).
+        await asyncio.sleep(SHARED_WRITE_PAUSE_S)
         return written
 
 
