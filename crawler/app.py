@@ -63,10 +63,11 @@ ASSUMED_LATENCY_S = 0.05
 SHARED_URL_PREFIX = "postgresql+psycopg://"
 # A worker holds claims for this many times its concurrency: the next targets are queued before
 # the slots free up, so workers never wait for a claim's round trip. A claim is made once half is
-# free: with 2, that was when the queue had just run dry, and 4 took a crawl at 20 ms / 64 in
-# flight from 1,109-1,191 to 1,211-1,614 requests/s (4 pairs, each 4 ahead faster) with fewer,
-# larger claims. Batches (100 ids per slot) keep 2: enough queued, and less held by one worker.
-CLAIM_AHEAD = 4
+# free. With 2 that was just as the queue ran dry; with 4, 6-15 of 64 workers still sat parked on
+# average (sampled every 10 ms), waiting for a claim delayed by the busy event loop; with 8, 1-5.
+# Paired crawls at 20 ms / 64 in flight: 4 ahead 1,100 / 1,482 requests/s, 8 ahead 1,329 / 1,563.
+# Batches (100 ids per slot) keep 2: enough queued, and less held by one worker.
+CLAIM_AHEAD = 8
 CLAIM_AHEAD_BATCHES = 2
 # After each write of a shared run, the writer waits this long before taking the next batch. A
 # transaction costs the server a fixed ~5 ms (statements planned, run, committed) whatever its size:
