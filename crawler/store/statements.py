@@ -87,6 +87,22 @@ def _image_touch() -> ClauseElement:
     )
 
 
+def _image_refresh() -> ClauseElement:
+    # Unchanged content from a different `raw` (keys in another order, a field without a column):
+    # the row keeps the latest answer and its digest, so that the next fetch takes the fast path.
+    images = schema.images
+    return (
+        update(images)
+        .where(*_key_match(images, _IMAGE_KEY))
+        .values(
+            last_seen_at=bindparam("k_at"),
+            last_run_id=bindparam("k_run_id"),
+            raw=bindparam("k_raw", type_=images.c.raw.type),
+            raw_digest=bindparam("k_raw_digest", type_=images.c.raw_digest.type),
+        )
+    )
+
+
 def _version_close() -> ClauseElement:
     versions = schema.image_versions
     return (
@@ -106,6 +122,7 @@ class _WriteStatements:
     attachment_insert: _Statement
     tag_insert: _Statement
     image_touch: _Statement
+    image_refresh: _Statement
     version_insert: _Statement
     version_close: _Statement
     version_delete: _Statement
@@ -126,6 +143,7 @@ class _WriteStatements:
             attachment_insert=build(insert(schema.attachments)),
             tag_insert=build(insert(schema.tags)),
             image_touch=build(_image_touch()),
+            image_refresh=build(_image_refresh()),
             version_insert=build(insert(versions)),
             version_close=build(_version_close()),
             version_delete=build(
@@ -142,6 +160,14 @@ class _WriteStatements:
         assert statements.image_children_delete.names == ("k_region_id", "k_image_id")
         assert statements.target_insert.names == ("run_id", "region_id", "image_id")
         assert statements.image_touch.names == ("k_at", "k_run_id", "k_region_id", "k_image_id")
+        assert statements.image_refresh.names == (
+            "k_at",
+            "k_run_id",
+            "k_raw",
+            "k_raw_digest",
+            "k_region_id",
+            "k_image_id",
+        )
         assert statements.version_close.names == (
             "k_run_id",
             "k_region_id",

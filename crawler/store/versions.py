@@ -49,13 +49,15 @@ class CurrentVersion:
     status: str
     content_hash: str
     valid_from_run: int
+    # The image's `raw_digest` (None before it has one): equal to a fetch's, nothing is built.
+    raw_digest: bytes | None
 
 
 async def current_versions(
     conn: AsyncConnection, keys: Sequence[ImageKey]
 ) -> dict[ImageKey, CurrentVersion]:
-    """The current version of each image in `keys` that has one."""
-    versions = schema.image_versions
+    """The current version of each image in `keys` that has one, with the image's raw_digest."""
+    versions, images = schema.image_versions, schema.images
     by_region: dict[str, list[str]] = {}
     for region_id, image_id in keys:
         by_region.setdefault(region_id, []).append(image_id)
@@ -66,8 +68,8 @@ async def current_versions(
         for start in range(0, len(image_ids), _KEYS_PER_QUERY):
             statement = select(
                 versions.c.image_id, versions.c.version, versions.c.status,
-                versions.c.content_hash, versions.c.valid_from_run,
-            ).where(
+                versions.c.content_hash, versions.c.valid_from_run, images.c.raw_digest,
+            ).join_from(versions, images, _same_image(versions, images)).where(
                 versions.c.region_id == region_id,
                 versions.c.image_id.in_(image_ids[start : start + _KEYS_PER_QUERY]),
                 versions.c.valid_to_run.is_(None),
