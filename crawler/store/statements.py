@@ -9,8 +9,8 @@ cost more than the database's own work.
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import ClauseElement, bindparam, delete, insert, update
@@ -128,6 +128,16 @@ class _WriteStatements:
     version_delete: _Statement
     result_upsert: _Statement
     target_insert: _Statement
+    dialect: SADialect
+    # Statements whose shape depends on the batch (an IN list of N keys), compiled on first use.
+    _shaped: dict[Hashable, _Statement] = field(default_factory=dict)
+
+    def shaped(self, key: Hashable, build: Callable[[], ClauseElement]) -> _Statement:
+        """The statement `build` makes, compiled once for this store under `key`."""
+        statement = self._shaped.get(key)
+        if statement is None:
+            statement = self._shaped[key] = _Statement.compile(build(), self.dialect)
+        return statement
 
     @classmethod
     def compile(cls, store_dialect: Dialect, dialect: SADialect) -> _WriteStatements:
@@ -155,6 +165,7 @@ class _WriteStatements:
                     {name: bindparam(name) for name in _TARGET_KEY}
                 )  # only the key: the other columns are leases (crawler.claims)
             ),
+            dialect=dialect,
         )
         # These two take plain key tuples rather than rows: the order must be as written here.
         assert statements.image_children_delete.names == ("k_region_id", "k_image_id")

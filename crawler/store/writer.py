@@ -116,7 +116,7 @@ class _Batch:
         """Open the fetched images' new versions; touch the unchanged ones and drop them from
         `fetched`, so that their rows are not rewritten."""
         statements, run_id = self.statements, self.run_id
-        current = await current_versions(conn, list(self.fetched))
+        current = await current_versions(conn, statements, list(self.fetched))
         touched, refreshed = [], []
         built: dict[ImageKey, tuple[ImageRows, str]] = {}
         for key, (rows, seen_at) in self.fetched.items():
