@@ -27,8 +27,6 @@ import hashlib
 import json
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from json.encoder import encode_basestring
-from operator import itemgetter
 from typing import Any
 
 from crawler import schema
@@ -96,74 +94,8 @@ def canonical(content: Mapping[str, Any]) -> Canonical:
 
 
 def canonical_rows(rows: ImageRows) -> Canonical:
-    """The canonical content of a normalised image.
-
-    The same text as `canonical(content_of(...))`, written in one pass over the rows: the
-    first write of every image runs this, and the generic way (dicts built, then encoded with
-    their keys sorted) costs about twice as much. Rows without every column of their table
-    (built by hand) take the generic way.
-    """
-    try:
-        text = _text_of(rows)
-    except KeyError:
-        return canonical(content_of(rows.image, rows.disks, rows.attachments, rows.tags))
-    return Canonical(text, hashlib.sha256(text.encode()).hexdigest())
-
-
-def _fragments(table: Any, excluded: frozenset[str]) -> tuple[tuple[str, str], ...]:
-    """(column, its JSON key with the colon) of a table's content columns, in sorted order."""
-    names = sorted(column.name for column in table.columns if column.name not in excluded)
-    return tuple((name, encode_basestring(name) + ":") for name in names)
-
-
-_IMAGE_FRAGMENTS = _fragments(schema.images, _IMAGE_EXCLUDED)
-_DISK_FRAGMENTS = _fragments(schema.disks, _CHILD_EXCLUDED)
-_ATTACHMENT_FRAGMENTS = _fragments(schema.attachments, _CHILD_EXCLUDED)
-_FIRST = itemgetter(0)
-
-
-def _object_text(fragments: tuple[tuple[str, str], ...], row: Row) -> str:
-    """`_ENCODER.encode(_columns(row, ...))`, from the fragments: keys are already in order."""
-    parts = []
-    for name, key in fragments:
-        value = row[name]
-        if value is None:
-            continue
-        kind = type(value)
-        if kind is str:
-            parts.append(key + encode_basestring(value))
-        elif kind is int:
-            parts.append(key + int.__repr__(value))
-        else:  # nothing the normaliser writes; encoded as the generic way would
-            parts.append(key + _ENCODER.encode(value))
-    return "{" + ",".join(parts) + "}"
-
-
-def _children_text(fragments: tuple[tuple[str, str], ...], keyed: list[tuple[str, Row]]) -> str:
-    keyed.sort(key=_FIRST)
-    return (
-        "{"
-        + ",".join(f"{encode_basestring(key)}:{_object_text(fragments, row)}" for key, row in keyed)
-        + "}"
-    )
-
-
-def _text_of(rows: ImageRows) -> str:
-    """The canonical text of `content_of(rows...)`; top-level keys in sorted order."""
-    parts = []
-    if rows.attachments:
-        keyed = [(f"{row['slot']}:{row['position']}:{row['seq']}", row) for row in rows.attachments]
-        parts.append('"attachments":' + _children_text(_ATTACHMENT_FRAGMENTS, keyed))
-    if rows.disks:
-        keyed = [(f"{row['slot']}:{row['position']}", row) for row in rows.disks]
-        parts.append('"disks":' + _children_text(_DISK_FRAGMENTS, keyed))
-    parts.append('"image":' + _object_text(_IMAGE_FRAGMENTS, rows.image))
-    if rows.tags:
-        tag_map: dict[str, dict[str, Any]] = {}
-        for row in rows.tags:
-            tag_map.setdefault(f"{row['slot']}:{row['position']}", {})[row["key"]] = row["value"]
-        parts.append('"tags":' + _ENCODER.encode(tag_map))
-    return "{" + ",".join(parts) + "}"
+    """The canonical content of a normalised image."""
+    return canonical(content_of(rows.image, rows.disks, rows.attachments, rows.tags))
 
 
 # --- comparing two contents ---------------------------------------------------------------------
