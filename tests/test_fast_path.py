@@ -10,14 +10,17 @@ and on PostgreSQL (where `raw` is jsonb, and the digest must still be of the cra
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from collections.abc import AsyncIterator
 from datetime import UTC
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from crawler.models import FetchedImage, ImageRows, JsonObject, Outcome, RunStatus, TargetResult
-from crawler.normalise import prepare_image, raw_digest
+from crawler.normalise import NORMALISER_VERSION, normalise_image, prepare_image, raw_digest
 from crawler.simulator.inventory import Inventory, build_inventory
 from crawler.store import Store
 from tests.test_store import (
@@ -192,3 +195,25 @@ async def test_rows_that_cannot_be_built_fail_that_target_only(
 def inventory_pair(images: Inventory) -> list[tuple[str, JsonObject]]:
     region = next(iter(images.images))
     return [(region, image) for image in images.images[region][:2]]
+
+
+def rows_fingerprint() -> str:
+    """SHA-256 of the rows the normaliser makes of fixed inputs: the docs' example and simulator
+    images, with and without an offset-less time."""
+    docs = Path(__file__).parent / "data" / "docs_describeImages_example.json"
+    images = json.loads(docs.read_text("utf-8"))["result"]["images"]
+    images += build_inventory(REGIONS, 10, seed=23, missing_rate=0.0).images[REGIONS[0]]
+    rows = [normalise_image("cn-north-1", image, naive_tz=NAIVE_TZ) for image in images]
+    text = json.dumps([dataclasses.asdict(row) for row in rows], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def test_the_normaliser_version_moves_with_its_rows() -> None:
+    # A stored raw_digest vouches for the rows the normaliser made when it was stored. If the
+    # same answers now give other rows (a new column, a converter changed), every image must be
+    # normalised and compared again on its next crawl: raise NORMALISER_VERSION, then record the
+    # new fingerprint here. Failing here without that means a stale fast path for every image.
+    assert (NORMALISER_VERSION, rows_fingerprint()) == (1, ROWS_FINGERPRINT)
+
+
+ROWS_FINGERPRINT = "201154bc9310b77503b6d6844d404fe68893c495a1feab1d9adad350d54de668"
