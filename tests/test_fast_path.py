@@ -29,6 +29,7 @@ from tests.test_store import (
     Clock,
     at,
     dump_all,
+    execute,
     fetched,
     image_row,
     missing,
@@ -217,3 +218,23 @@ def test_the_normaliser_version_moves_with_its_rows() -> None:
 
 
 ROWS_FINGERPRINT = "201154bc9310b77503b6d6844d404fe68893c495a1feab1d9adad350d54de668"
+
+
+async def test_an_image_stored_without_a_digest_is_compared_once_then_takes_the_fast_path(
+    store: Store, inventory: Inventory, db_url: str
+) -> None:
+    # As after migration 0004: the images row has no raw_digest yet.
+    region, image = rich_image(inventory)
+    target = target_of(region, image)
+    first = await store.create_run([target], strategy="single")
+    await store.write_results(first, [fetched(region, image, at(1))])
+    await store.finish_run(first, RunStatus.SUCCEEDED, requests=1, retries=0)
+    execute(db_url, "UPDATE images SET raw_digest = NULL")
+
+    second = await store.create_run([target], strategy="single")
+    await store.write_results(second, [fetched(region, image, at(2))])
+    assert query(db_url, VERSIONS) == [(1, first, None, "present")]
+    assert image_row(db_url, target)["raw_digest"] is not None
+    third = await store.create_run([target], strategy="single")
+    await store.write_results(third, [unbuildable(fetched(region, image, at(3)))])
+    assert outcome_of(db_url, third, target.image_id) == ("fetched", None, None)
