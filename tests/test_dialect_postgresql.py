@@ -92,12 +92,14 @@ def test_every_write_statement_runs_once_per_batch_on_postgresql() -> None:
     from sqlalchemy.ext.asyncio import create_async_engine
 
     from crawler.store.dialects.postgresql import DIALECT
-    from crawler.store.statements import _WriteStatements
+    from crawler.store.statements import _Statement, _WriteStatements
 
     engine = create_async_engine("postgresql+psycopg://nobody@localhost/none", paramstyle="format")
     statements = _WriteStatements.compile(DIALECT, engine.sync_engine.dialect)
     for name in statements.__dataclass_fields__:
         statement = getattr(statements, name)
+        if not isinstance(statement, _Statement):
+            continue  # the compiled statements' own settings
         assert statement.bulk is not None, name
         # one array parameter per value parameter, in the same order
         assert statement.bulk.count("%b::") == statement.sql.count("%s") == len(statement.names)

@@ -47,7 +47,11 @@ class _Statement:
         assert isinstance(compiled, SQLCompiler)
         names = tuple(compiled.positiontup or ())
         assert len(names) > 1  # itemgetter of one name would give a bare value, not a tuple
-        bulk = None if store_dialect is None else store_dialect.bulk_sql(compiled.string)
+        bulk = None
+        if store_dialect is not None:
+            types = [compiled.dialect.type_compiler_instance.process(compiled.binds[n].type)
+                     for n in names]  # fmt: skip
+            bulk = store_dialect.bulk_sql(compiled.string, types)
         # itemgetter builds a row's tuple in C: this runs for every row the crawler writes.
         return cls(compiled.string, names, operator.itemgetter(*names), bulk)
 

@@ -114,8 +114,8 @@ class PostgreSQLDialect(Dialect):
     def insert_or_ignore(self, table: Table, key: Sequence[str]) -> Insert:
         return pg_insert(table).on_conflict_do_nothing(index_elements=list(key))
 
-    def bulk_sql(self, sql: str) -> str | None:
-        return _bulk_sql(sql)
+    def bulk_sql(self, sql: str, types: Sequence[str] = ()) -> str | None:
+        return _bulk_sql(_with_casts(sql, types))
 
     def sync_url(self, url: URL) -> URL:
         return url  # psycopg 3 is both the async and the sync driver
@@ -183,6 +183,19 @@ def _bulk_sql(sql: str) -> str | None:
             head, where = match.groups()
             return f"{head} {joining} {_unnest(types)}{where}"
     return None
+
+
+def _with_casts(sql: str, types: Sequence[str]) -> str:
+    """`sql` with a cast to its type on every parameter SQLAlchemy wrote without one (`bytea`
+    parameters are written bare): the batch form needs each array's type."""
+    pieces = sql.split("%s")
+    if len(types) != len(pieces) - 1:
+        return sql
+    out = [pieces[0]]
+    for kind, piece in zip(types, pieces[1:], strict=True):
+        out.append("%s" if piece.startswith("::") else f"%s::{kind.upper()}")
+        out.append(piece)
+    return "".join(out)
 
 
 def _column(number: int, kind: str) -> str:
