@@ -758,6 +758,21 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return text + " (default: %(default)s)"
 
 
+class _VersionAction(argparse.Action):
+    """`--version`: reads the installed version only when asked (importlib.metadata scans the
+    path's distributions, a few ms that every other command would pay at start-up)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        print(f"crawler {crawler_version()}")  # standard output, as argparse's version action
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `crawler` command line, every command and flag with its help text."""
     parser = argparse.ArgumentParser(
@@ -766,9 +781,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_HelpFormatter,
     )
     parser.add_argument(
-        "--version", action="version", version=f"crawler {crawler_version()}",
-        help="print the installed version and exit",
-    )  # fmt: skip
+        "--version", action=_VersionAction, nargs=0, help="print the installed version and exit"
+    )
     commands = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", help="one of:"
     )
