@@ -27,6 +27,7 @@ from typing import Any
 from harness import (
     SimulatorProcess,
     comma_list,
+    compile_package,
     count_lines,
     crawl_argv,
     credentials_env,
@@ -126,6 +127,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def main(argv: Sequence[str]) -> int:
     args = parse_args(argv)
     print(machine_note())
+    compile_package(args.python)  # as `pip install` leaves it: no crawl compiles the modules
     with tempfile.TemporaryDirectory(prefix="growth-") as tmp:
         found = [r for size in args.sizes for r in run_size(args, size, Path(tmp))]
     print_table(found)

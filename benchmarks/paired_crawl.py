@@ -4,9 +4,10 @@ One simulator (`--latency-ms`, 4 regions, every target an existing image); then 
 rounds, each crawling the whole targets file into a fresh SQLite file once with this checkout
 and once with the other build (`--baseline DIR`: a directory holding another version's
 `crawler` package, migrations inside it, put first on PYTHONPATH), the order alternating per
-round. Per crawl: the child's own CPU (user + system, start-up, migrations and commits
-included, `os.wait4`) per request and its wall time; per round the ratio baseline / this, so
-a busy phase of the shared machine hits both alike. Medians and spread at the end.
+round; both packages' bytecode is written first. Per crawl: the child's own CPU (user +
+system, start-up, migrations and commits included, `os.wait4`) per request and its wall
+time; per round the ratio baseline / this, so a busy phase of the shared machine hits both
+alike. Medians and spread at the end.
 
     mkdir /tmp/base && git archive main crawler migrations | tar -x -C /tmp/base
     mv /tmp/base/migrations /tmp/base/crawler/
@@ -29,6 +30,7 @@ from typing import Any
 
 from harness import (
     SimulatorProcess,
+    compile_package,
     count_lines,
     crawl_argv,
     credentials_env,
@@ -115,6 +117,8 @@ def main(argv: Sequence[str]) -> int:
     print(machine_note())
     env = credentials_env(new_secret())
     env.pop("PYTHONPATH", None)
+    compile_package(args.python, env)
+    compile_package(args.python, {**env, "PYTHONPATH": str(Path(args.baseline).resolve())})
     found = []
     with tempfile.TemporaryDirectory(prefix="paired-") as tmp:
         workdir = Path(tmp)
