@@ -88,7 +88,7 @@ class ApiRoute:
     """Everything needed to reach the API, checked before anything is locked or sent."""
 
     access: Access
-    tls: ssl.SSLContext
+    tls: ssl.SSLContext | None  # None: the system's trusted certificates (still verified)
     proxy: Proxy | None
 
 

@@ -100,7 +100,8 @@ def open_session(*, concurrency: int, tls: ssl.SSLContext | None = None) -> aioh
 
     Args:
         concurrency: requests in flight at most, all hosts together.
-        tls: the context that verifies servers; None for the system's default trust.
+        tls: the context that verifies servers; None for the system's default trust (aiohttp's
+            default context, built when aiohttp is imported, verifies certificate and host name).
 
     Returns:
         A session with no cookie jar and the crawler's User-Agent.
