@@ -65,7 +65,9 @@ def crawl(
     argv = [*crawl_argv(config, targets, db, args.concurrency, args.python)]
     argv += ["--strategy", args.strategy]
     busy_before, sim_before = machine_busy_s(), sim.cpu_s()
-    run = run_child(argv, child_env, timeout_s=args.timeout_s)
+    # Run from the work directory: `python -m` puts the current directory first on the path,
+    # ahead of PYTHONPATH, so from a checkout both variants would import the checkout's package.
+    run = run_child(argv, child_env, timeout_s=args.timeout_s, cwd=workdir)
     other_s = machine_busy_s() - busy_before - (sim.cpu_s() - sim_before) - run.cpu_s
     figures = run_figures(db) if db.exists() else {}
     remove_database(db)
