@@ -281,13 +281,13 @@ def _summarise(args: argparse.Namespace, io: Io, report: CrawlReport, code: int)
 async def _crawl_with_signals(
     job: CrawlJob, io: Io, context: RunContext, *, show_progress_bar: bool
 ) -> CrawlReport:
-    from crawler.progress import ProgressLine, show_progress
-
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, _stop_once, loop, job, signum)
     progress = None
-    if show_progress_bar:
+    if show_progress_bar:  # imported only for a terminal: a cron job never draws one
+        from crawler.progress import ProgressLine, show_progress
+
         stats = lambda: job.scheduler.stats if job.scheduler else None  # noqa: E731
         line = ProgressLine(stats, io.stderr)
         context.overlay = line
