@@ -6,8 +6,9 @@ image's result in batches as the crawl's writer does, finishes the run (missing 
 applies `[retention] keep_runs` as `crawler crawl` does, and closes the store. Each night a share
 of the images changes (`--change-rate`: a data disk's type and the image's name), and a few
 disappear and come back, so history has something to record. The images are real-shaped
-(`crawler.simulator.inventory`) and normalised once up front; results are written in the order
-a crawl produces them (each region by image id, the regions in turn).
+(`crawler.simulator.inventory`) and prepared once up front (checked and encoded, as a crawl
+hands them to the store, which builds the rows of those whose `raw_digest` is new); results are
+written in the order a crawl produces them (each region by image id, the regions in turn).
 
 After the first night and after the last it prints the file's size and each table's share
 (SQLite's `dbstat`, indexes counted with their table), and what history adds: `image_versions`
@@ -34,8 +35,8 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from crawler.models import ImageRows, JsonObject, Outcome, RunStatus, Target, TargetResult
-from crawler.normalise import normalise_image
+from crawler.models import FetchedImage, JsonObject, Outcome, RunStatus, Target, TargetResult
+from crawler.normalise import prepare_image
 from crawler.simulator.inventory import build_inventory
 from crawler.store import Store
 
@@ -78,7 +79,7 @@ def changed(rng: random.Random, image: JsonObject) -> JsonObject:
     return image
 
 
-def crawl_order(rows: dict[Target, ImageRows]) -> list[Target]:
+def crawl_order(rows: dict[Target, FetchedImage]) -> list[Target]:
     """The order a crawl's results arrive in: each region's targets by image id (how the
     scheduler pages them), the regions taken in turn."""
     lanes = [sorted(t for t in rows if t.region_id == region) for region in REGIONS]
@@ -86,7 +87,7 @@ def crawl_order(rows: dict[Target, ImageRows]) -> list[Target]:
 
 
 async def night(
-    db: Path, run_no: int, rows: dict[Target, ImageRows], gone: set[Target], at: datetime
+    db: Path, run_no: int, rows: dict[Target, FetchedImage], gone: set[Target], at: datetime
 ) -> None:
     store = await Store.open(f"sqlite+aiosqlite:///{db}")
     try:
@@ -131,7 +132,7 @@ def main(argv: list[str]) -> int:
         for image in inventory.images[region]
     }
     images = dict(list(images.items())[: args.images])
-    rows = {t: normalise_image(t.region_id, image, naive_tz=BEIJING) for t, image in images.items()}
+    rows = {t: prepare_image(t.region_id, image, naive_tz=BEIJING) for t, image in images.items()}
     figures: dict[str, Any] = {"bench": "history_size", "images": len(rows), "nights": args.nights}
     changes = 0
     with tempfile.TemporaryDirectory(prefix="history-size-") as tmp:
@@ -143,8 +144,8 @@ def main(argv: list[str]) -> int:
             if run_no > 1:  # the day's changes, before the night's crawl
                 for target in rng.sample(sorted(rows), int(args.change_rate * len(rows))):
                     images[target] = changed(rng, images[target])
-                    rows[target] = normalise_image(target.region_id, images[target],
-                                                   naive_tz=BEIJING)  # fmt: skip
+                    rows[target] = prepare_image(target.region_id, images[target],
+                                                 naive_tz=BEIJING)  # fmt: skip
                     changes += 1
                 back = set(rng.sample(sorted(gone), len(gone) // 2)) if gone else set()
                 gone = (gone - back) | set(

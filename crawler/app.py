@@ -35,7 +35,7 @@ from crawler.errors import (
 )
 from crawler.models import JsonObject, RunStatus, Target, TargetResult
 from crawler.network import Proxy, choose_proxy, tls_context
-from crawler.normalise import normalise_image, scrub_text
+from crawler.normalise import prepare_image, scrub_text
 from crawler.retry import Retrier, RetryPolicy
 from crawler.scheduler import (
     BATCH_MAX_IDS,
@@ -627,7 +627,8 @@ def _scheduler_config(config: Config) -> SchedulerConfig:
 
 
 def _normaliser(config: Config) -> Normaliser:
-    return partial(normalise_image, naive_tz=ZoneInfo(config.api.naive_time_zone))
+    # Rows are built by the store, and only for an image whose raw_digest is new.
+    return partial(prepare_image, naive_tz=ZoneInfo(config.api.naive_time_zone))
 
 
 def _count(number: int, noun: str) -> str:

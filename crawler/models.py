@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -86,8 +87,27 @@ class ImageRows:
 
 
 @dataclass(frozen=True, slots=True)
+class FetchedImage:
+    """A fetched image checked and encoded for storage, its rows built only when needed.
+
+    `digest` identifies what the rows are made from: `raw` and the normaliser's settings. An
+    image whose digest equals the one stored with it (`images.raw_digest`) would give the same
+    rows again, so an unchanged re-crawl never builds them (`crawler.store.writer`). Building
+    them cannot fail for a reason of the answer's: every check that can reject an image has
+    run already.
+    """
+
+    region_id: str
+    image_id: str
+    raw: str
+    digest: bytes
+    build: Callable[[], ImageRows]
+
+
+@dataclass(frozen=True, slots=True)
 class TargetResult:
-    """The outcome of one target in one run, with the rows to write when fetched."""
+    """The outcome of one target in one run, with the rows to write when fetched (built, or
+    to be built by the store if it needs them)."""
 
     target: Target
     outcome: Outcome
@@ -97,7 +117,7 @@ class TargetResult:
     error_status: str | None = None
     error_message: str | None = None
     request_id: str | None = None
-    rows: ImageRows | None = None
+    rows: ImageRows | FetchedImage | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,6 +46,7 @@ from crawler.errors import (
     TransientApiError,
 )
 from crawler.models import (
+    FetchedImage,
     ImageResponse,
     ImageRows,
     ImagesPage,
@@ -154,7 +155,8 @@ class KeyHold(Protocol):
     async def hold(self, hold_s: float) -> None: ...
 
 
-Normaliser = Callable[[str, JsonObject], ImageRows]
+# Checks and encodes an image; its rows may be built now, or later by the store.
+Normaliser = Callable[[str, JsonObject], ImageRows | FetchedImage]
 
 
 class Metered(Protocol):

@@ -35,6 +35,7 @@ from sqlalchemy import (
     ForeignKeyConstraint,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
     Table,
@@ -130,6 +131,8 @@ images = Table(
     _int("last_run_id"),
     _text("missing_since"),
     Column("raw", JSON_TEXT, nullable=False),
+    # What the rows were made from (`crawler.normalise.raw_digest`): the re-crawl's fast path.
+    Column("raw_digest", LargeBinary),
     PrimaryKeyConstraint("region_id", "image_id", name="pk_images"),
 )
 Index("ix_images_image_id", images.c.image_id)

@@ -304,6 +304,41 @@ def test_a_second_crawl_exits_75_and_changes_nothing(
         child.communicate()
 
 
+def test_accept_and_prune_exit_75_naming_the_holder_while_a_crawl_runs(
+    simulator: SimulatorFactory, tmp_path: Path
+) -> None:
+    server = simulator(images_per_region=400, latency_ms=20)
+    db = tmp_path / "inventory.db"
+    targets = targets_file(tmp_path, server.sim)
+    few = tmp_path / "few.csv"
+    few.write_text("\n".join(targets.read_text(encoding="utf-8").splitlines()[:21]) + "\n")
+    config = write_config(tmp_path, server.url, db=db, concurrency=4)
+    assert crawl(config, "--targets", str(few)) == 0  # run 1: finished, so prune could take it
+    results_of_run_1 = rows(db, "SELECT count(*) FROM crawl_results WHERE run_id = 1")
+    assert results_of_run_1 == [(20,)]
+    child = start_crawl_process(config, targets)
+    try:
+        wait_for_results(db, 30, child)
+        environ = {**os.environ, "PYTHONPATH": str(REPO)}
+        for command in (["accept", "1"], ["prune", "--keep-runs", "1", "--vacuum"]):
+            done = subprocess.run(
+                [sys.executable, "-m", "crawler", *command, "--db", str(db)],
+                env=environ, capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            assert done.returncode == 75, (command, done.stderr)
+            assert "another crawl holds the lock" in done.stderr, command
+            assert f"pid {child.pid}" in done.stderr, command
+        assert child.poll() is None  # still crawling: neither command touched it
+        assert rows(db, "SELECT count(*) FROM crawl_results WHERE run_id = 1") == results_of_run_1
+        assert rows(db, "SELECT run_id, status FROM crawl_runs") == [
+            (1, "succeeded"),
+            (2, "running"),
+        ]
+    finally:
+        child.kill()
+        child.communicate()
+
+
 def test_sigkill_then_resume_gives_the_same_inventory_as_a_clean_crawl(
     simulator: SimulatorFactory, tmp_path: Path
 ) -> None:

@@ -42,7 +42,8 @@ from tests.conftest import (
 )
 from tests.test_cli import REPO, Recorder, crawl, targets_file
 
-BOOKKEEPING = {"first_seen_at", "last_seen_at", "last_run_id", "missing_since", "raw"}
+# The crawler's own columns: `raw` and `raw_digest` are what the rows came from, not the rows.
+BOOKKEEPING = {"first_seen_at", "last_seen_at", "last_run_id", "missing_since", "raw", "raw_digest"}
 KEYS = {
     "images": (),
     "disks": ("slot", "position"),

@@ -29,7 +29,7 @@ from sqlalchemy.pool import NullPool
 
 from crawler.errors import CrawlerError, StoreError, TargetsError
 from crawler.models import ImageRows, JsonObject, Outcome, RunStatus, Target, TargetResult
-from crawler.normalise import normalise_image
+from crawler.normalise import normalise_image, prepare_image
 from crawler.simulator.inventory import Inventory, build_inventory
 from crawler.store import (
     MissingGuard,
@@ -97,8 +97,9 @@ def normalised(region_id: str, image: JsonObject) -> ImageRows:
 
 
 def fetched(region_id: str, image: JsonObject, finished_at: datetime) -> TargetResult:
+    """A fetch as the crawl hands it over: checked and encoded, rows built by the store."""
     target = Target(region_id, str(image["imageId"]))
-    rows = normalised(region_id, image)
+    rows = prepare_image(region_id, image, naive_tz=NAIVE_TZ)
     return TargetResult(target, Outcome.FETCHED, 1, finished_at, http_status=200, rows=rows)
 
 

@@ -2,9 +2,10 @@
 
 The content of an image is its `images` columns and its `disks`, `attachments` and `tags` rows,
 without what the crawler itself keeps: the key (it is the version row's), the bookkeeping columns
-(`first_seen_at`, `last_seen_at`, `last_run_id`, `missing_since`) and `raw`. `raw` is left out
-because every column is read from it (so a change that matters shows in a column) and because
-keeping it would double the history's size; its key order therefore cannot move the hash.
+(`first_seen_at`, `last_seen_at`, `last_run_id`, `missing_since`), `raw` and `raw_digest`. `raw`
+is left out because every column is read from it (so a change that matters shows in a column)
+and because keeping it would double the history's size; its key order therefore cannot move the
+hash.
 
     {"image": {"name": ..., ...},
      "disks": {"system:0": {...}, "data:1": {...}},
@@ -34,7 +35,7 @@ from crawler import schema
 from crawler.models import ImageRows, Row
 
 BOOKKEEPING_COLUMNS = ("first_seen_at", "last_seen_at", "last_run_id", "missing_since")
-_IMAGE_EXCLUDED = frozenset({"region_id", "image_id", "raw", *BOOKKEEPING_COLUMNS})
+_IMAGE_EXCLUDED = frozenset({"region_id", "image_id", "raw", "raw_digest", *BOOKKEEPING_COLUMNS})
 _DISK_KEY = ("slot", "position")
 _ATTACHMENT_KEY = ("slot", "position", "seq")
 _CHILD_EXCLUDED = frozenset({"region_id", "image_id", "slot", "position", "seq"})

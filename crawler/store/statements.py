@@ -9,8 +9,8 @@ cost more than the database's own work.
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import ClauseElement, bindparam, delete, insert, update
@@ -87,6 +87,22 @@ def _image_touch() -> ClauseElement:
     )
 
 
+def _image_refresh() -> ClauseElement:
+    # Unchanged content from a different `raw` (keys in another order, a field without a column):
+    # the row keeps the latest answer and its digest, so that the next fetch takes the fast path.
+    images = schema.images
+    return (
+        update(images)
+        .where(*_key_match(images, _IMAGE_KEY))
+        .values(
+            last_seen_at=bindparam("k_at"),
+            last_run_id=bindparam("k_run_id"),
+            raw=bindparam("k_raw", type_=images.c.raw.type),
+            raw_digest=bindparam("k_raw_digest", type_=images.c.raw_digest.type),
+        )
+    )
+
+
 def _version_close() -> ClauseElement:
     versions = schema.image_versions
     return (
@@ -106,11 +122,22 @@ class _WriteStatements:
     attachment_insert: _Statement
     tag_insert: _Statement
     image_touch: _Statement
+    image_refresh: _Statement
     version_insert: _Statement
     version_close: _Statement
     version_delete: _Statement
     result_upsert: _Statement
     target_insert: _Statement
+    dialect: SADialect
+    # Statements whose shape depends on the batch (an IN list of N keys), compiled on first use.
+    _shaped: dict[Hashable, _Statement] = field(default_factory=dict)
+
+    def shaped(self, key: Hashable, build: Callable[[], ClauseElement]) -> _Statement:
+        """The statement `build` makes, compiled once for this store under `key`."""
+        statement = self._shaped.get(key)
+        if statement is None:
+            statement = self._shaped[key] = _Statement.compile(build(), self.dialect)
+        return statement
 
     @classmethod
     def compile(cls, store_dialect: Dialect, dialect: SADialect) -> _WriteStatements:
@@ -126,6 +153,7 @@ class _WriteStatements:
             attachment_insert=build(insert(schema.attachments)),
             tag_insert=build(insert(schema.tags)),
             image_touch=build(_image_touch()),
+            image_refresh=build(_image_refresh()),
             version_insert=build(insert(versions)),
             version_close=build(_version_close()),
             version_delete=build(
@@ -137,11 +165,20 @@ class _WriteStatements:
                     {name: bindparam(name) for name in _TARGET_KEY}
                 )  # only the key: the other columns are leases (crawler.claims)
             ),
+            dialect=dialect,
         )
         # These two take plain key tuples rather than rows: the order must be as written here.
         assert statements.image_children_delete.names == ("k_region_id", "k_image_id")
         assert statements.target_insert.names == ("run_id", "region_id", "image_id")
         assert statements.image_touch.names == ("k_at", "k_run_id", "k_region_id", "k_image_id")
+        assert statements.image_refresh.names == (
+            "k_at",
+            "k_run_id",
+            "k_raw",
+            "k_raw_digest",
+            "k_region_id",
+            "k_image_id",
+        )
         assert statements.version_close.names == (
             "k_run_id",
             "k_region_id",

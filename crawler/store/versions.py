@@ -15,11 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
     and_,
+    bindparam,
     func,
     insert,
     literal,
@@ -37,7 +39,7 @@ from crawler.store.statements import _WriteStatements
 
 ImageKey = tuple[str, str]
 # Keys per `IN` list when reading current versions: far below any database's parameter limit.
-_KEYS_PER_QUERY = 500
+_KEYS_PER_QUERY = 512
 _PRESENT, _MISSING = str(VersionStatus.PRESENT), str(VersionStatus.MISSING)
 
 
@@ -49,13 +51,14 @@ class CurrentVersion:
     status: str
     content_hash: str
     valid_from_run: int
+    # The image's `raw_digest` (None before it has one): equal to a fetch's, nothing is built.
+    raw_digest: bytes | None
 
 
 async def current_versions(
-    conn: AsyncConnection, keys: Sequence[ImageKey]
+    conn: AsyncConnection, statements: _WriteStatements, keys: Sequence[ImageKey]
 ) -> dict[ImageKey, CurrentVersion]:
-    """The current version of each image in `keys` that has one."""
-    versions = schema.image_versions
+    """The current version of each image in `keys` that has one, with the image's raw_digest."""
     by_region: dict[str, list[str]] = {}
     for region_id, image_id in keys:
         by_region.setdefault(region_id, []).append(image_id)
@@ -64,17 +67,40 @@ async def current_versions(
     # image: a row-value IN list would scan the whole table on SQLite.
     for region_id, image_ids in by_region.items():
         for start in range(0, len(image_ids), _KEYS_PER_QUERY):
-            statement = select(
-                versions.c.image_id, versions.c.version, versions.c.status,
-                versions.c.content_hash, versions.c.valid_from_run,
-            ).where(
-                versions.c.region_id == region_id,
-                versions.c.image_id.in_(image_ids[start : start + _KEYS_PER_QUERY]),
-                versions.c.valid_to_run.is_(None),
-            )  # fmt: skip
-            for image_id, *rest in await conn.execute(statement):
-                found[(region_id, image_id)] = CurrentVersion(*rest)
+            chunk = image_ids[start : start + _KEYS_PER_QUERY]
+            # Compiled once per padded length (a power of two) rather than once per batch: the
+            # padding repeats the last id, which matches nothing new.
+            size = 1 << (len(chunk) - 1).bit_length()
+            lookup = statements.shaped(("current_versions", size), partial(_lookup, size))
+            assert lookup.names[0] == "region_id"  # then the ids, in order
+            params = (region_id, *chunk, *[chunk[-1]] * (size - len(chunk)))
+            rows: list[tuple[Any, ...]] = [
+                tuple(row) for row in await conn.exec_driver_sql(lookup.sql, params)
+            ]
+            for image_id, version, status, content_hash, valid_from_run, digest in rows:
+                found[(region_id, image_id)] = CurrentVersion(
+                    version, status, content_hash, valid_from_run, digest
+                )
     return found
+
+
+def _lookup(size: int) -> Any:
+    """The current versions (and raw digests) of `size` images of one region."""
+    versions, images = schema.image_versions, schema.images
+    ids = [bindparam(f"id_{index}", type_=versions.c.image_id.type) for index in range(size)]
+    columns = (
+        versions.c.image_id, versions.c.version, versions.c.status,
+        versions.c.content_hash, versions.c.valid_from_run, images.c.raw_digest,
+    )  # fmt: skip
+    return (
+        select(*columns)
+        .join_from(versions, images, _same_image(versions, images))
+        .where(
+            versions.c.region_id == bindparam("region_id"),
+            versions.c.image_id.in_(ids),
+            versions.c.valid_to_run.is_(None),
+        )
+    )
 
 
 @dataclass(slots=True)

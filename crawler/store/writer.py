@@ -4,20 +4,32 @@ A reader sees an image either with all of its old children or all of its new one
 whose content is unchanged keeps its rows (only `last_seen_at` and `last_run_id` move); the
 others are rewritten and open a version (`crawler.store.versions`). A `missing` outcome is only
 recorded here: the marks are applied at the end of the run, for the whole run at once.
+
+The fast path of an unchanged re-crawl: a fetched image arrives checked and encoded but without
+rows (`FetchedImage`). When its `raw_digest` equals the one stored with the image and the image's
+current version is `present`, it would give the same rows again, so none are built: the image is
+touched and that is all. Otherwise its rows are built here and compared by content as before; an
+unchanged content from a different `raw` (keys in another order) stores the new `raw` and digest.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from crawler.models import ImageRows, Outcome, TargetResult
+from crawler.models import FetchedImage, ImageRows, Outcome, TargetResult, VersionStatus
 from crawler.store.statements import _Statement, _WriteStatements
 from crawler.store.timestamps import format_utc
-from crawler.store.versions import current_versions, plan_versions
+from crawler.store.versions import ImageKey, current_versions, plan_versions
+
+log = logging.getLogger(__name__)
+_PRESENT = str(VersionStatus.PRESENT)
+_MESSAGE_MAX_CHARS = 300
 
 
 @dataclass(slots=True)
@@ -27,9 +39,14 @@ class _Batch:
     statements: _WriteStatements
     run_id: int
     # Fetched images by their rows' own key, so that the children deleted are exactly those
-    # of the images row upserted, and an image given twice is written once.
-    fetched: dict[tuple[str, str], tuple[ImageRows, str]] = field(default_factory=dict)
-    results: list[tuple[Any, ...]] = field(default_factory=list)
+    # of the images row upserted, and an image given twice is written once. Rows not built yet
+    # are a FetchedImage until `record_versions` decides.
+    fetched: dict[ImageKey, tuple[ImageRows | FetchedImage, str]] = field(default_factory=dict)
+    digests: dict[ImageKey, bytes] = field(default_factory=dict)
+    # By target: a result replaced (rows that could not be built) replaces its tuple.
+    results: dict[ImageKey, tuple[Any, ...]] = field(default_factory=dict)
+    # The results of the images whose rows are not built yet, by the images' key.
+    outcomes: dict[ImageKey, TargetResult] = field(default_factory=dict)
 
     @classmethod
     def build(
@@ -44,23 +61,33 @@ class _Batch:
     def add(self, result: TargetResult) -> None:
         """Queue one result's rows."""
         at = format_utc(result.finished_at)
+        target = result.target
         if result.outcome is Outcome.FETCHED:
             rows = _rows_of(result)
-            self.fetched[(rows.image["region_id"], rows.image["image_id"])] = (rows, at)
+            if isinstance(rows, FetchedImage):
+                self.fetched[(rows.region_id, rows.image_id)] = (rows, at)
+                self.digests[(rows.region_id, rows.image_id)] = rows.digest
+                self.outcomes[(rows.region_id, rows.image_id)] = result
+            else:
+                self.fetched[(rows.image["region_id"], rows.image["image_id"])] = (rows, at)
         values = _result_values(self.run_id, result, at)
-        self.results.append(self.statements.result_upsert.values(values))
+        self.results[(target.region_id, target.image_id)] = self.statements.result_upsert.values(
+            values
+        )
 
     def image_params(self) -> list[tuple[Any, ...]]:
         """The images rows, with the store's bookkeeping columns."""
-        statement, run_id = self.statements.image_upsert, self.run_id
+        statement, run_id, digests = self.statements.image_upsert, self.run_id, self.digests
         params = []
-        for rows, seen_at in self.fetched.values():
+        for key, (rows, seen_at) in self.fetched.items():
+            assert isinstance(rows, ImageRows)  # record_versions built every one still here
             # first_seen_at is written only by an insert: the upsert keeps an existing value.
             bookkeeping = {
                 "first_seen_at": seen_at,
                 "last_seen_at": seen_at,
                 "last_run_id": run_id,
                 "missing_since": None,
+                "raw_digest": digests.get(key),
             }
             params.append(statement.row(rows.image | bookkeeping))
         return params
@@ -83,25 +110,63 @@ class _Batch:
             (statements.tag_insert, "tags"),
         ):
             await statement.run_many(conn, self.children(statement, kind))
-        await statements.result_upsert.run_many(conn, self.results)
+        await statements.result_upsert.run_many(conn, list(self.results.values()))
 
     async def record_versions(self, conn: AsyncConnection) -> None:
         """Open the fetched images' new versions; touch the unchanged ones and drop them from
         `fetched`, so that their rows are not rewritten."""
         statements, run_id = self.statements, self.run_id
-        current = await current_versions(conn, list(self.fetched))
-        plan = plan_versions(statements, run_id, self.fetched, current)
-        touched = []
+        current = await current_versions(conn, statements, list(self.fetched))
+        touched, refreshed = [], []
+        built: dict[ImageKey, tuple[ImageRows, str]] = {}
+        for key, (rows, seen_at) in self.fetched.items():
+            if isinstance(rows, ImageRows):
+                built[key] = (rows, seen_at)
+                continue
+            was = current.get(key)
+            if was is not None and was.status == _PRESENT and was.raw_digest == rows.digest:
+                touched.append((seen_at, run_id, *key))  # the fast path: nothing is built
+                continue
+            made = self.rows_of(key, rows)
+            if made is not None:
+                built[key] = (made, seen_at)
+        plan = plan_versions(statements, run_id, built, current)
         for key in plan.unchanged:
-            _, seen_at = self.fetched.pop(key)
-            touched.append((seen_at, run_id, *key))
+            rows, seen_at = built.pop(key)
+            digest = self.digests.get(key)
+            if digest is not None and digest != current[key].raw_digest:
+                refreshed.append((seen_at, run_id, rows.image["raw"], digest, *key))
+            else:
+                touched.append((seen_at, run_id, *key))
+        self.fetched = dict(built)
         await statements.image_touch.run_many(conn, touched)
+        await statements.image_refresh.run_many(conn, refreshed)
         await statements.version_delete.run_many(conn, plan.deletes)
         await statements.version_close.run_many(conn, plan.closes)
         await statements.version_insert.run_many(conn, plan.inserts)
 
+    def rows_of(self, key: ImageKey, fetched: FetchedImage) -> ImageRows | None:
+        """The image's rows; a bug that keeps them from being built fails that target only, as
+        it would have where the image was fetched: its result says so and nothing else moves."""
+        try:
+            return fetched.build()
+        except Exception as exc:
+            result = self.outcomes[key]
+            what = f"{key[0]}/{key[1]}"
+            log.error("internal error while normalising %s", what, exc_info=exc)
+            message = f"{what}: internal error (a bug, please report): {type(exc).__name__}: {exc}"
+            failed = dataclasses.replace(
+                result, outcome=Outcome.FAILED, error_status="INTERNAL_ERROR",
+                error_message=message[:_MESSAGE_MAX_CHARS], rows=None,
+            )  # fmt: skip
+            values = _result_values(self.run_id, failed, format_utc(result.finished_at))
+            target = (result.target.region_id, result.target.image_id)
+            self.results[target] = self.statements.result_upsert.values(values)
+            self.digests.pop(key, None)
+            return None
 
-def _rows_of(result: TargetResult) -> ImageRows:
+
+def _rows_of(result: TargetResult) -> ImageRows | FetchedImage:
     if result.rows is None:
         target = result.target
         raise ValueError(f"{target.region_id}/{target.image_id}: fetched without rows")

@@ -1,0 +1,81 @@
+"""`store_throughput.py` of several builds side by side, timed in CPU, interleaved, with medians.
+
+On a machine shared with other work, wall-clock rates of the same code vary by 2x from one minute
+to the next; the process's CPU time (all threads: the event loop and aiosqlite's) does not. So
+each build's own `benchmarks/store_throughput.py` is run in a fresh child process, with its clock
+swapped for `time.process_time`, round after round (build A, build B, ..., then again), and the
+medians and their ratio to the first build are printed. A build is a directory holding
+`crawler/` and `benchmarks/store_throughput.py` (this checkout, or an older release from `git
+archive`, its `migrations/` moved into `crawler/` as that release expects):
+
+    .venv/bin/python benchmarks/store_paired.py --rounds 3 /tmp/release-0f361e6 .
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+PHASES = ("normalise", "store", "rewrite", "both")
+
+# Run inside the child, with the build's directory first on sys.path.
+CHILD = """
+import asyncio, json, sys, tempfile, time, types
+from pathlib import Path
+sys.path[:0] = [sys.argv[1], sys.argv[1] + "/benchmarks"]
+import store_throughput as bench
+bench.time = types.SimpleNamespace(perf_counter=time.process_time)
+args = bench.parse_args(["--images", sys.argv[2]])
+with tempfile.TemporaryDirectory() as directory:
+    if hasattr(bench, "sqlite_urls"):  # this release's signature
+        figures = asyncio.run(bench.measure(args, bench.sqlite_urls(Path(directory)), "sqlite"))
+    else:  # the previous release's
+        figures = asyncio.run(bench.measure(args, Path(directory)))
+print(json.dumps(figures))
+"""
+
+
+def run_once(build: Path, images: int) -> dict[str, float]:
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, str(build.resolve()), str(images)],
+        cwd=build, capture_output=True, text=True, check=True, timeout=900,
+    )  # fmt: skip
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    return {phase: float(figures[f"{phase}_images_per_s"]) for phase in PHASES}
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+    parser.add_argument("builds", nargs="+", type=Path, help="directories; the first is the base")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--images", type=int, default=20_000)
+    args = parser.parse_args(argv)
+    rates: dict[Path, list[dict[str, float]]] = {build: [] for build in args.builds}
+    for round_no in range(args.rounds):
+        for build in args.builds:
+            figures = run_once(build, args.images)
+            rates[build].append(figures)
+            print(json.dumps({"round": round_no, "build": str(build), **figures}), flush=True)
+    base = args.builds[0]
+    print(f"# {args.images:,} images, {args.rounds} rounds, images per CPU second: median (range)")
+    for build in args.builds:
+        cells = []
+        for phase in PHASES:
+            values = [figures[phase] for figures in rates[build]]
+            ratio = statistics.median(values) / statistics.median(
+                [figures[phase] for figures in rates[base]]
+            )
+            cells.append(
+                f"{phase} {statistics.median(values):,.0f} ({min(values):,.0f}-{max(values):,.0f},"
+                f" {ratio:.0%})"
+            )
+        print(f"# {build}: " + "; ".join(cells))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

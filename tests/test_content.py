@@ -1,0 +1,107 @@
+"""The canonical content is exactly the JSON the contract describes, byte for byte.
+
+Every stored `content_hash` depends on this text: if the writer's encoding (whatever encoder
+writes it) moved by one byte, every image of an existing database would open a new version on its
+next crawl. So the writer's text is compared with the plain standard-library form (sorted keys,
+no spaces, UTF-8 as is) over a corpus with text JSON must escape, and the form is pinned.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from zoneinfo import ZoneInfo
+
+from crawler.models import ImageRows, JsonObject
+from crawler.normalise import normalise_image
+from crawler.simulator.inventory import build_inventory
+from crawler.store.content import canonical_rows, content_of
+
+BEIJING = ZoneInfo("Asia/Shanghai")
+
+
+def generic(rows: ImageRows) -> tuple[str, str]:
+    """The contract's form, written by the standard library alone."""
+    content = content_of(rows.image, rows.disks, rows.attachments, rows.tags)
+    text = json.dumps(content, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+    return text, hashlib.sha256(text.encode()).hexdigest()
+
+
+def fast(rows: ImageRows) -> tuple[str, str]:
+    content = canonical_rows(rows)
+    return content.text, content.hash
+
+
+def odd(image: JsonObject) -> JsonObject:
+    """`image` with text JSON must escape, non-ASCII, a lone surrogate, a tag without a value,
+    twelve data disks (so `data:10` sorts before `data:2`), and attachments on several."""
+    image = copy.deepcopy(image)
+    image["name"] = 'quote " backslash \\ tab \t newline \n bell \x07 中文 \ud800 end'
+    image["desc"] = "emoji \U0001f600 and \u2028 separator"
+    image["sizeMB"] = 2**62
+    disks = []
+    for index in range(12):
+        cloud = {
+            "diskId": f"vol-{index}",
+            "diskType": "ssd.gp1",
+            "diskSizeGB": index * 10,
+            "tags": [{"key": "b", "value": None}, {"key": "a", "value": f"v{index}"}],
+            "attachments": [{"attachmentId": f"at-{index}-{seq}", "status": "attached"}
+                            for seq in range(index % 3)],
+        }  # fmt: skip
+        disks.append({"diskCategory": "cloud", "autoDelete": index % 2 == 0, "cloudDisk": cloud})
+    image["dataDisks"] = disks
+    return image
+
+
+def corpus() -> list[tuple[str, JsonObject]]:
+    inventory = build_inventory(("cn-north-1", "cn-east-2"), 150, seed=5, missing_rate=0.0)
+    pairs = [(region, image) for region, images in inventory.images.items() for image in images]
+    return pairs + [(region, odd(image)) for region, image in pairs[:20]]
+
+
+CORPUS = corpus()
+
+
+def test_the_writers_text_is_the_generic_canonical_form() -> None:
+    different = []
+    for region, image in CORPUS:
+        rows = normalise_image(region, image, naive_tz=BEIJING)
+        if fast(rows) != generic(rows):
+            different.append(image["imageId"])
+    assert different == []
+    assert len(CORPUS) == 320
+
+
+def test_rows_built_by_hand_give_the_same_form() -> None:
+    rows = ImageRows(
+        {"region_id": "r", "image_id": "i", "name": "n", "raw": "{}"},
+        disks=[{"slot": "data", "position": 1, "disk_type": "ssd"}],
+        tags=[{"slot": "data", "position": 1, "key": "env", "value": "prod"}],
+    )
+    assert fast(rows) == generic(rows)
+    assert fast(rows)[0] == (
+        '{"disks":{"data:1":{"disk_type":"ssd"}},"image":{"name":"n"},"tags":{"data:1":{"env":"prod"}}}'
+    )
+
+
+def test_the_canonical_form_is_pinned() -> None:
+    # The form every stored hash depends on: sorted keys, no spaces, UTF-8 as is, NULLs left out.
+    region, image = CORPUS[0]
+    small = {
+        "imageId": image["imageId"],
+        "name": "名字",
+        "status": "ready",
+        "sizeMB": 40,
+        "uefiSupport": True,
+        "systemDisk": {"diskCategory": "local", "localDisk": {"diskType": "ssd", "diskSizeGB": 40}},
+    }
+    text, digest = fast(normalise_image(region, small, naive_tz=BEIJING))
+    assert text == (
+        '{"disks":{"system:0":{"disk_category":"local","disk_size_gb":40,"disk_type":"ssd"}},'
+        '"image":{"name":"名字","size_mb":40,"status":"ready","uefi_support":1}}'
+    )
+    assert (
+        len(digest) == 64 and digest == generic(normalise_image(region, small, naive_tz=BEIJING))[1]
+    )
