@@ -4,7 +4,8 @@ For each size: one simulator process (`python -m crawler simulate`, 4 regions, e
 existing image, `--latency-ms`), then for each strategy a first crawl of the whole file into a
 fresh SQLite file (`crawler crawl --strategy S`, exactly as a cron job runs it). Per crawl: the
 child's own CPU (user + system, start-up included) per image, its peak resident set (`os.wait4`),
-wall time and the simulator's CPU meanwhile. A crawl whose CPU per image grows with the size is
+wall time, the simulator's CPU meanwhile, and how many cores other programs kept busy
+(`other_cores`: the machine may be shared). A crawl whose CPU per image grows with the size is
 doing work per batch that grows with the database (the history's end-of-run marks were such a
 case: 0.4 CPU ms per image at 20,000 images became 8 before they were fixed).
 
@@ -27,9 +28,11 @@ from typing import Any
 from harness import (
     SimulatorProcess,
     comma_list,
+    compile_package,
     count_lines,
     crawl_argv,
     credentials_env,
+    machine_busy_s,
     machine_note,
     median,
     new_secret,
@@ -53,8 +56,9 @@ def crawl_once(
     db = workdir / "growth.db"
     remove_database(db)
     argv = [*crawl_argv(config, targets, db, args.concurrency, args.python), "--strategy", strategy]
-    sim_before = sim.cpu_s()
+    busy_before, sim_before = machine_busy_s(), sim.cpu_s()
     run = run_child(argv, env, timeout_s=args.timeout_s)
+    other_s = machine_busy_s() - busy_before - (sim.cpu_s() - sim_before) - run.cpu_s
     figures = run_figures(db) if db.exists() else {}
     size_mib = sum(p.stat().st_size for p in workdir.glob("growth.db*")) / 2**20
     remove_database(db)
@@ -66,6 +70,7 @@ def crawl_once(
         "cpu_ms_per_image": round(1000 * run.cpu_s / max(1, images), 4),
         "peak_rss_mib": round(run.maxrss_mib, 1), "wall_s": round(run.wall_s, 2),
         "simulator_cpu_s": round(sim.cpu_s() - sim_before, 2), "db_mib": round(size_mib, 1),
+        "other_cores": round(max(0.0, other_s) / run.wall_s, 2),
         "ok": run.returncode == 0 and fetched == images,
     }  # fmt: skip
 
@@ -126,6 +131,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def main(argv: Sequence[str]) -> int:
     args = parse_args(argv)
     print(machine_note())
+    compile_package(args.python)  # as `pip install` leaves it: no crawl compiles the modules
     with tempfile.TemporaryDirectory(prefix="growth-") as tmp:
         found = [r for size in args.sizes for r in run_size(args, size, Path(tmp))]
     print_table(found)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import hashlib
+import importlib.util
 import os
 import re
 import resource
@@ -90,13 +92,22 @@ def run_child(
     timeout_s: float,
     cwd: Path | None = None,
     rss_every_s: float = 0.0,
+    guard: SourceGuard | None = None,
 ) -> ChildRun:
     """Run `argv` to completion and measure it; killed (and reported) after `timeout_s`.
 
     The CPU figures come from `os.wait4` on this child alone. They are cross-checked against the
     growth of `getrusage(RUSAGE_CHILDREN)`, which counts every child reaped meanwhile. With
     `rss_every_s`, the child's resident set is also read from /proc that often (`rss_samples`).
+
+    `guard` (by default the one of the crawler package a child started in `cwd` imports) is
+    checked once the child is reaped: a benchmark whose crawler source changed since its first
+    child stops with `SourceChangedError` rather than report figures of two builds.
+
+    Raises:
+        SourceChangedError: a source file of the guarded package changed.
     """
+    watched = guard if guard is not None else _guard_for(cwd)
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
@@ -114,6 +125,8 @@ def run_child(
         proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         _check_children_delta(before, after, usage)
+        if watched is not None:
+            watched.check()
         out.seek(0)
         err.seek(0)
         return ChildRun(
@@ -126,6 +139,79 @@ def run_child(
             err.read(),
             sampler.samples if sampler is not None else [],
         )
+
+
+class SourceChangedError(RuntimeError):
+    """The crawler source a benchmark measures changed while it ran."""
+
+
+class SourceGuard:
+    """The source files of one crawler package as they were when a benchmark first ran it.
+
+    A child imports the package's files when it starts, so a benchmark run from a working tree
+    that is edited meanwhile measures whatever the files held at each child's start: the one
+    first crawl that took 150 CPU seconds instead of 3.6 (README, "150 CPU seconds") started in
+    the minute in which `crawler/store/versions.py` held, on purpose, the quadratic statement
+    the query-plan test must catch. `check` makes that an error instead of a figure.
+    """
+
+    def __init__(self, package: Path) -> None:
+        self.package = package.resolve()
+        self._roots = [self.package, *_sibling_migrations(self.package)]
+        self._digests = self._read()
+
+    def _read(self) -> dict[str, str]:
+        digests = {}
+        for root in self._roots:
+            for path in sorted(root.rglob("*.py")):
+                name = str(path.relative_to(root.parent))
+                digests[name] = hashlib.sha256(path.read_bytes()).hexdigest()
+        return digests
+
+    def check(self) -> None:
+        """Raise `SourceChangedError` naming every file added, removed or edited since."""
+        now = self._read()
+        changed = sorted(
+            name for name in self._digests.keys() | now.keys()
+            if self._digests.get(name) != now.get(name)
+        )  # fmt: skip
+        if changed:
+            raise SourceChangedError(
+                f"the crawler source under {self.package.parent} changed while the benchmark"
+                f" ran ({', '.join(changed)}): its figures would mix two builds. Benchmark a"
+                " tree nobody edits meanwhile (a `git worktree` or `git archive` copy)"
+            )
+
+
+def _sibling_migrations(package: Path) -> list[Path]:
+    # The migrations are imported as `crawler.migrations` from the checkout's own directory.
+    migrations = package.parent / "migrations"
+    return [migrations] if (migrations / "env.py").is_file() else []
+
+
+def child_package(cwd: Path | None = None) -> Path | None:
+    """The crawler package `python -m crawler` imports when started in `cwd`: that directory's
+    own `crawler/` (the working directory comes first on its path), else the installed one."""
+    local = (cwd or Path.cwd()) / "crawler"
+    if (local / "__init__.py").is_file():
+        return local.resolve()
+    spec = importlib.util.find_spec("crawler")
+    if spec is None or spec.origin is None:
+        return None
+    return Path(spec.origin).parent.resolve()
+
+
+_GUARDS: dict[Path, SourceGuard] = {}
+
+
+def _guard_for(cwd: Path | None) -> SourceGuard | None:
+    """One guard per package for the whole benchmark process, stamped at its first child."""
+    package = child_package(cwd)
+    if package is None:
+        return None
+    if package not in _GUARDS:
+        _GUARDS[package] = SourceGuard(package)
+    return _GUARDS[package]
 
 
 class _RssSampler:
@@ -316,6 +402,21 @@ def project_python() -> str:
     """
     candidate = Path(__file__).resolve().parent.parent / ".venv" / "bin" / "python"
     return str(candidate) if candidate.exists() else sys.executable
+
+
+def compile_package(python: str, env: Mapping[str, str] | None = None) -> None:
+    """Write the bytecode of the `crawler` package that `python` imports (with `env`).
+
+    `pip install` compiles a package's modules once; an editable install in an environment with
+    PYTHONDONTWRITEBYTECODE set (as some shells and CI runners have) never writes them, and every
+    crawl then compiles the whole package again: about 0.05 CPU s of its start-up. Compiling up
+    front measures what an installed crawler costs.
+    """
+    program = (
+        "import compileall, os, crawler; "
+        "compileall.compile_dir(os.path.dirname(crawler.__file__), quiet=1)"
+    )
+    subprocess.run([python, "-c", program], env=None if env is None else dict(env), check=True)
 
 
 def read_targets(path: Path) -> list[tuple[str, str]]:

@@ -45,8 +45,10 @@ def _line_of(function: object, text: str) -> str:
     lines, first = inspect.getsourcelines(function)  # type: ignore[arg-type]
     line = first + next(i for i, source in enumerate(lines) if text in source)
     module = inspect.getmodule(function)
-    assert module is not None and module.__file__ is not None
-    file = "/".join(Path(module.__file__).parts[-2:])
+    assert module is not None
+    # py-spy names a file by its module path (`concurrent/futures/thread.py`, not the last two
+    # parts of the path: that missed the thread pool's wait, counted as "other").
+    file = module.__name__.replace(".", "/") + ".py"
     return f"{function.__name__} ({file}:{line})"  # type: ignore[attr-defined]
 
 

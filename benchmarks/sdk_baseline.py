@@ -38,6 +38,7 @@ from harness import (
     Setting,
     SimulatorProcess,
     comma_list,
+    compile_package,
     count_lines,
     crawl_argv,
     credentials_env,
@@ -267,6 +268,7 @@ def main(argv: Sequence[str]) -> int:
         )
         return 0
     print(machine_note())
+    compile_package(args.python)  # as `pip install` leaves it: no crawl compiles the modules
     print(f"# jdcloud-sdk {installed} (new TCP connection per request, no retries) vs crawler")
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="sdk-baseline-") as tmp:

@@ -16,7 +16,8 @@ that a busy phase of the machine hits them all alike:
 With `--compare PYTHON` (the interpreter of another checkout's venv, e.g. the main checkout's
 `.venv/bin/python`), every crawler command also runs with that interpreter, on a database of its
 own that its own migrations made, in the same rounds; the table gives both medians and their
-ratio.
+ratio. Each crawler package's bytecode is written first (`harness.compile_package`), as an
+installed package has it, so that no run compiles the modules again.
 
     .venv/bin/python benchmarks/startup_cpu.py --repeat 9
     .venv/bin/python benchmarks/startup_cpu.py --repeat 9 --compare /work/main/.venv/bin/python
@@ -31,7 +32,15 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from harness import credentials_env, machine_note, median, new_secret, project_python, run_child
+from harness import (
+    compile_package,
+    credentials_env,
+    machine_note,
+    median,
+    new_secret,
+    project_python,
+    run_child,
+)
 
 FLOOR_IMPORTS = "import aiohttp, sqlalchemy.ext.asyncio, aiosqlite, tenacity"
 
@@ -54,7 +63,9 @@ def commands(python: str, workdir: Path, db_name: str = "startup.db") -> dict[st
 
 
 def prepare(workdir: Path, python: str, env: dict[str, str], db_name: str) -> None:
-    """The config (an endpoint nothing listens on: nothing is sent), targets and a migrated db."""
+    """The config (an endpoint nothing listens on: nothing is sent), targets and a migrated db;
+    the package's bytecode written, as `pip install` leaves it."""
+    compile_package(python, env)
     (workdir / "startup.toml").write_text(
         '[api]\nendpoint = "http://127.0.0.1:9"\n', encoding="utf-8"
     )

@@ -18,11 +18,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mappin
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from functools import partial
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 from zoneinfo import ZoneInfo
 
-from crawler.budget import SharedHold, SharedRate
-from crawler.claims import ClaimFeed, Claims, keep_renewed, release_claims
 from crawler.client import ApiClient, open_session
 from crawler.config import Config
 from crawler.credentials import Access, resolve_access
@@ -50,6 +48,9 @@ from crawler.scheduler import (
 from crawler.signer import Signer
 from crawler.store import MissingGuard, RunSummary, Store, crawl_lock, unfinished_run_pending
 from crawler.targets import TargetsReader, decoded_lines, is_valid_region_id
+
+if TYPE_CHECKING:  # imported by `_crawl_shared`: a crawl on SQLite never needs them
+    from crawler.claims import Claims
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ class ApiRoute:
     """Everything needed to reach the API, checked before anything is locked or sent."""
 
     access: Access
-    tls: ssl.SSLContext
+    tls: ssl.SSLContext | None  # None: the system's trusted certificates (still verified)
     proxy: Proxy | None
 
 
@@ -261,6 +262,9 @@ class CrawlJob:
 
     async def _crawl_shared(self, store: Store, route: ApiRoute) -> tuple[CrawlStats, RunSummary]:
         """Crawl the run as one of possibly many workers: targets by claims, one rate budget."""
+        from crawler.budget import SharedHold, SharedRate
+        from crawler.claims import ClaimFeed, Claims, keep_renewed, release_claims
+
         config = self.options.config
         run_id = self.run_id
         assert run_id is not None

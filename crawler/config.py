@@ -12,7 +12,6 @@ Secrets never live in the file: `[api]` names the environment variables that hol
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import math
 import os
@@ -376,6 +375,8 @@ def default_config() -> Config:
 
 
 def _unknown(key: str, known: Mapping[str, object] | list[str], what: str) -> ConfigError:
+    import difflib  # only a mistyped key needs it (start-up)
+
     close = difflib.get_close_matches(key.rsplit(".", 1)[-1], list(known), n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return ConfigError(f"{key}: unknown {what}{hint}")

@@ -16,7 +16,6 @@ keys are taken from it, and its `scheme://endpoint` only when the config file ha
 
 from __future__ import annotations
 
-import configparser
 import dataclasses
 import logging
 import os
@@ -25,10 +24,13 @@ import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from crawler.config import ApiConfig, Config, Credentials, resolve_credentials
 from crawler.errors import ConfigError
+
+if TYPE_CHECKING:  # configparser itself is imported when a profile is read
+    import configparser
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +155,8 @@ def _current_name(path: Path) -> str:
 
 
 def _read_section(path: Path, name: str) -> configparser.SectionProxy:
+    import configparser  # only a crawl that uses a profile reads one (start-up)
+
     parser = configparser.ConfigParser(interpolation=None, default_section="\x00")
     try:
         text = path.read_text(encoding="utf-8")

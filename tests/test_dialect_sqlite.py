@@ -8,6 +8,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 
 from crawler.errors import LockHeldError, StoreError
 from crawler.store import Store, crawl_lock, format_utc
-from crawler.store.dialects.sqlite import DatabaseLock
+from crawler.store.dialects.sqlite import BUSY_TIMEOUT_MS, DatabaseLock
 
 HOLD_LOCK = """
 import sys, time
@@ -103,6 +104,38 @@ async def test_the_store_sets_its_pragmas_on_every_connection(tmp_path: Path) ->
     assert pragmas["foreign_keys"] == 1
     assert pragmas["synchronous"] == 1  # NORMAL
     assert pragmas["busy_timeout"] > 0
+
+
+@pytest.mark.parametrize("migrated", [False, True], ids=["to-migrate", "at-head"])
+async def test_a_file_not_yet_in_wal_mode_waits_the_full_busy_timeout_for_a_reader(
+    tmp_path: Path, migrated: bool
+) -> None:
+    # A file still in rollback-journal mode, read by another program: upgrading it and switching
+    # it to WAL both need that reader gone. It leaves after longer than the driver's default
+    # wait (5 s) and well within the store's own busy_timeout, which must apply to both.
+    db = tmp_path / "inventory.db"
+    url = f"sqlite+aiosqlite:///{db}"
+    if migrated:
+        await (await Store.open(url)).close()
+    with closing(sqlite3.connect(db)) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS t (x)")
+        conn.commit()
+        assert conn.execute("PRAGMA journal_mode=DELETE").fetchone() == ("delete",)
+    assert BUSY_TIMEOUT_MS / 1000 > 7.0
+    reader = sqlite3.connect(db, check_same_thread=False)
+    reader.execute("BEGIN")
+    reader.execute("SELECT * FROM t").fetchall()
+    leave = threading.Timer(6.5, reader.rollback)
+    leave.start()
+    try:
+        store = await Store.open(url)
+        try:
+            assert (await store.settings())["journal_mode"] == "wal"
+        finally:
+            await store.close()
+    finally:
+        leave.join()
+        reader.close()
 
 
 def test_the_crawlers_timestamps_are_text_sqlites_date_functions_read() -> None:

@@ -244,18 +244,26 @@ def test_a_proxy_that_is_not_http_is_refused_without_echoing_it(value: str) -> N
 # --- tls_context -------------------------------------------------------------------------------
 
 
-def test_the_tls_context_always_verifies() -> None:
-    context = tls_context(ApiConfig(), {})
+def test_the_tls_context_always_verifies(tls_files: TlsFiles) -> None:
+    context = tls_context(ApiConfig(ca_bundle=str(tls_files.cert)), {})
+    assert context is not None
     assert context.verify_mode == ssl.CERT_REQUIRED
     assert context.check_hostname is True
+
+
+def test_without_extra_certificates_the_http_clients_verifying_default_serves() -> None:
+    # aiohttp's own default context then verifies against the system's certificates:
+    # test_an_untrusted_certificate_ends_the_run_at_once_with_exit_3 sees it refuse one.
+    assert tls_context(ApiConfig(), {"SSL_CERT_FILE": " "}) is None
 
 
 def test_ca_bundle_and_ssl_cert_file_add_to_the_trusted_certificates(
     tls_files: TlsFiles,
 ) -> None:
-    plain = tls_context(ApiConfig(), {}).cert_store_stats()["x509_ca"]
+    plain = ssl.create_default_context().cert_store_stats()["x509_ca"]
     with_bundle = tls_context(ApiConfig(ca_bundle=str(tls_files.cert)), {})
     with_env = tls_context(ApiConfig(), {"SSL_CERT_FILE": str(tls_files.cert)})
+    assert with_bundle is not None and with_env is not None
     assert with_bundle.cert_store_stats()["x509_ca"] == plain + 1
     assert with_env.cert_store_stats()["x509_ca"] == plain + 1
 

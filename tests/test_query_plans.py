@@ -9,7 +9,10 @@ statements the store really executes are captured and `EXPLAIN QUERY PLAN` is as
 - a statement run per batch may read `images` and `image_versions` only by the image key (no
   scan, and no search by region alone);
 - in any statement, a table read inside a loop (nested under another table's scan or search, or
-  in a correlated subquery) must be found by its image key, `region_id=? AND image_id=?`.
+  in a correlated subquery) must be found by its image key, `region_id=? AND image_id=?`; only
+  a loop over `crawl_runs` (a row per run) may look a per-run table up by `run_id` alone.
+
+Every statement of a run's end is checked, retention included, not only those on history.
 
 Deliberately bad queries show the check catches both regressions (and a lookup by region only).
 The number of statements a batch executes must not depend on how many images the database holds.
@@ -78,6 +81,8 @@ def problems(db: Path, executed: Executed, *, per_batch: bool) -> list[str]:
     nodes = plan(db, executed)
     parent_of = {node: parent for node, parent, _ in nodes}
     detail_of = {node: detail for node, _, detail in nodes}
+    outer = [detail.split()[1] for _, parent, detail in nodes if parent == 0 and _loops(detail)]
+    over_runs = bool(outer) and set(outer) == {"crawl_runs"}
     found = []
     for node, _, detail in nodes:
         if per_batch and HISTORY_READ.match(detail) and IMAGE_KEY not in detail:
@@ -87,7 +92,8 @@ def problems(db: Path, executed: Executed, *, per_batch: bool) -> list[str]:
             ancestors.append(detail_of[up])
             up = parent_of.get(up, 0)
         nested = any(_loops(a) or "CORRELATED" in a for a in ancestors)
-        if nested and _loops(detail) and IMAGE_KEY not in detail:
+        per_run = over_runs and detail.endswith("(run_id=?)")
+        if nested and _loops(detail) and IMAGE_KEY not in detail and not per_run:
             found.append(f"read inside a loop without the image key: {detail} (under {ancestors})")
     return found
 
@@ -125,13 +131,23 @@ async def crawl(store: Store, pairs: list[tuple[str, Any]], gone: set[str], minu
     return run_id
 
 
+def queries(seen: list[Executed]) -> list[Executed]:
+    """The statements that have a plan (not BEGIN, COMMIT or a PRAGMA)."""
+    return [
+        e
+        for e in seen
+        if e.sql.lstrip().upper().startswith(("SELECT", "INSERT", "UPDATE", "DELETE"))
+    ]
+
+
 def history_statements(seen: list[Executed]) -> list[Executed]:
     return [e for e in seen if any(table in e.sql for table in HISTORY_TABLES)]
 
 
 async def test_a_batch_and_a_runs_end_read_history_by_key(store: Store, db: Path) -> None:
     pairs = images(400)
-    await crawl(store, pairs, set(), 1)
+    first = await crawl(store, pairs, set(), 1)
+    await store.finish_run(first, RunStatus.SUCCEEDED, requests=1, retries=0)
     # The second night: some images changed, a few gone (and the guard off, so they are marked).
     changed = [(region, {**image, "name": "renamed"}) for region, image in pairs[:40]]
     gone = {image["imageId"] for _, image in pairs[40:50]}
@@ -143,16 +159,24 @@ async def test_a_batch_and_a_runs_end_read_history_by_key(store: Store, db: Path
         summary = await store.finish_run(
             run_id, RunStatus.SUCCEEDED, requests=1, retries=0, guard=MissingGuard(max_fraction=1)
         )
+        # What a crawl does next with `[retention] keep_runs = 1`: the first run's rows go.
+        pruned = await store.prune(1)
     assert summary.status == RunStatus.SUCCEEDED
-    # The check looked at what matters: the lookup of current versions and the missing marks.
+    assert pruned.run_ids == (first,)
+    # The check looked at what matters: the lookup of current versions, the missing marks, the
+    # dropped targets, the counts and retention's deletes.
     assert any("valid_to_run IS NULL" in e.sql for e in history_statements(batch_statements))
-    assert any(e.sql.startswith("INSERT INTO image_versions") for e in end_statements)
+    for start in (
+        "INSERT INTO image_versions",
+        "DELETE FROM crawl_targets",
+        "DELETE FROM crawl_results",
+    ):
+        assert any(e.sql.startswith(start) for e in end_statements), start
+    assert any("GROUP BY crawl_results.outcome" in e.sql for e in end_statements)
     found = [
         p for e in history_statements(batch_statements) for p in problems(db, e, per_batch=True)
     ]
-    found += [
-        p for e in history_statements(end_statements) for p in problems(db, e, per_batch=False)
-    ]
+    found += [p for e in queries(end_statements) for p in problems(db, e, per_batch=False)]
     assert found == []
 
 
@@ -178,6 +202,13 @@ async def test_the_check_catches_both_regressions(store: Store, db: Path) -> Non
         (2, "present", 2, "missing"),
     )
     assert any("inside a loop" in p for p in problems(db, correlated_exists, per_batch=False))
+    # A per-run table looked up by its run alone is allowed inside a loop over runs only.
+    by_run_per_image = Executed(
+        "SELECT count(*) FROM images WHERE EXISTS (SELECT 1 FROM crawl_results AS r"
+        " WHERE r.run_id = ? AND r.image_id = images.image_id)",
+        (1,),
+    )
+    assert any("inside a loop" in p for p in problems(db, by_run_per_image, per_batch=False))
 
 
 async def test_a_batch_runs_as_many_statements_whatever_the_database_holds(

@@ -29,6 +29,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from crawler import schema
 from crawler.models import ImageRows, Row
 
@@ -89,7 +91,14 @@ def content_of(
 
 def canonical(content: Mapping[str, Any]) -> Canonical:
     """The canonical text of `content` and its hash."""
-    text = _ENCODER.encode(content)
+    # orjson with sorted keys writes the same text as `_ENCODER` for what content holds (text,
+    # integers, null: the tables' values) about seven times faster, ~13 us of each image, so the
+    # hashes of earlier releases' versions still match (tests/test_json_text.py compares the two).
+    # Anything it refuses goes through `_ENCODER`, as before.
+    try:
+        text = orjson.dumps(content, option=orjson.OPT_SORT_KEYS).decode()
+    except orjson.JSONEncodeError:
+        text = _ENCODER.encode(content)
     return Canonical(text, hashlib.sha256(text.encode()).hexdigest())
 
 

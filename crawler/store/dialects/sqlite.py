@@ -120,6 +120,10 @@ def _set_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # `_begin` sends BEGIN itself, so a batch's reads and writes share one real transaction.
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
+    # Wait for a concurrent writer (`crawler migrate`, a checkpoint) instead of failing at once.
+    # First: switching a new file to WAL needs an exclusive lock, and a reader may hold it a
+    # while; before this the driver's default (5 s) would apply to that switch.
+    cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     # WAL: `crawler sql` and other readers keep reading while the crawl writes, and vice versa.
     cursor.execute("PRAGMA journal_mode=WAL")
     # NORMAL is durable across an application crash in WAL mode and skips an fsync per commit;
@@ -128,8 +132,6 @@ def _set_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # Off by default on every new SQLite connection; replacing an image's disks relies on the
     # cascade to drop their attachments and tags, and run rows must exist for their results.
     cursor.execute("PRAGMA foreign_keys=ON")
-    # Wait for a concurrent writer (`crawler migrate`, a checkpoint) instead of failing at once.
-    cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     cursor.close()
 
 
@@ -204,6 +206,9 @@ def _own_sqlite_begin(dbapi_connection: Any, _record: Any) -> None:
     # Foreign keys stay off while migrating: a batch table rebuild drops the old table, which
     # with them on would cascade-delete every child row.
     cursor.execute("PRAGMA foreign_keys=OFF")
+    # An upgrade's commit waits for readers of a file not yet in WAL mode as long as a crawl's
+    # writes would, not the driver's default 5 s.
+    cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     cursor.close()
 
 
@@ -225,7 +230,7 @@ def _backup(path: Path, target: Path) -> None:
     # SQLite's online backup, not a file copy: it is consistent even with a WAL file beside it.
     source_uri = f"{path.resolve().as_uri()}?mode=ro"
     with (
-        closing(sqlite3.connect(source_uri, uri=True)) as source,
+        closing(sqlite3.connect(source_uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000)) as source,
         closing(sqlite3.connect(target)) as copy,
     ):
         source.backup(copy)
