@@ -3,7 +3,8 @@
 `crawl` (default): one simulator process (`--latency-ms`, 20 by default) and, `--repeat` times,
 interleaved, `crawler crawl --concurrency C` into a fresh SQLite file and into a fresh PostgreSQL
 database, as a user runs it. Reports each run's working time (`crawl_runs.started_at` to
-`finished_at`) and requests/s, and the medians side by side.
+`finished_at`), requests/s, the crawler's own CPU and (for a server on this host whose files can
+be read) the server's CPU meanwhile; then the medians side by side and the ratio of each pair.
 
 `rate`: two `crawler crawl` processes with one access key and `rate_limit_per_s` R (50) on one
 PostgreSQL database (the second with `--join`), for `--seconds` (60) after both are working;
@@ -33,6 +34,7 @@ from typing import Any
 
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -104,12 +106,55 @@ def write_config(path: Path, endpoint: str, concurrency: int, extra: str = "") -
 
 def crawl_once(
     python: str, env: dict[str, str], config: Path, targets: Path, url: str, *extra: str
-) -> None:
-    subprocess.run(
+) -> float:
+    """Run one crawl; returns the crawler process's own CPU seconds (user + system)."""
+    child = subprocess.Popen(
         [python, "-m", "crawler", "crawl", "--config", str(config), "--targets", str(targets),
          "--db", url, "--no-progress", *extra],
-        env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=900,
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
+    _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode != 0:
+        raise subprocess.CalledProcessError(child.returncode, child.args)
+    return usage.ru_utime + usage.ru_stime
+
+
+class ServerCpu:
+    """CPU seconds used by a PostgreSQL server on this host, all its processes: the postmaster's
+    own and its reaped backends' (its children's times), plus its live children's. None where
+    the server's files or /proc cannot be read (another host, another user)."""
+
+    def __init__(self, server_url: str) -> None:
+        self.postmaster: int | None = None
+        try:
+            engine = create_engine(make_url(server_url), poolclass=NullPool)
+            with engine.connect() as conn:
+                data = conn.exec_driver_sql("SHOW data_directory").scalar()
+            engine.dispose()
+            pid_file = Path(str(data)) / "postmaster.pid"
+            self.postmaster = int(pid_file.read_text().split()[0])
+        except (OSError, ValueError, IndexError, SQLAlchemyError):
+            self.postmaster = None
+
+    def seconds(self) -> float | None:
+        if self.postmaster is None:
+            return None
+        total, tick = 0.0, os.sysconf("SC_CLK_TCK")
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2 :].split()
+            parent, times = int(fields[1]), [int(value) for value in fields[11:15]]
+            if int(entry.name) == self.postmaster:
+                total += sum(times) / tick  # its own, and its ended backends' (reaped)
+            elif parent == self.postmaster:
+                total += (times[0] + times[1]) / tick
+        return total
 
 
 def compare_crawls(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
@@ -122,6 +167,7 @@ def compare_crawls(args: argparse.Namespace, workdir: Path) -> list[dict[str, An
         "--access-key", ACCESS_KEY,
     ]  # fmt: skip
     figures = []
+    server = ServerCpu(args.postgres)
     with SimulatorProcess(sim_args, env, start_timeout_s=120, python=python) as sim:
         config = write_config(workdir / "crawler.toml", sim.url, args.concurrency)
         for repeat in range(args.repeat):
@@ -131,12 +177,19 @@ def compare_crawls(args: argparse.Namespace, workdir: Path) -> list[dict[str, An
                 else:
                     url = new_database(args.postgres)
                 try:
-                    crawl_once(python, env, config, targets, url)
+                    before = server.seconds() if database == "postgresql" else None
+                    client_cpu_s = crawl_once(python, env, config, targets, url)
+                    after = server.seconds() if database == "postgresql" else None
                     row = run_row(url)
                 finally:
                     if database == "postgresql":
                         drop_database(url)
-                figures.append({"kind": "crawl", "database": database, "repeat": repeat, **row})
+                cpu = {"client_cpu_s": round(client_cpu_s, 2)}
+                if before is not None and after is not None:
+                    cpu["server_cpu_s"] = round(after - before, 2)
+                figures.append(
+                    {"kind": "crawl", "database": database, "repeat": repeat, **row, **cpu}
+                )
     for database in ("sqlite", "postgresql"):
         runs = [f for f in figures if f.get("database") == database]
         figures.append({
@@ -144,7 +197,21 @@ def compare_crawls(args: argparse.Namespace, workdir: Path) -> list[dict[str, An
             "concurrency": args.concurrency, "targets": args.targets,
             "median_work_s": median([f["work_s"] for f in runs]),
             "median_requests_per_s": median([f["requests_per_s"] for f in runs]),
+            "min_requests_per_s": min(f["requests_per_s"] for f in runs),
+            "max_requests_per_s": max(f["requests_per_s"] for f in runs),
+            "median_client_cpu_s": median([f["client_cpu_s"] for f in runs]),
+            "median_server_cpu_s": median([f.get("server_cpu_s", 0.0) for f in runs]),
         })  # fmt: skip
+    pairs = zip(
+        (f for f in figures if f.get("database") == "sqlite" and f["kind"] == "crawl"),
+        (f for f in figures if f.get("database") == "postgresql" and f["kind"] == "crawl"),
+        strict=True,
+    )
+    ratios = [pg["requests_per_s"] / lite["requests_per_s"] for lite, pg in pairs]
+    figures.append({
+        "kind": "ratio", "postgresql_over_sqlite_per_pair": [round(r, 2) for r in ratios],
+        "median": round(median(ratios), 2),
+    })  # fmt: skip
     return figures
 
 

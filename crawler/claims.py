@@ -39,7 +39,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from crawler.errors import StoreError
@@ -161,6 +161,8 @@ class Claims:
         self.reclaimed = 0
         self._tokens: dict[Target, int] = {}
         self._in_hand: set[Target] = set()
+        # The tokens the last completion was fenced with, for `settle`.
+        self._fenced: dict[Target, int] = {}
         # Workers whose lapsed leases this one took over, and those whose sessions it ended.
         self.taken_from: set[str] = set()
         self.ended: set[str] = set()
@@ -174,6 +176,10 @@ class Claims:
     def held(self) -> int:
         """Targets claimed by this worker whose results are not yet written (leases to renew)."""
         return len(self._tokens)
+
+    def holds_in(self, region_id: str) -> bool:
+        """Whether this worker has a claim in `region_id` whose result is not yet written."""
+        return any(target.region_id == region_id for target in self._tokens)
 
     def crawled(self, target: Target) -> None:
         """`target` has its outcome; its slot is free, its lease lasts until the write."""
@@ -260,6 +266,7 @@ class Claims:
         A result for a target this worker never claimed is refused as well.
         """
         known = [result for result in results if result.target in self._tokens]
+        self._fenced = {result.target: self._tokens[result.target] for result in known}
         accepted: set[tuple[str, str]] = set()
         if known:
             params = self._params(
@@ -273,10 +280,19 @@ class Claims:
         return kept
 
     def settle(self, results: Sequence[TargetResult], accepted: int) -> None:
-        """After the completion's transaction committed: forget the tokens, count refusals."""
+        """After the completion's transaction committed: forget the tokens, count refusals.
+
+        Only the claim the completion was fenced with is forgotten: a refused late result's
+        target may have been claimed again by this worker meanwhile (another worker took it over,
+        then handed it back), and that newer claim is still to be crawled and written. Forgetting
+        it too left its lease held and its result refused, so the run could not finish.
+        """
         for result in results:
-            self._tokens.pop(result.target, None)
-            self._in_hand.discard(result.target)
+            target = result.target
+            used = self._fenced.pop(target, None)
+            if used is not None and self._tokens.get(target) == used:
+                del self._tokens[target]
+                self._in_hand.discard(target)
         refused = len(results) - accepted
         if refused:
             self.refused += refused
@@ -340,8 +356,11 @@ class ClaimFeed:
             return TargetPage(claimed, exhausted=False, short=False)
         if claimed:
             return TargetPage(claimed, exhausted=False, short=True, retry_in_s=POLL_S)
-        if outlook.finished:
+        if outlook.finished and not self._claims.holds_in(region_id):
             return TargetPage([], exhausted=True, short=True)
+        # Nothing to claim, but this worker's own results for the region are not all written:
+        # one refused (its lease lapsed and another worker took the target, then gave it back or
+        # died) leaves the target open, and with nobody else left this worker must claim it.
         retry_s = POLL_S
         if outlook.claimable == 0 and outlook.next_expiry_s is not None:
             retry_s = min(POLL_S, outlook.next_expiry_s + 0.01)
@@ -351,14 +370,34 @@ class ClaimFeed:
         if not self._claims.taken_from - self._claims.ended:
             return
         with translated("end the sessions of workers whose leases lapsed"):
-            async with self._engine.begin() as conn:
-                ended = await self._claims.end_sessions_of_lapsed_owners(conn)
+            try:
+                async with self._engine.begin() as conn:
+                    ended = await self._claims.end_sessions_of_lapsed_owners(conn)
+            except DBAPIError as exc:
+                if getattr(exc.orig, "sqlstate", None) != _INSUFFICIENT_PRIVILEGE:
+                    raise
+                raise StoreError(_refused_message(self._engine, exc)) from exc
         if ended:
             log.warning("ended %d database sessions of workers whose leases lapsed", ended)
 
     def crawled(self, result: TargetResult) -> None:
         """Free the target's slot for the next claim."""
         self._claims.crawled(result.target)
+
+
+# SQLSTATE insufficient_privilege: pg_terminate_backend on a session of a role this one lacks.
+_INSUFFICIENT_PRIVILEGE = "42501"
+
+
+def _refused_message(engine: AsyncEngine, exc: DBAPIError) -> str:
+    """Why ending a lapsed worker's sessions was refused, and what to do about it (README)."""
+    role = engine.url.username or "this role"
+    reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
+    return (
+        f"cannot end the database sessions of a worker whose leases lapsed: the server refused"
+        f" ({reason}). Connect every host as the same database role, or"
+        f" GRANT pg_signal_backend TO {role}; the claims this worker took over are handed back"
+    )
 
 
 async def keep_renewed(engine: AsyncEngine, claims: Claims) -> None:

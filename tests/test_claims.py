@@ -69,6 +69,30 @@ async def test_a_lapsed_lease_is_taken_over_and_the_late_result_refused(store: S
     assert (await store.pending_counts(run_id)) == {}
 
 
+async def test_a_late_refusal_keeps_the_workers_newer_claim_of_the_same_target(
+    store: Store,
+) -> None:
+    """A paused worker's lease lapses, another worker takes the target and hands it back, the
+    first claims it again; its late result (old token) is refused, and the newer claim stays
+    held until its own result is written: the run can finish."""
+    run_id = await new_run(store, 1)
+    paused, other = Claims(run_id, lease_s=1), Claims(run_id, lease_s=30)
+    (target,) = await claim(store, paused, 1)
+    late = [failed(target)]
+    await asyncio.sleep(1.2)
+    assert await claim(store, other, 1) == [target]
+    async with store.engine.begin() as conn:
+        assert await other.release(conn) == 1
+    async with store.engine.begin() as conn:
+        kept = await paused.fence_results(conn, late)  # fenced with token 1 ...
+    assert await claim(store, paused, 1) == [target]  # ... while token 3 is claimed
+    paused.settle(late, len(kept))
+    assert kept == [] and paused.refused == 1
+    assert paused.held == 1 and paused.holds_in(REGION)
+    assert await complete(store, run_id, paused, [target]) == 1
+    assert paused.held == 0 and (await store.pending_counts(run_id)) == {}
+
+
 async def test_renewal_keeps_a_lease_and_release_frees_it_at_once(store: Store) -> None:
     run_id = await new_run(store, 2)
     holder, other = Claims(run_id, lease_s=1), Claims(run_id, lease_s=30)

@@ -83,3 +83,62 @@ def test_two_migrations_at_once_queue_instead_of_racing(postgres_url: str) -> No
         thread.join(timeout=60)
     assert errors == []
     assert current_revision(postgres_url) == head_revision()
+
+
+# --- the write path's batch statements ------------------------------------------------------------
+
+
+def test_every_write_statement_runs_once_per_batch_on_postgresql() -> None:
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from crawler.store.dialects.postgresql import DIALECT
+    from crawler.store.statements import _Statement, _WriteStatements
+
+    engine = create_async_engine("postgresql+psycopg://nobody@localhost/none", paramstyle="format")
+    statements = _WriteStatements.compile(DIALECT, engine.sync_engine.dialect)
+    for name in statements.__dataclass_fields__:
+        statement = getattr(statements, name)
+        if not isinstance(statement, _Statement):
+            continue  # the compiled statements' own settings
+        assert statement.bulk is not None, name
+        # one array parameter per value parameter, in the same order
+        assert statement.bulk.count("%b::") == statement.sql.count("%s") == len(statement.names)
+        assert "%s" not in statement.bulk
+
+
+def test_batch_forms_of_insert_upsert_update_and_delete() -> None:
+    from crawler.store.dialects.postgresql import DIALECT
+
+    assert DIALECT.bulk_sql(
+        "INSERT INTO t (a, b) VALUES (%s::VARCHAR, %s::JSONB) ON CONFLICT (a) DO UPDATE SET"
+        " b = excluded.b"
+    ) == (
+        # JSON goes as text and is parsed once per row where it is used
+        "INSERT INTO t (a, b) SELECT _bulk.p1, _bulk.p2::JSONB"
+        " FROM unnest(%b::VARCHAR[], %b::TEXT[]) AS _bulk(p1, p2)"
+        " ON CONFLICT (a) DO UPDATE SET b = excluded.b"
+    )
+    assert DIALECT.bulk_sql("UPDATE t SET b=%s::INTEGER WHERE t.a = %s::VARCHAR(8)") == (
+        "UPDATE t SET b=_bulk.p1 FROM unnest(%b::INTEGER[], %b::VARCHAR(8)[]) AS _bulk(p1, p2)"
+        " WHERE t.a = _bulk.p2"
+    )
+    assert DIALECT.bulk_sql("DELETE FROM t WHERE t.a = %s::DOUBLE PRECISION") == (
+        "DELETE FROM t USING unnest(%b::DOUBLE PRECISION[]) AS _bulk(p1) WHERE t.a = _bulk.p1"
+    )
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "INSERT INTO t (a, b) VALUES (%s, %s::VARCHAR)",  # a parameter without its type
+        "INSERT INTO t (a, b) VALUES (%s::VARCHAR, 'fixed')",  # a value that is not a parameter
+        "INSERT INTO t (a) VALUES (%s::VARCHAR) ON CONFLICT (a) DO UPDATE SET b = %s::VARCHAR",
+        "INSERT INTO t (a) SELECT a FROM u WHERE u.a = %s::VARCHAR",
+        "SELECT a FROM t WHERE a = %s::VARCHAR",
+        "UPDATE t SET a = %s::VARCHAR",  # no WHERE: not a row-by-row statement
+    ],
+)
+def test_a_statement_of_another_shape_keeps_executemany(sql: str) -> None:
+    from crawler.store.dialects.postgresql import DIALECT
+
+    assert DIALECT.bulk_sql(sql) is None

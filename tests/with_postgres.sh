@@ -17,10 +17,11 @@ if [ -n "${CRAWLER_TEST_POSTGRES_URL:-}" ]; then
 fi
 
 # Settings for a scratch server: durability off (its files are deleted afterwards anyway), unless
-# CRAWLER_PG_DURABLE=1 (benchmarks: a server configured as in production, fsync on).
+# CRAWLER_PG_DURABLE=1 (benchmarks: a server configured as in production, fsync on). fsync=on is
+# spelled out: pg_virtualenv writes fsync=off into every cluster it creates unless told otherwise.
 SCRATCH_GUCS="fsync=off synchronous_commit=off full_page_writes=off max_connections=200"
 if [ "${CRAWLER_PG_DURABLE:-}" = "1" ]; then
-    SCRATCH_GUCS="max_connections=200"
+    SCRATCH_GUCS="fsync=on synchronous_commit=on full_page_writes=on max_connections=200"
 fi
 
 pg_bindir() {

@@ -28,20 +28,32 @@ _TARGET_KEY = ("run_id", "region_id", "image_id")
 
 @dataclass(frozen=True, slots=True)
 class _Statement:
-    """A Core statement compiled once: its SQL and the column behind each `?`, in order."""
+    """A Core statement compiled once: its SQL and the column behind each `?`, in order.
+
+    `bulk`, where the database has one (`Dialect.bulk_sql`), is the same statement taking one
+    array per column, so that a batch is one statement rather than one per row.
+    """
 
     sql: str
     names: tuple[str, ...]
     values: Callable[[Mapping[str, Any]], tuple[Any, ...]]
+    bulk: str | None = None
 
     @classmethod
-    def compile(cls, statement: ClauseElement, dialect: SADialect) -> _Statement:
+    def compile(
+        cls, statement: ClauseElement, dialect: SADialect, store_dialect: Dialect | None = None
+    ) -> _Statement:
         compiled = statement.compile(dialect=dialect)
         assert isinstance(compiled, SQLCompiler)
         names = tuple(compiled.positiontup or ())
         assert len(names) > 1  # itemgetter of one name would give a bare value, not a tuple
+        bulk = None
+        if store_dialect is not None:
+            types = [compiled.dialect.type_compiler_instance.process(compiled.binds[n].type)
+                     for n in names]  # fmt: skip
+            bulk = store_dialect.bulk_sql(compiled.string, types)
         # itemgetter builds a row's tuple in C: this runs for every row the crawler writes.
-        return cls(compiled.string, names, operator.itemgetter(*names))
+        return cls(compiled.string, names, operator.itemgetter(*names), bulk)
 
     def rows(self, rows: Sequence[Row]) -> list[tuple[Any, ...]]:
         """Each row's values in parameter order; a column a row lacks is NULL."""
@@ -58,9 +70,13 @@ class _Statement:
             return tuple(map(row.get, self.names))
 
     async def run_many(self, conn: AsyncConnection, params: list[tuple[Any, ...]]) -> None:
-        """One executemany; nothing at all for no rows."""
-        if params:
+        """One executemany, or one bulk statement; nothing at all for no rows."""
+        if not params:
+            return
+        if self.bulk is None:
             await conn.exec_driver_sql(self.sql, params)
+        else:  # the rows turned into columns: one array per parameter
+            await conn.exec_driver_sql(self.bulk, tuple(map(list, zip(*params, strict=True))))
 
 
 def _key_match(table: Any, names: Sequence[str]) -> Any:
@@ -142,7 +158,7 @@ class _WriteStatements:
     @classmethod
     def compile(cls, store_dialect: Dialect, dialect: SADialect) -> _WriteStatements:
         def build(statement: ClauseElement) -> _Statement:
-            return _Statement.compile(statement, dialect)
+            return _Statement.compile(statement, dialect, store_dialect)
 
         disks, versions = schema.disks, schema.image_versions
         statements = cls(

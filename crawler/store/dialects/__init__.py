@@ -106,6 +106,13 @@ class Dialect(ABC):
     def insert_or_ignore(self, table: Table, key: Sequence[str]) -> Insert:
         """An insert that skips a row whose `key` already exists."""
 
+    def bulk_sql(self, sql: str, types: Sequence[str] = ()) -> str | None:
+        """`sql`, a compiled write statement with one positional parameter per value (`types`:
+        each parameter's SQL type, in order), rewritten to take one array per parameter and run
+        once for a whole batch of rows; None to run it with executemany, one row after the other
+        (the default)."""
+        return None
+
     # --- migrations
 
     @abstractmethod

@@ -16,13 +16,16 @@
   which makes PostgreSQL refuse a string of several statements, so `COMMIT; DELETE ...` cannot
   step out of the read-only transaction.
 - **The write path** compiles with the positional `format` paramstyle, so the store's compiled
-  statements and their executemany tuples work unchanged; psycopg pipelines executemany.
+  statements and their executemany tuples work unchanged; each of its statements also gets a
+  batch form (`bulk_sql`) that takes one binary array per column and reads its rows from
+  `unnest`, so a batch costs one statement per table instead of one Bind/Execute per row.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -111,6 +114,9 @@ class PostgreSQLDialect(Dialect):
     def insert_or_ignore(self, table: Table, key: Sequence[str]) -> Insert:
         return pg_insert(table).on_conflict_do_nothing(index_elements=list(key))
 
+    def bulk_sql(self, sql: str, types: Sequence[str] = ()) -> str | None:
+        return _bulk_sql(_with_casts(sql, types))
+
     def sync_url(self, url: URL) -> URL:
         return url  # psycopg 3 is both the async and the sync driver
 
@@ -122,6 +128,86 @@ class PostgreSQLDialect(Dialect):
 
     def backup(self, path: Path, target: Path) -> None:
         raise StoreError("PostgreSQL databases are not files; back them up with pg_dump")
+
+
+# --- the write path: one statement per batch --------------------------------------------------
+
+# A parameter as SQLAlchemy's psycopg compiler writes it: `%s::VARCHAR`, `%s::JSONB`, ...
+_PARAMETER = re.compile(
+    r"%s::([A-Z][A-Z0-9_]*(?: PRECISION| VARYING| WITH(?:OUT)? TIME ZONE)?(?:\(\d+(?:, *\d+)?\))?)"
+)
+_INSERT = re.compile(r"(INSERT INTO \S+ \([^()]*\)) VALUES \(([^()]*)\)(.*)", re.DOTALL)
+_UPDATE = re.compile(r"(UPDATE \S+ SET .*?)( WHERE .*)", re.DOTALL)
+_DELETE = re.compile(r"(DELETE FROM \S+)( WHERE .*)", re.DOTALL)
+_ROWS = "_bulk"
+_VALUE = re.compile(rf"{_ROWS}\.p\d+(?:::[A-Z]+)?")
+# Types whose values are parsed from their text: sent as text[] and cast row by row (see below).
+_PARSED_TYPES = frozenset({"JSONB", "JSON"})
+
+
+def _bulk_sql(sql: str) -> str | None:
+    """The batch form of a compiled INSERT, UPDATE or DELETE: each parameter becomes an array
+    and the statement reads its rows from `unnest` of them, in one execution.
+
+    psycopg's executemany sends one Bind/Execute per row, and the server plans and runs each on
+    its own: for the write path's ~8 rows per image that was most of the client's store time and
+    of the server's. With arrays the rows go as one parameter per column and the server runs one
+    statement per table per batch. INSERT ... VALUES (...) [ON CONFLICT ...] becomes INSERT ...
+    SELECT ... FROM unnest(...) [ON CONFLICT ...]; UPDATE and DELETE join the same unnest (FROM,
+    USING) and refer to its columns where the parameters were. The write path gives each key
+    once per batch (an upsert may not touch one row twice in a statement). A statement of any
+    other shape, or with a parameter without a type cast, gives None: executemany then.
+
+    A JSON column's array goes as text[] and each row's value is cast where it is used: a
+    `$1::JSONB[]` parameter is folded into a constant when the statement is planned for its
+    values, and the JSON was then parsed twice, at planning and again when run (pg_stat_statements:
+    4.6 ms of planning per batch of ~170 images, half the images upsert's server time).
+    """
+    if sql.count("%s") != len(_PARAMETER.findall(sql)):
+        return None
+    types = _PARAMETER.findall(sql)
+    numbers = iter(range(1, len(types) + 1))
+    # Each parameter becomes the unnest column of its position.
+    statement = _PARAMETER.sub(lambda match: _column(next(numbers), match[1]), sql)
+    original, insert = _INSERT.fullmatch(sql), _INSERT.fullmatch(statement)
+    if original is not None and insert is not None:
+        head, values, rest = insert.groups()
+        if _PARAMETER.search(original[3]):
+            return None  # ON CONFLICT holds a parameter of its own
+        if not all(_VALUE.fullmatch(value) for value in values.split(", ")):
+            return None  # VALUES holds something besides the parameters
+        return f"{head} SELECT {values} FROM {_unnest(types)}{rest}"
+    for pattern, joining in ((_UPDATE, "FROM"), (_DELETE, "USING")):
+        match = pattern.fullmatch(statement) if pattern.fullmatch(sql) else None
+        if match is not None:
+            head, where = match.groups()
+            return f"{head} {joining} {_unnest(types)}{where}"
+    return None
+
+
+def _with_casts(sql: str, types: Sequence[str]) -> str:
+    """`sql` with a cast to its type on every parameter SQLAlchemy wrote without one (`bytea`
+    parameters are written bare): the batch form needs each array's type."""
+    pieces = sql.split("%s")
+    if len(types) != len(pieces) - 1:
+        return sql
+    out = [pieces[0]]
+    for kind, piece in zip(types, pieces[1:], strict=True):
+        out.append("%s" if piece.startswith("::") else f"%s::{kind.upper()}")
+        out.append(piece)
+    return "".join(out)
+
+
+def _column(number: int, kind: str) -> str:
+    """How the statement refers to the `number`th parameter's row value."""
+    return f"{_ROWS}.p{number}::{kind}" if kind in _PARSED_TYPES else f"{_ROWS}.p{number}"
+
+
+def _unnest(types: Sequence[str]) -> str:
+    kinds = ("TEXT" if kind in _PARSED_TYPES else kind for kind in types)
+    arrays = ", ".join(f"%b::{kind}[]" for kind in kinds)
+    columns = ", ".join(f"p{number}" for number in range(1, len(types) + 1))
+    return f"unnest({arrays}) AS {_ROWS}({columns})"
 
 
 def _application_name(role: str) -> str:
