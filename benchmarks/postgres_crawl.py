@@ -157,6 +157,13 @@ class ServerCpu:
         return total
 
 
+def process_cpu_s(pid: int) -> float:
+    """A live process's own CPU seconds (user + system), from /proc."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def compare_crawls(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
     python, secret = project_python(), new_secret()
     env = {**os.environ, **credentials_env(secret)}
@@ -178,13 +185,20 @@ def compare_crawls(args: argparse.Namespace, workdir: Path) -> list[dict[str, An
                     url = new_database(args.postgres)
                 try:
                     before = server.seconds() if database == "postgresql" else None
+                    sim_before = process_cpu_s(sim.proc.pid)
                     client_cpu_s = crawl_once(python, env, config, targets, url)
+                    sim_cpu_s = process_cpu_s(sim.proc.pid) - sim_before
                     after = server.seconds() if database == "postgresql" else None
                     row = run_row(url)
                 finally:
                     if database == "postgresql":
                         drop_database(url)
-                cpu = {"client_cpu_s": round(client_cpu_s, 2)}
+                # The simulator shares the cores: client + server + simulator against the
+                # working time says how busy the machine was.
+                cpu = {
+                    "client_cpu_s": round(client_cpu_s, 2),
+                    "simulator_cpu_s": round(sim_cpu_s, 2),
+                }
                 if before is not None and after is not None:
                     cpu["server_cpu_s"] = round(after - before, 2)
                 figures.append(
@@ -201,6 +215,7 @@ def compare_crawls(args: argparse.Namespace, workdir: Path) -> list[dict[str, An
             "max_requests_per_s": max(f["requests_per_s"] for f in runs),
             "median_client_cpu_s": median([f["client_cpu_s"] for f in runs]),
             "median_server_cpu_s": median([f.get("server_cpu_s", 0.0) for f in runs]),
+            "median_simulator_cpu_s": median([f["simulator_cpu_s"] for f in runs]),
         })  # fmt: skip
     pairs = zip(
         (f for f in figures if f.get("database") == "sqlite" and f["kind"] == "crawl"),
