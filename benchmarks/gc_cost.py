@@ -2,10 +2,10 @@
 
 One simulator (`--latency-ms`, every target an existing image); then `--repeat` rounds, each
 running, for every threshold of `--thresholds` and every strategy, a first crawl into a fresh
-SQLite file: `crawler.cli.main` in a child process with `YOUNG_COLLECTION_THRESHOLD` set to that
-threshold (700 is Python's default) and a `gc.callbacks` hook that times every collection
-(`time.thread_time`: a collection runs on the thread that triggered it, while aiosqlite's
-thread goes on).
+SQLite file: `crawler.cli.main` in a child process with `crawler.cli.startup`'s
+`YOUNG_COLLECTION_THRESHOLD` set to that threshold (700 is Python's default) and a
+`gc.callbacks` hook that times every collection (`time.thread_time`: a collection runs on the
+thread that triggered it, while aiosqlite's thread goes on).
 Per crawl: collections and their CPU seconds by generation, the child's whole CPU (`os.wait4`,
 noisy on a shared machine; the collections' own time is not) and its peak resident set.
 
@@ -43,8 +43,9 @@ REGIONS = 4
 _CHILD = """
 import gc, json, sys, time
 import crawler.cli as cli
+import crawler.cli.startup as startup
 threshold, config, targets, db, strategy = sys.argv[1:6]
-cli.YOUNG_COLLECTION_THRESHOLD = int(threshold)
+startup.YOUNG_COLLECTION_THRESHOLD = int(threshold)
 found = {0: [0, 0.0], 1: [0, 0.0], 2: [0, 0.0]}
 started = [0.0]
 def timed(phase, info):
