@@ -137,18 +137,10 @@ def plan_versions(
             else:
                 plan.closes.append(statements.version_close.values({**where, "k_run_id": run_id}))
                 version = was.version + 1
-        row = {
-            "region_id": key[0],
-            "image_id": key[1],
-            "version": version,
-            "valid_from_run": run_id,
-            "valid_to_run": None,
-            "status": _PRESENT,
-            "content_hash": content.hash,
-            "content": content.text,
-            "recorded_at": at,
-        }
-        plan.inserts.append(statements.version_insert.values(row))
+        # In VERSION_PARAMS' order: the key, the runs it is valid in, status, content, time.
+        plan.inserts.append(
+            (key[0], key[1], version, run_id, None, _PRESENT, content.hash, content.text, at)
+        )
     return plan
 
 

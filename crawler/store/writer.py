@@ -47,6 +47,8 @@ class _Batch:
     results: dict[ImageKey, tuple[Any, ...]] = field(default_factory=dict)
     # The results of the images whose rows are not built yet, by the images' key.
     outcomes: dict[ImageKey, TargetResult] = field(default_factory=dict)
+    # The fetched images stored before (they have a current version), whose old children go.
+    stored: list[ImageKey] = field(default_factory=list)
 
     @classmethod
     def build(
@@ -65,31 +67,29 @@ class _Batch:
         if result.outcome is Outcome.FETCHED:
             rows = _rows_of(result)
             if isinstance(rows, FetchedImage):
-                self.fetched[(rows.region_id, rows.image_id)] = (rows, at)
-                self.digests[(rows.region_id, rows.image_id)] = rows.digest
-                self.outcomes[(rows.region_id, rows.image_id)] = result
+                key = (rows.region_id, rows.image_id)
+                self.fetched[key] = (rows, at)
+                self.digests[key] = rows.digest
+                self.outcomes[key] = result
             else:
                 self.fetched[(rows.image["region_id"], rows.image["image_id"])] = (rows, at)
-        values = _result_values(self.run_id, result, at)
-        self.results[(target.region_id, target.image_id)] = self.statements.result_upsert.values(
-            values
-        )
+        self.results[(target.region_id, target.image_id)] = _result_params(self.run_id, result, at)
 
     def image_params(self) -> list[tuple[Any, ...]]:
         """The images rows, with the store's bookkeeping columns."""
-        statement, run_id, digests = self.statements.image_upsert, self.run_id, self.digests
+        statements, run_id, digests = self.statements, self.run_id, self.digests
+        head, names = statements.image_head_values, statements.image_head
         params = []
         for key, (rows, seen_at) in self.fetched.items():
             assert isinstance(rows, ImageRows)  # record_versions built every one still here
+            image = rows.image
+            try:
+                values = head(image)
+            except KeyError:  # rows from elsewhere than `normalise_image`: a column lacking is NULL
+                values = tuple(map(image.get, names))
             # first_seen_at is written only by an insert: the upsert keeps an existing value.
-            bookkeeping = {
-                "first_seen_at": seen_at,
-                "last_seen_at": seen_at,
-                "last_run_id": run_id,
-                "missing_since": None,
-                "raw_digest": digests.get(key),
-            }
-            params.append(statement.row(rows.image | bookkeeping))
+            # In IMAGE_TAIL_PARAMS' order: first and last seen, run, missing_since, raw, digest.
+            params.append((*values, seen_at, seen_at, run_id, None, image["raw"], digests.get(key)))
         return params
 
     def children(self, statement: _Statement, kind: str) -> list[tuple[Any, ...]]:
@@ -103,7 +103,7 @@ class _Batch:
         statements = self.statements
         await self.record_versions(conn)
         await statements.image_upsert.run_many(conn, self.image_params())
-        await statements.image_children_delete.run_many(conn, list(self.fetched))
+        await statements.image_children_delete.run_many(conn, self.stored)
         for statement, kind in (
             (statements.disk_insert, "disks"),
             (statements.attachment_insert, "attachments"),
@@ -139,6 +139,10 @@ class _Batch:
             else:
                 touched.append((seen_at, run_id, *key))
         self.fetched = dict(built)
+        # An image without a current version was never written (its images row, children and
+        # first version are written together, and 0002 gave every older image one), so it has
+        # no children to delete: a first crawl skips the DELETE's search per image.
+        self.stored = [key for key in built if key in current]
         await statements.image_touch.run_many(conn, touched)
         await statements.image_refresh.run_many(conn, refreshed)
         await statements.version_delete.run_many(conn, plan.deletes)
@@ -159,9 +163,10 @@ class _Batch:
                 result, outcome=Outcome.FAILED, error_status="INTERNAL_ERROR",
                 error_message=message[:_MESSAGE_MAX_CHARS], rows=None,
             )  # fmt: skip
-            values = _result_values(self.run_id, failed, format_utc(result.finished_at))
             target = (result.target.region_id, result.target.image_id)
-            self.results[target] = self.statements.result_upsert.values(values)
+            self.results[target] = _result_params(
+                self.run_id, failed, format_utc(result.finished_at)
+            )
             self.digests.pop(key, None)
             return None
 
@@ -173,16 +178,11 @@ def _rows_of(result: TargetResult) -> ImageRows | FetchedImage:
     return result.rows
 
 
-def _result_values(run_id: int, result: TargetResult, finished_at: str) -> dict[str, Any]:
-    return {
-        "run_id": run_id,
-        "region_id": result.target.region_id,
-        "image_id": result.target.image_id,
-        "outcome": str(result.outcome),
-        "http_status": result.http_status,
-        "error_status": result.error_status,
-        "error_message": result.error_message,
-        "attempts": result.attempts,
-        "request_id": result.request_id,
-        "finished_at": finished_at,
-    }
+def _result_params(run_id: int, result: TargetResult, finished_at: str) -> tuple[Any, ...]:
+    """The crawl_results upsert's parameters, in `RESULT_PARAMS` order."""
+    target = result.target
+    return (
+        run_id, target.region_id, target.image_id, str(result.outcome), result.http_status,
+        result.error_status, result.error_message, result.attempts, result.request_id,
+        finished_at,
+    )  # fmt: skip
