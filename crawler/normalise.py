@@ -425,8 +425,8 @@ def prepare_image(region_id: str, image: Mapping[str, Any], *, naive_tz: tzinfo)
     """
     image_id = _image_id(region_id, image)
     raw, raw_utf8, unencodable = _raw(region_id, image_id, image)
-    build = functools.partial(_rows, region_id, image_id, image, raw, unencodable, naive_tz)
-    return FetchedImage(region_id, image_id, raw, raw_digest(raw_utf8, naive_tz), build)
+    digest = raw_digest(raw_utf8, naive_tz)
+    return FetchedImage(region_id, image_id, raw, digest, image, unencodable, naive_tz, _rows)
 
 
 def normalise_image(region_id: str, image: Mapping[str, Any], *, naive_tz: tzinfo) -> ImageRows:
@@ -447,15 +447,10 @@ def normalise_image(region_id: str, image: Mapping[str, Any], *, naive_tz: tzinf
     return prepare_image(region_id, image, naive_tz=naive_tz).build()
 
 
-def _rows(
-    region_id: str,
-    image_id: str,
-    image: Mapping[str, Any],
-    raw: str,
-    unencodable: bool,
-    naive_tz: tzinfo,
-) -> ImageRows:
+def _rows(fetched: FetchedImage) -> ImageRows:
     """The rows of an image `prepare_image` has checked and encoded."""
+    region_id, image_id, image = fetched.region_id, fetched.image_id, fetched.image
+    raw, naive_tz = fetched.raw, fetched.naive_tz
     row: Row = {"region_id": region_id, "image_id": image_id}
     _fill(row, image, _IMAGE_FIELDS)
     _fill_times(row, image, _IMAGE_TIMES, naive_tz)
@@ -469,6 +464,6 @@ def _rows(
         rows.tags.extend(_tag_rows(key, cloud))
     # Every text in the rows came from the image, so raw's encoding has already looked at all of
     # it: only then is a second pass needed.
-    if unencodable:
+    if fetched.unencodable:
         _scrub_rows(rows)
     return rows

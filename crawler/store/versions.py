@@ -116,14 +116,15 @@ class VersionPlan:
 def plan_versions(
     statements: _WriteStatements,
     run_id: int,
-    fetched: Mapping[ImageKey, tuple[ImageRows, str]],
+    fetched: Mapping[ImageKey, ImageRows],
+    seen_at: Mapping[ImageKey, str],
     current: Mapping[ImageKey, CurrentVersion],
 ) -> VersionPlan:
-    """Compare each fetched image with its current version; `fetched` values are (rows, the
-    fetch's time as stored)."""
+    """Compare each fetched image with its current version; `seen_at` holds each fetch's time
+    as stored."""
     plan = VersionPlan()
-    for key, (rows, at) in fetched.items():
-        content = canonical_rows(rows)
+    for key, rows in fetched.items():
+        content, at = canonical_rows(rows), seen_at[key]
         was = current.get(key)
         if was is not None and was.status == _PRESENT and was.content_hash == content.hash:
             plan.unchanged.append(key)

@@ -40,8 +40,11 @@ class _Batch:
     run_id: int
     # Fetched images by their rows' own key, so that the children deleted are exactly those
     # of the images row upserted, and an image given twice is written once. Rows not built yet
-    # are a FetchedImage until `record_versions` decides.
-    fetched: dict[ImageKey, tuple[ImageRows | FetchedImage, str]] = field(default_factory=dict)
+    # are a FetchedImage until `record_versions` decides. The fetch's time (as stored) is kept
+    # apart, in `seen_at`: a (rows, time) pair per image would be one more object kept alive
+    # per image for the garbage collector to walk until the batch is written.
+    fetched: dict[ImageKey, ImageRows | FetchedImage] = field(default_factory=dict)
+    seen_at: dict[ImageKey, str] = field(default_factory=dict)
     digests: dict[ImageKey, bytes] = field(default_factory=dict)
     # By target: a result replaced (rows that could not be built) replaces its tuple.
     results: dict[ImageKey, tuple[Any, ...]] = field(default_factory=dict)
@@ -68,19 +71,20 @@ class _Batch:
             rows = _rows_of(result)
             if isinstance(rows, FetchedImage):
                 key = (rows.region_id, rows.image_id)
-                self.fetched[key] = (rows, at)
                 self.digests[key] = rows.digest
                 self.outcomes[key] = result
             else:
-                self.fetched[(rows.image["region_id"], rows.image["image_id"])] = (rows, at)
+                key = (rows.image["region_id"], rows.image["image_id"])
+            self.fetched[key] = rows
+            self.seen_at[key] = at
         self.results[(target.region_id, target.image_id)] = _result_params(self.run_id, result, at)
 
     def image_params(self) -> list[tuple[Any, ...]]:
         """The images rows, with the store's bookkeeping columns."""
         statements, run_id, digests = self.statements, self.run_id, self.digests
-        head, names = statements.image_head_values, statements.image_head
+        head, names, seen = statements.image_head_values, statements.image_head, self.seen_at
         params = []
-        for key, (rows, seen_at) in self.fetched.items():
+        for key, rows in self.fetched.items():
             assert isinstance(rows, ImageRows)  # record_versions built every one still here
             image = rows.image
             try:
@@ -89,13 +93,14 @@ class _Batch:
                 values = tuple(map(image.get, names))
             # first_seen_at is written only by an insert: the upsert keeps an existing value.
             # In IMAGE_TAIL_PARAMS' order: first and last seen, run, missing_since, raw, digest.
-            params.append((*values, seen_at, seen_at, run_id, None, image["raw"], digests.get(key)))
+            at = seen[key]
+            params.append((*values, at, at, run_id, None, image["raw"], digests.get(key)))
         return params
 
     def children(self, statement: _Statement, kind: str) -> list[tuple[Any, ...]]:
         """The `disks`, `attachments` or `tags` rows of every fetched image."""
         return statement.rows(
-            [row for rows, _ in self.fetched.values() for row in getattr(rows, kind)]
+            [row for rows in self.fetched.values() for row in getattr(rows, kind)]
         )
 
     async def write(self, conn: AsyncConnection) -> None:
@@ -115,29 +120,29 @@ class _Batch:
     async def record_versions(self, conn: AsyncConnection) -> None:
         """Open the fetched images' new versions; touch the unchanged ones and drop them from
         `fetched`, so that their rows are not rewritten."""
-        statements, run_id = self.statements, self.run_id
+        statements, run_id, seen = self.statements, self.run_id, self.seen_at
         current = await current_versions(conn, statements, list(self.fetched))
         touched, refreshed = [], []
-        built: dict[ImageKey, tuple[ImageRows, str]] = {}
-        for key, (rows, seen_at) in self.fetched.items():
+        built: dict[ImageKey, ImageRows] = {}
+        for key, rows in self.fetched.items():
             if isinstance(rows, ImageRows):
-                built[key] = (rows, seen_at)
+                built[key] = rows
                 continue
             was = current.get(key)
             if was is not None and was.status == _PRESENT and was.raw_digest == rows.digest:
-                touched.append((seen_at, run_id, *key))  # the fast path: nothing is built
+                touched.append((seen[key], run_id, *key))  # the fast path: nothing is built
                 continue
             made = self.rows_of(key, rows)
             if made is not None:
-                built[key] = (made, seen_at)
-        plan = plan_versions(statements, run_id, built, current)
+                built[key] = made
+        plan = plan_versions(statements, run_id, built, seen, current)
         for key in plan.unchanged:
-            rows, seen_at = built.pop(key)
+            rows = built.pop(key)
             digest = self.digests.get(key)
             if digest is not None and digest != current[key].raw_digest:
-                refreshed.append((seen_at, run_id, rows.image["raw"], digest, *key))
+                refreshed.append((seen[key], run_id, rows.image["raw"], digest, *key))
             else:
-                touched.append((seen_at, run_id, *key))
+                touched.append((seen[key], run_id, *key))
         self.fetched = dict(built)
         # An image without a current version was never written (its images row, children and
         # first version are written together, and 0002 gave every older image one), so it has
