@@ -99,8 +99,7 @@ class FetchedImage:
 
     region_id: str
     image_id: str
-    # `raw` in UTF-8, as hashed: an unchanged image's text is never needed, so not decoded.
-    raw_utf8: bytes
+    raw: str
     digest: bytes
     # What the rows are built from: the answer's object, whether it held text UTF-8 cannot
     # encode, the zone of times without an offset, and the normaliser's builder. One function
@@ -114,11 +113,6 @@ class FetchedImage:
     def build(self) -> ImageRows:
         """The image's rows."""
         return self.rows_from(self)
-
-    @property
-    def raw(self) -> str:
-        """The image as strict JSON text: what `images.raw` stores."""
-        return self.raw_utf8.decode()
 
 
 @dataclass(frozen=True, slots=True)
