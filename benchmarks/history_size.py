@@ -12,7 +12,8 @@ written in the order a crawl produces them (each region by image id, the regions
 
 After the first night and after the last it prints the file's size and each table's share
 (SQLite's `dbstat`, indexes counted with their table), and what history adds: `image_versions`
-per 1,000 images after the first run, and per changed image after that. One JSON line, then
+per 1,000 images after the first run (with where a version's bytes go), and per changed image
+after that. One JSON line, then
 human lines. Run from the repository root once the package is installed:
 
     .venv/bin/python benchmarks/history_size.py --images 100000 --nights 30
@@ -60,6 +61,33 @@ def table_sizes(db: Path) -> dict[str, int]:
             table = owner.get(name, name)
             sizes[table] = sizes.get(table, 0) + int(size)
     return sizes
+
+
+def version_breakdown(db: Path) -> dict[str, float]:
+    """Where an `image_versions` row's bytes go: its content's text, the whole row (payload),
+    the page space left unused around the rows, and the two indexes; per version."""
+    with closing(sqlite3.connect(db)) as conn:
+        (versions,) = conn.execute("SELECT COUNT(*) FROM image_versions").fetchone()
+        (content,) = conn.execute(
+            "SELECT SUM(LENGTH(CAST(content AS BLOB))) FROM image_versions"
+        ).fetchone()
+        stats = {
+            name: (payload, unused, size)
+            for name, payload, unused, size in conn.execute(
+                "SELECT name, SUM(payload), SUM(unused), SUM(pgsize) FROM dbstat"
+                " WHERE name IN (SELECT name FROM sqlite_schema WHERE tbl_name = 'image_versions')"
+                " GROUP BY name"
+            )
+        }
+    payload, unused, size = stats.pop("image_versions")
+    per = max(1, versions)
+    return {
+        "content": round(content / per, 1),
+        "row_payload": round(payload / per, 1),
+        "page_unused": round(unused / per, 1),
+        "table": round(size / per, 1),
+        "indexes": round(sum(size for _, _, size in stats.values()) / per, 1),
+    }
 
 
 def file_size(db: Path) -> int:
@@ -155,6 +183,7 @@ def main(argv: list[str]) -> int:
             if run_no == 1:
                 figures["first_file_bytes"] = file_size(db)
                 figures["first_tables"] = table_sizes(db)
+                figures["first_version_bytes"] = version_breakdown(db)
             print(f"# night {run_no}: {file_size(db) / 2**20:,.1f} MiB "
                   f"({time.perf_counter() - started:,.0f} s so far)", flush=True)  # fmt: skip
         figures["last_file_bytes"] = file_size(db)
@@ -185,6 +214,12 @@ def main(argv: list[str]) -> int:
         f"history: {figures['history_bytes_per_1k_images_first_run'] / 1024:,.0f} KiB per 1,000"
         f" images on the first run ({history_first / max(1, first.get('images', 1)):.0%} of"
         f" images), {figures['history_bytes_per_changed_image']:,} bytes per changed image after"
+    )
+    parts = figures["first_version_bytes"]
+    print(
+        f"a first-run version: {parts['table'] + parts['indexes']:,.0f} bytes: the row"
+        f" {parts['row_payload']:,.0f} (its content {parts['content']:,.0f}), unused page space"
+        f" {parts['page_unused']:,.0f}, the indexes {parts['indexes']:,.0f}"
     )
     return 0
 

@@ -214,7 +214,7 @@ def test_the_normaliser_version_moves_with_its_rows() -> None:
     # same answers now give other rows (a new column, a converter changed), every image must be
     # normalised and compared again on its next crawl: raise NORMALISER_VERSION, then record the
     # new fingerprint here. Failing here without that means a stale fast path for every image.
-    # (2: the same rows; raised with the content form 2 of migration 0006, so that the first
+    # (2: the same rows; raised with the content form 2 of migration 0005, so that the first
     # crawl after that upgrade compares every image with its rewritten hash once.)
     assert (NORMALISER_VERSION, rows_fingerprint()) == (2, ROWS_FINGERPRINT)
 

@@ -20,7 +20,7 @@ of the text and history 80 % of the size of `images` (`benchmarks/history_size.p
 data keyed by the tag's key. Empty kinds are left out, booleans are 0/1 as the normaliser writes
 them and the tables hold them, and the JSON text has sorted keys and no spaces: equal aggregates
 give equal bytes, whatever order the rows or the API's keys came in. `content_hash` is the SHA-256
-of those bytes. `CONTENT_FORM` numbers the form; migration 0006 rewrote the stored contents of
+of those bytes. `CONTENT_FORM` numbers the form; migration 0005 rewrote the stored contents of
 form 1 (the same, with each row an object of its non-NULL columns by name).
 
 `changed_fields` lists how two contents differ, with the paths of CONTRACT.md §7:

@@ -1,6 +1,6 @@
 """`image_versions.content` in form 2: each row an array of its values, not an object by name.
 
-Revision ID: 0006
+Revision ID: 0005
 Revises: 0004
 Create Date: 2026-12-01 14:30:00
 
@@ -29,7 +29,7 @@ from alembic import op
 
 from crawler.store.content import canonical
 
-revision: str = "0006"
+revision: str = "0005"
 down_revision: str | None = "0004"
 branch_labels: str | None = None
 depends_on: str | None = None
