@@ -31,7 +31,7 @@ from sqlalchemy.pool import NullPool
 from crawler.cli import Io, main
 from crawler.models import JsonObject
 from crawler.simulator import Simulator
-from crawler.store import migrate, run_changes
+from crawler.store import content, migrate, run_changes
 from crawler.store.content import canonical
 from crawler.store.migrate import sync_url
 from tests.conftest import (
@@ -515,9 +515,9 @@ def test_form_1_versions_are_rewritten_and_an_unchanged_recrawl_writes_none(
     assert crawl(config, "--targets", str(targets)) == 0
     after = stored_contents(db_url)
     assert after.keys() == before.keys()  # no new version
-    for key, (content, digest) in after.items():
-        assert isinstance(content["image"], list), key  # form 2
-        assert digest == canonical(content).hash != before[key][1], key
+    for key, (stored, digest) in after.items():
+        assert isinstance(stored["image"], list), key  # form 2
+        assert digest == canonical(stored).hash != before[key][1], key
     assert query(db_url, "SELECT COUNT(*) AS n FROM image_versions WHERE valid_from_run = 3") == [
         {"n": 0}
     ]
@@ -578,6 +578,49 @@ def test_the_history_recipes_read_the_content_by_position(
     assert [
         (r["image_id"], r["disk"], r["from_type"], r["to_type"], r["run_id"]) for r in changes
     ] == [(str(image["imageId"]), first_disk, old_type, new_type, 2)]
+
+
+def test_the_versioned_views_read_the_positions_back_by_name(
+    simulator: SimulatorFactory, tmp_path: Path, db_url: str
+) -> None:
+    server = simulator(regions=("cn-north-1", "cn-east-2"), images_per_region=15, seed=6)
+    config = write_config(tmp_path, server.url, db=tmp_path / "unused.db", database_url=db_url)
+    targets = targets_file(tmp_path, server.sim)
+    assert crawl(config, "--targets", str(targets)) == 0
+    rng = random.Random(6)
+    for region, images in server.sim.inventory.images.items():
+        for image in images[:5]:
+            server.sim.set_image(region, mutate(rng, image))
+    assert crawl(config, "--targets", str(targets)) == 0
+
+    current = "v.valid_to_run IS NULL AND v.version_status = 'present'"
+    for view, table, key, columns in (
+        ("versioned_images", "images", (), content.IMAGE_COLUMNS),
+        ("versioned_disks", "disks", ("slot", "position"), content.DISK_COLUMNS),
+        ("versioned_attachments", "attachments", ("slot", "position", "seq"),
+         content.ATTACHMENT_COLUMNS),
+    ):  # fmt: skip
+        from_view = query(db_url, f"SELECT * FROM {view} AS v WHERE {current}")
+        from_table = query(
+            db_url,
+            f"SELECT t.* FROM {table} AS t JOIN images AS i"
+            " ON i.region_id = t.region_id AND i.image_id = t.image_id"
+            " WHERE i.missing_since IS NULL",
+        )
+        assert from_view and from_table, view
+        child = {"disks": "disk", "attachments": "attachment"}.get(table, "")
+        got = sorted(
+            (r["region_id"], r["image_id"], r[child] if child else "", *(r[c] for c in columns))
+            for r in from_view
+        )
+        expected = sorted(
+            (r["region_id"], r["image_id"], ":".join(str(r[k]) for k in key),
+             *(r[c] for c in columns))
+            for r in from_table
+        )  # fmt: skip
+        assert got == expected, view
+    total = query(db_url, "SELECT COUNT(*) AS n FROM image_versions")[0]["n"]
+    assert query(db_url, "SELECT COUNT(*) AS n FROM versioned_images")[0]["n"] == total
 
 
 def test_diff_formats_region_and_exit_code(

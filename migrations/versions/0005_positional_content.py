@@ -14,8 +14,12 @@ revision keeps meaning form 2 whatever a later form does; the JSON text rule (so
 spaces, UTF-8 as is) is `crawler.store.content.canonical`'s, which has not changed. A version
 already in form 2 (written by 0002's backfill, which uses the current code) is left as it is.
 
-On SQLite the rewritten rows are shorter in place: the pages they free are reused by later
-versions, or returned by `crawler prune --vacuum`. On PostgreSQL `content` stays jsonb.
+On SQLite the rewritten rows are shorter in place, and the space they free stays in their pages
+until `crawler prune --vacuum`. On PostgreSQL `content` stays jsonb.
+
+The views `versioned_images`, `versioned_disks` and `versioned_attachments` read the positions
+back by name, one row per version (and per disk or attachment of it), for SQL users: the same
+columns and types as the tables, with the version's key, runs and status.
 """
 
 from __future__ import annotations
@@ -53,6 +57,15 @@ _COLUMNS: dict[str, tuple[str, ...]] = {
         "attachment_id", "disk_id", "instance_id", "instance_type", "status", "attached_at",
     ),
 }  # fmt: skip
+# Integer columns (the rest are text), for PostgreSQL's casts from `->>`'s text; size_mb is bigint.
+_INTEGERS = {
+    "progress", "size_mb", "system_disk_size_gb", "offline", "uefi_support", "imported",
+    "auto_delete", "disk_size_gb", "multi_attachable", "encrypted", "enabled", "iops",
+    "throughput",
+}  # fmt: skip
+_VIEWS = {"versioned_images": "image", "versioned_disks": "disks"}
+_VIEWS["versioned_attachments"] = "attachments"
+_CHILD_KEY = {"disks": "disk", "attachments": "attachment"}
 # Versions read and rewritten per step: bounded memory for any history.
 _CHUNK = 2_000
 _VERSIONS = sa.table(
@@ -154,9 +167,43 @@ def _rewrite(convert: Callable[[dict[str, Any]], dict[str, Any] | None]) -> None
             bind.execute(update, changes)
 
 
+def _value(dialect: str, kind: str, position: int, column: str) -> str:
+    if dialect == "postgresql":
+        array = "v.content->'image'" if kind == "image" else "c.value"
+        cast = {"size_mb": "::bigint"}.get(column, "::integer" if column in _INTEGERS else "")
+        return f"({array}->>{position}){cast} AS {column}"
+    if kind == "image":
+        return f"json_extract(v.content, '$.image[{position}]') AS {column}"
+    return f"json_extract(c.value, '$[{position}]') AS {column}"
+
+
+def view_sql(dialect: str, name: str) -> str:
+    """The SELECT of one of the views, in `dialect`'s JSON functions."""
+    kind = _VIEWS[name]
+    head = "v.region_id, v.image_id, v.version, v.valid_from_run, v.valid_to_run"
+    head += ", v.status AS version_status"  # `status` is a column of images, disks and attachments
+    source = ""
+    if kind != "image":
+        head += f", c.key AS {_CHILD_KEY[kind]}"
+        source = (
+            f" CROSS JOIN LATERAL jsonb_each(v.content->'{kind}') AS c"
+            if dialect == "postgresql"
+            else f" JOIN json_each(v.content, '$.{kind}') AS c"
+        )
+    values = ", ".join(
+        _value(dialect, kind, position, column) for position, column in enumerate(_COLUMNS[kind])
+    )
+    return f"SELECT {head}, {values} FROM image_versions AS v{source}"
+
+
 def upgrade() -> None:
     _rewrite(to_form_2)
+    dialect = op.get_context().dialect.name
+    for name in _VIEWS:
+        op.execute(f"CREATE VIEW {name} AS {view_sql(dialect, name)}")
 
 
 def downgrade() -> None:
+    for name in reversed(_VIEWS):
+        op.execute(f"DROP VIEW IF EXISTS {name}")
     _rewrite(to_form_1)
