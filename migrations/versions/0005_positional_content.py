@@ -63,8 +63,12 @@ _INTEGERS = {
     "auto_delete", "disk_size_gb", "multi_attachable", "encrypted", "enabled", "iops",
     "throughput",
 }  # fmt: skip
-_VIEWS = {"versioned_images": "image", "versioned_disks": "disks"}
-_VIEWS["versioned_attachments"] = "attachments"
+# Each view and the kind of row it reads.
+_VIEWS = {
+    "versioned_images": "image",
+    "versioned_disks": "disks",
+    "versioned_attachments": "attachments",
+}
 _CHILD_KEY = {"disks": "disk", "attachments": "attachment"}
 # Versions read and rewritten per step: bounded memory for any history.
 _CHUNK = 2_000
