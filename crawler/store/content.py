@@ -21,7 +21,9 @@ data keyed by the tag's key. Empty kinds are left out, booleans are 0/1 as the n
 them and the tables hold them, and the JSON text has sorted keys and no spaces: equal aggregates
 give equal bytes, whatever order the rows or the API's keys came in. `content_hash` is the SHA-256
 of those bytes. `CONTENT_FORM` numbers the form; migration 0005 rewrote the stored contents of
-form 1 (the same, with each row an object of its non-NULL columns by name).
+form 1 (the same, with each row an object of its non-NULL columns by name), and its views
+`versioned_images`, `versioned_disks` and `versioned_attachments` read the positions back by name
+(a column added here needs them recreated).
 
 `changed_fields` lists how two contents differ, with the paths of CONTRACT.md §7:
 `name`, `disks[data:1].disk_type`, `attachments[data:1:0].status`, `tags[system:0].env`.
