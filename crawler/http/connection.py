@@ -138,9 +138,11 @@ class Connection(asyncio.Protocol):
         self._fail(TimeoutError())
 
     def close(self) -> None:
+        """Drop the connection now. Aborted, not closed: nothing is left to send, and a TLS
+        close would wait for the server's close_notify past the end of the run."""
         self.reusable = False
         if self.transport is not None:
-            self.transport.close()
+            self.transport.abort()
 
     # --- parsing -------------------------------------------------------------------------------
 

@@ -116,13 +116,15 @@ class ConnectionPool:
         if self._waiters:
             self._wake()
 
-    def close(self) -> None:
-        """Close every connection; the pool opens no more."""
+    def close(self) -> list[Connection]:
+        """Close every connection (returned, to wait for); the pool opens no more."""
         self.closed = True
-        for connection in self._all:
+        closing = list(self._all)
+        for connection in closing:
             connection.close()
         self._all.clear()
         self._idle.clear()
+        return closing
 
     def _forget(self, connection: Connection) -> None:
         if connection in self._all:

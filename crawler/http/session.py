@@ -18,6 +18,8 @@ from crawler.http.decoding import ACCEPT_ENCODING, decode_body
 from crawler.http.errors import ConnectionFailed
 from crawler.http.pool import ConnectionPool, Origin
 
+_CLOSE_ITERATIONS = 10
+
 
 class HttpSession:
     """A keep-alive pool of at most `concurrency` connections, and the requests sent on it.
@@ -64,8 +66,13 @@ class HttpSession:
 
     async def close(self) -> None:
         """Close every connection (requests still in flight fail)."""
-        self._pool.close()
-        await asyncio.sleep(0)  # let the transports' connection_lost run
+        closing = self._pool.close()
+        # connection_lost runs a loop iteration or two later (two for TLS): wait for it, so that
+        # no socket is left for the garbage collector when the event loop closes next.
+        for _ in range(_CLOSE_ITERATIONS):
+            if all(connection.closed for connection in closing):
+                break
+            await asyncio.sleep(0)
 
     async def get(
         self,
