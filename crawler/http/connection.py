@@ -13,7 +13,7 @@ no stray bytes; after an error, a timeout or a refused body it is closed.
 from __future__ import annotations
 
 import asyncio
-from typing import Final
+from typing import Final, cast
 
 from crawler.http.errors import (
     BodyTooLarge,
@@ -73,8 +73,8 @@ class Connection(asyncio.Protocol):
     # --- asyncio.Protocol ----------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A stream transport (a cast, not an isinstance check: uvloop's do not subclass it).
+        self.transport = cast(asyncio.Transport, transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True

@@ -14,6 +14,7 @@ import functools
 import ssl
 from collections import deque
 from dataclasses import dataclass
+from typing import cast
 
 from crawler.http.connection import Connection
 from crawler.http.errors import CertificateRefused, ConnectionFailed, ProxyRefused
@@ -208,8 +209,7 @@ class ConnectionPool:
         except BaseException:
             connection.close()
             raise
-        assert isinstance(transport, asyncio.Transport)
-        connection.transport = transport
+        connection.transport = cast(asyncio.Transport, transport)
 
 
 def _authority(host: str, port: int) -> str:
