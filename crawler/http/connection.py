@@ -302,6 +302,7 @@ class Connection(asyncio.Protocol):
 
     def _finish(self, body: bytes) -> None:
         self._state = _IDLE
+        self._parts = []  # an idle connection holds no piece of the last body
         self.reusable = self._keep_alive and not self.closed
         waiter, self._waiter = self._waiter, None
         if waiter is not None and not waiter.done():
