@@ -285,6 +285,7 @@ async def test_chunked_bodies_are_read_whole(session: HttpSession, reply: bytes)
         pytest.param(b"4\r\n" + BODY[:10] + b"\r\n0\r\n\r\n", id="longer-than-its-size"),
         pytest.param(b"1" * 5000, id="endless-size-line"),
         pytest.param(b"4\r\n" + BODY[:4] + b"\r\n0\r\nno colon here\r\n\r\n", id="bad-trailer"),
+        pytest.param(b"0\r\n" + b"x-trailer: 1\r\n" * 6000, id="endless-trailer"),
     ],
 )
 async def test_malformed_chunks_are_payload_errors(session: HttpSession, framed: bytes) -> None:
@@ -320,6 +321,7 @@ async def test_a_connection_closed_mid_body_is_a_payload_error(
     [
         pytest.param(b"HTTP/1.1 200 OK\r\nx-big: " + b"a" * 70_000 + b"\r\n\r\n", id="oversize"),
         pytest.param(b"HTTP/1.1 200 OK\r\n" + b"x-a: b\r\n" * 9000, id="endless-headers"),
+        pytest.param(b"HTTP/1.1 100 Continue\r\n\r\n" * 5000, id="endless-interim-answers"),
         pytest.param(b"HTTP/1.1 2OO OK\r\n\r\n", id="status-not-digits"),
         pytest.param(b"HTTP/2 200\r\n\r\n", id="not-http-1"),
         pytest.param(b"SMTP ready\r\n\r\n", id="not-http"),

@@ -26,6 +26,7 @@ from crawler.http.errors import (
 MAX_HEAD_BYTES: Final = 65536
 MAX_CHUNK_LINE_BYTES: Final = 4096
 MAX_TRAILER_BYTES: Final = 65536
+MAX_INTERIM_ANSWERS: Final = 8
 _HEX_DIGITS: Final = b"0123456789abcdefABCDEF"
 _NO_BODY_STATUSES: Final = frozenset({204, 304})
 
@@ -62,6 +63,8 @@ class Connection(asyncio.Protocol):
         self._cap = 0
         self._tunnel = False
         self._received = False
+        self._interim = 0  # 1xx answers before this response
+        self._trailer = 0  # trailer bytes after its last chunk
         self._buffer = b""  # unparsed bytes: the head, or a chunk's size line or trailer
         self._parts: list[bytes] = []
         self._size = 0  # body bytes kept so far
@@ -121,6 +124,8 @@ class Connection(asyncio.Protocol):
         self._cap = cap
         self._tunnel = tunnel
         self._received = False
+        self._interim = 0
+        self._trailer = 0
         self.reusable = False
         self._state = _HEAD
         self._buffer = b""
@@ -150,22 +155,22 @@ class Connection(asyncio.Protocol):
         state = self._state
         if state == _HEAD:
             data = self._buffer + data if self._buffer else data
-            end = data.find(b"\r\n\r\n")
-            if end < 0:
-                if len(data) > MAX_HEAD_BYTES:
-                    message = f"the response's headers are over {MAX_HEAD_BYTES} bytes"
-                    raise MalformedResponse(message)
-                self._buffer = data
-                return
-            if end > MAX_HEAD_BYTES:
-                raise MalformedResponse(f"the response's headers are over {MAX_HEAD_BYTES} bytes")
-            self._buffer = b""
-            rest = data[end + 4 :]
-            if not self._start_body(data[:end]):  # an interim 1xx answer: the real one follows
-                if rest:
-                    self._feed(rest)
-                return
-            data = rest
+            while True:
+                end = data.find(b"\r\n\r\n")
+                if end < 0 or end > MAX_HEAD_BYTES:
+                    if len(data) > MAX_HEAD_BYTES:
+                        message = f"the response's headers are over {MAX_HEAD_BYTES} bytes"
+                        raise MalformedResponse(message)
+                    self._buffer = data
+                    return
+                self._buffer = b""
+                head, data = data[:end], data[end + 4 :]
+                if self._start_body(head):
+                    break
+                # An interim 1xx answer: the real one follows, after a few at most.
+                self._interim += 1
+                if self._interim > MAX_INTERIM_ANSWERS:
+                    raise MalformedResponse(f"over {MAX_INTERIM_ANSWERS} interim 1xx answers")
             state = self._state
             if not data:
                 if state == _LENGTH and self._remaining == 0:
@@ -288,6 +293,9 @@ class Connection(asyncio.Protocol):
                 if line_end > at:
                     if b":" not in data[at:line_end]:
                         raise self._payload("a malformed trailer line")
+                    self._trailer += line_end + 2 - at
+                    if self._trailer > MAX_TRAILER_BYTES:
+                        raise self._payload("the trailer is too long")
                     at = line_end + 2
                     continue
                 if line_end + 2 < end:
