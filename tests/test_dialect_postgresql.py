@@ -142,3 +142,77 @@ def test_a_statement_of_another_shape_keeps_executemany(sql: str) -> None:
     from crawler.store.dialects.postgresql import DIALECT
 
     assert DIALECT.bulk_sql(sql) is None
+
+
+# --- the batch's arrays ---------------------------------------------------------------------------
+
+ARRAYS = [
+    ["a", "b"],
+    ["é", None, "x\x00y", ""],  # non-ASCII, NULL, an empty string (the server refuses the NUL)
+    [None, "only one"],
+    [1, 2, 3],
+    [None, 5, None],
+    [1, 70_000],  # int4
+    [2**40, None, -3],  # int8
+    [2**70],  # numeric: psycopg's own code
+    [True, False],
+    [None, None],
+    [[1, 2], [3, 4]],  # two dimensions: psycopg's own code
+    [1.5, 2.5],
+    [b"x", None],
+]
+
+
+@pytest.mark.parametrize("values", ARRAYS, ids=repr)
+def test_the_fast_list_dumper_sends_what_psycopg_sends(values: list[object]) -> None:
+    from psycopg import adapters
+    from psycopg.adapt import AdaptersMap, PyFormat, Transformer
+
+    from crawler.store.dialects.postgresql import FastListDumper
+
+    fast = AdaptersMap(adapters)
+    fast.register_dumper(list, FastListDumper)
+    theirs = Transformer().get_dumper(values, PyFormat.BINARY)
+    ours = Transformer(fast).get_dumper(values, PyFormat.BINARY)
+    assert ours.oid == theirs.oid
+    assert ours.dump(values) == theirs.dump(values)
+
+
+@pytest.mark.parametrize("values", [["a", 1], [1, "a"], [1, None, "a"]], ids=repr)
+def test_the_fast_list_dumper_refuses_what_psycopg_refuses(values: list[object]) -> None:
+    from psycopg import DataError, adapters
+    from psycopg.adapt import AdaptersMap, PyFormat, Transformer
+
+    from crawler.store.dialects.postgresql import FastListDumper
+
+    fast = AdaptersMap(adapters)
+    fast.register_dumper(list, FastListDumper)
+    with pytest.raises(DataError) as theirs:
+        Transformer().get_dumper(values, PyFormat.BINARY).dump(values)
+    with pytest.raises(DataError) as ours:
+        Transformer(fast).get_dumper(values, PyFormat.BINARY).dump(values)
+    assert str(ours.value) == str(theirs.value)
+
+
+async def test_the_store_sends_its_arrays_with_the_fast_dumper(postgres_url: str) -> None:
+    from psycopg.adapt import PyFormat
+
+    from crawler.store import Store
+    from crawler.store.dialects.postgresql import FastListDumper
+
+    store = await Store.open(postgres_url)
+    try:
+        async with store.engine.connect() as conn:
+            raw = (await conn.get_raw_connection()).driver_connection
+            dumper = raw.adapters.get_dumper(list, PyFormat.BINARY)
+            assert dumper is FastListDumper
+            # and it reaches the server intact: text with NULLs, each integer width
+            row = (
+                await conn.exec_driver_sql(
+                    "SELECT %b::text[], %b::int8[], %b::int2[]",
+                    (["é", None, ""], [2**40, None, -3], [1, 2]),
+                )
+            ).one()
+            assert tuple(row) == (["é", None, ""], [2**40, None, -3], [1, 2])
+    finally:
+        await store.close()
