@@ -88,10 +88,22 @@ SELECT count(pg_terminate_backend(a.pid)) FROM pg_stat_activity AS a
    AND a.application_name = %(application_name)s
 """
 
+# Rows locked by another transaction are skipped, never waited for: the worker's own writer
+# fencing them (they are being completed), or another worker taking a lapsed lease over. A plain
+# UPDATE waited for the writer's row locks while the writer's fence waited for the renewal's, in
+# the other order: a deadlock, which the server broke by failing the writer's batch (exit 3).
 RENEW_SQL = """
-UPDATE crawl_targets
+WITH mine AS (
+    SELECT t.run_id, t.region_id, t.image_id
+      FROM crawl_targets AS t
+     WHERE t.lease_owner = %(owner)s AND t.lease_expires_at IS NOT NULL
+       AND t.run_id = %(run_id)s
+       FOR UPDATE OF t SKIP LOCKED
+)
+UPDATE crawl_targets AS t
    SET lease_expires_at = clock_timestamp() + make_interval(secs => %(lease_s)s)
- WHERE lease_owner = %(owner)s AND lease_expires_at IS NOT NULL AND run_id = %(run_id)s
+  FROM mine AS m
+ WHERE t.run_id = m.run_id AND t.region_id = m.region_id AND t.image_id = m.image_id
 """
 
 RELEASE_SQL = """
@@ -246,7 +258,9 @@ class Claims:
         return Outlook(int(row[0]), int(row[1]), expiry)
 
     async def renew(self, conn: AsyncConnection) -> int:
-        """Extend every live lease of this worker by `lease_s`; returns how many."""
+        """Extend every live lease of this worker by `lease_s`; returns how many. A lease whose
+        row another transaction holds locked (this worker's writer completing it) is skipped:
+        it is being ended, or is renewed at the next tick, with two thirds of its time left."""
         result = await conn.exec_driver_sql(RENEW_SQL, self._params())
         return int(result.rowcount)
 

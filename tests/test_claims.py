@@ -107,6 +107,25 @@ async def test_renewal_keeps_a_lease_and_release_frees_it_at_once(store: Store) 
     assert await claim(store, other, 2) == taken
 
 
+async def test_renewal_skips_what_the_writer_is_completing_instead_of_waiting(
+    store: Store,
+) -> None:
+    """The writer's transaction has fenced one target (its row locked until COMMIT): the
+    renewal, on another connection, renews the other lease at once rather than queueing behind
+    it (waiting there, while the fence waited for the renewal's locks, was a deadlock)."""
+    run_id = await new_run(store, 2)
+    holder = Claims(run_id, lease_s=30)
+    first, _ = await claim(store, holder, 2)
+    async with store.engine.begin() as writer:
+        assert await holder.fence_results(writer, [failed(first)])  # row locked, uncommitted
+
+        async def renew() -> int:
+            async with store.engine.begin() as conn:
+                return await holder.renew(conn)
+
+        assert await asyncio.wait_for(renew(), timeout=10) == 1
+
+
 async def test_the_feed_waits_for_other_workers_leases_then_reports_the_region_done(
     store: Store,
 ) -> None:
