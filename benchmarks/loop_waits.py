@@ -14,7 +14,10 @@ compare the two databases here, and take throughput from `postgres_crawl.py`). P
   `record_versions`, the version plan, the images parameters); `sql_s`: time in the store's
   statements (`_Statement.run_many`, current versions, the fence: the client adapting the
   parameters and the server's answer);
-- `claims`: claim transactions on PostgreSQL and the time the feeder spent in them.
+- `claims`: claim transactions on PostgreSQL and the time the feeder spent in them;
+- `results_queue_max`: the most results waiting for the writer (the queue holds 2,048);
+- `first_answer_s`, `after_last_s`: from the scheduler's start to the first answer, and from the
+  last answer to the scheduler's end (the writer draining what is left).
 
     CRAWLER_PG_DURABLE=1 tests/with_postgres.sh sh -c \\
         '.venv/bin/python benchmarks/loop_waits.py --postgres "$CRAWLER_TEST_POSTGRES_URL"'
@@ -62,6 +65,7 @@ class Probe:
         self.timers: dict[str, float] = {}
         self.counts: dict[str, int] = {}
         self.started = self.ended = self.crawl_cpu_s = 0.0
+        self.queue_max = 0
 
     def add(self, name: str, seconds: float) -> None:
         self.timers[name] = self.timers.get(name, 0.0) + seconds
@@ -89,8 +93,9 @@ class Probe:
 
         return wrapper
 
-    async def sample(self) -> None:
+    async def sample(self, queue: asyncio.Queue[Any]) -> None:
         while True:
+            self.queue_max = max(self.queue_max, queue.qsize())
             before = time.perf_counter()
             await asyncio.sleep(TICK_S)
             woke = time.perf_counter()
@@ -132,6 +137,7 @@ class Probe:
             "blocked_out_s": round(blocked_out, 3),
             "build_s": round(build, 3),
             "sql_s": round(sql, 3),
+            "results_queue_max": self.queue_max,
             "claims": self.counts.get("claim", 0),
             "claims_s": round(self.timers.get("claim", 0.0), 3),
             "timers": {name: round(value, 3) for name, value in sorted(self.timers.items())},
@@ -185,7 +191,7 @@ def instrument(probe: Probe) -> None:
     original_run = scheduler.Scheduler.run
 
     async def run(self: Any, *args: Any, **kwargs: Any) -> Any:
-        sampler = asyncio.create_task(probe.sample())
+        sampler = asyncio.create_task(probe.sample(self._results))
         probe.started, cpu = time.perf_counter(), time.process_time()
         try:
             return await original_run(self, *args, **kwargs)
@@ -216,7 +222,7 @@ def crawl(
             "--no-progress"]  # fmt: skip
     subprocess.run(
         [python, __file__, "child", str(out), *argv], env=env, check=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=config.parent,
     )  # fmt: skip
     figures: dict[str, Any] = json.loads(out.read_text(encoding="utf-8"))
     return figures
@@ -231,9 +237,12 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--latency-ms", type=float, default=20.0)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--build", metavar="DIR", help="the build to probe (default installed)")
     args = parser.parse_args(argv)
     python, secret = project_python(), new_secret()
     env = {**os.environ, **credentials_env(secret)}
+    if args.build is not None:
+        env["PYTHONPATH"] = str(Path(args.build).resolve())
     figures: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="loop-waits-") as directory:
         workdir = Path(directory)
@@ -268,7 +277,7 @@ def main(argv: Sequence[str]) -> int:
         keys = (
             "requests_per_s", "crawl_s", "first_answer_s", "after_last_s", "write_share",
             "rps_in", "rps_out", "busy_in", "busy_out", "latency_in_ms", "latency_out_ms",
-            "blocked_in_s", "blocked_out_s", "build_s", "sql_s", "claims_s",
+            "blocked_in_s", "blocked_out_s", "build_s", "sql_s", "claims_s", "results_queue_max",
         )  # fmt: skip
         medians = {key: median([f[key] for f in runs]) for key in keys}
         print(json.dumps({"kind": "median", "database": database, **medians}))
