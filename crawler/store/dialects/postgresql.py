@@ -18,9 +18,7 @@
 - **The write path** compiles with the positional `format` paramstyle, so the store's compiled
   statements and their executemany tuples work unchanged; each of its statements also gets a
   batch form (`bulk_sql`) that takes one binary array per column and reads its rows from
-  `unnest`, so a batch costs one statement per table instead of one Bind/Execute per row. The
-  arrays of text and integers are packed by a dumper of our own (`FastListDumper`), byte for byte
-  what psycopg sends, in a few C calls instead of a Python loop per element.
+  `unnest`, so a batch costs one statement per table instead of one Bind/Execute per row.
 """
 
 from __future__ import annotations
@@ -29,14 +27,10 @@ import contextlib
 import os
 import re
 import socket
-import struct
 from collections.abc import AsyncIterator, Sequence
-from itertools import chain, repeat
 from pathlib import Path
 from typing import Any
 
-from psycopg.abc import Buffer
-from psycopg.types.array import ListBinaryDumper
 from sqlalchemy import Table, create_engine, event
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import URL, Connection, Engine
@@ -72,7 +66,7 @@ class PostgreSQLDialect(Dialect):
     name = "postgresql"
 
     def create_engine(self, url: URL) -> AsyncEngine:
-        engine = create_async_engine(
+        return create_async_engine(
             url,
             paramstyle="format",
             pool_pre_ping=True,
@@ -81,8 +75,6 @@ class PostgreSQLDialect(Dialect):
                 "options": f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}",
             },
         )
-        event.listen(engine.sync_engine, "connect", _use_fast_lists)
-        return engine
 
     def writer(self, engine: AsyncEngine) -> AsyncEngine:
         return engine  # READ COMMITTED; row locks and the fenced completion do the rest
@@ -216,69 +208,6 @@ def _unnest(types: Sequence[str]) -> str:
     arrays = ", ".join(f"%b::{kind}[]" for kind in kinds)
     columns = ", ".join(f"p{number}" for number in range(1, len(types) + 1))
     return f"unnest({arrays}) AS {_ROWS}({columns})"
-
-
-# --- the batch's arrays, packed ------------------------------------------------------------------
-
-_HEAD = struct.Struct("!III").pack  # dimensions, has nulls, element oid
-_DIMENSION = struct.Struct("!II").pack  # length, lower bound
-_LENGTH = struct.Struct("!i").pack
-_NULL = _LENGTH(-1)
-# The integer dumpers psycopg picks for a list (by its largest value): each element's binary form.
-_INTEGERS = {
-    "Int2BinaryDumper": (2, struct.Struct("!ih").pack),
-    "Int4BinaryDumper": (4, struct.Struct("!ii").pack),
-    "Int8BinaryDumper": (8, struct.Struct("!iq").pack),
-}
-_UTF8 = frozenset({"utf-8", "utf8"})
-
-
-class FastListDumper(ListBinaryDumper):
-    """psycopg's binary dumper of Python lists, with the write path's common cases done in a few
-    C calls: a flat list of int, or of str on a UTF-8 connection.
-
-    psycopg's own packs each element in a Python loop (a dumper call, a length, two appends):
-    about 0.35 us per integer and 0.14 per string, for the ~80 values per image of a batch's
-    arrays. The bytes are exactly psycopg's (`tests/test_dialect_postgresql.py` compares them);
-    whatever is not such a list (nested lists, another element type, a value out of range, text
-    that does not encode) goes to psycopg's code, which sends it or says what is wrong as before.
-    """
-
-    def dump(self, obj: list[Any]) -> Buffer | None:
-        sub = self.sub_dumper
-        if sub is not None and obj:
-            try:
-                kind = type(sub).__name__
-                if kind == "StrBinaryDumper" and self._tx.encoding in _UTF8:
-                    return _texts(obj, sub.oid)
-                integer = _INTEGERS.get(kind)
-                if integer is not None:
-                    return _integers(obj, sub.oid, *integer)
-            except (AttributeError, TypeError, ValueError, struct.error):
-                pass
-        return super().dump(obj)
-
-
-def _texts(values: list[Any], oid: int) -> bytes:
-    if None in values:
-        body = [_NULL if v is None else _LENGTH(len(b := v.encode())) + b for v in values]
-        return b"".join((_HEAD(1, 1, oid), _DIMENSION(len(values), 1), *body))
-    encoded = list(map(str.encode, values))
-    pieces = chain.from_iterable(zip(map(_LENGTH, map(len, encoded)), encoded, strict=True))
-    return b"".join((_HEAD(1, 0, oid), _DIMENSION(len(values), 1), *pieces))
-
-
-def _integers(values: list[Any], oid: int, size: int, pack: Any) -> bytes:
-    if None in values:
-        body = [_NULL if v is None else pack(size, v) for v in values]
-        return b"".join((_HEAD(1, 1, oid), _DIMENSION(len(values), 1), *body))
-    pieces = map(pack, repeat(size), values)
-    return b"".join((_HEAD(1, 0, oid), _DIMENSION(len(values), 1), *pieces))
-
-
-def _use_fast_lists(dbapi_connection: Any, _record: Any) -> None:
-    # On the store's own connections only: psycopg's adapters elsewhere are left as they are.
-    dbapi_connection.driver_connection.adapters.register_dumper(list, FastListDumper)
 
 
 def _application_name(role: str) -> str:
