@@ -12,10 +12,13 @@ written in the order a crawl produces them (each region by image id, the regions
 
 After the first night and after the last it prints the file's size and each table's share
 (SQLite's `dbstat`, indexes counted with their table), and what history adds: `image_versions`
-per 1,000 images after the first run, and per changed image after that. One JSON line, then
-human lines. Run from the repository root once the package is installed:
+per 1,000 images after the first run (with where a version's bytes go), and per changed image
+after that. One JSON line, then human lines. With `--postgres URL` the nights go into a new
+database on that server instead (dropped at the end), measured by `pg_total_relation_size`.
+Run from the repository root once the package is installed:
 
     .venv/bin/python benchmarks/history_size.py --images 100000 --nights 30
+    .venv/bin/python benchmarks/history_size.py --images 100000 --nights 1 --postgres URL
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import argparse
 import asyncio
 import itertools
 import json
+import os
 import random
 import sqlite3
 import sys
@@ -49,21 +53,108 @@ TABLES = ("images", "disks", "attachments", "tags", "image_versions", "crawl_tar
 TABLES += ("crawl_results", "crawl_runs")
 
 
-def table_sizes(db: Path) -> dict[str, int]:
-    """Bytes per table, its indexes (and SQLite's automatic PK indexes) included."""
-    owner = {}
-    with closing(sqlite3.connect(db)) as conn:
-        for name, table in conn.execute("SELECT name, tbl_name FROM sqlite_schema"):
-            owner[name] = table
-        sizes: dict[str, int] = {}
-        for name, size in conn.execute("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name"):
-            table = owner.get(name, name)
-            sizes[table] = sizes.get(table, 0) + int(size)
-    return sizes
+class SqliteFile:
+    """The nights' database as a SQLite file in `folder`, measured with `dbstat`."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / "inventory.db"
+        self.url = f"sqlite+aiosqlite:///{self.path}"
+
+    def file_size(self) -> int:
+        return sum(path.stat().st_size for path in self.path.parent.glob(self.path.name + "*"))
+
+    def table_sizes(self) -> dict[str, int]:
+        """Bytes per table, its indexes (and SQLite's automatic PK indexes) included."""
+        owner = {}
+        with closing(sqlite3.connect(self.path)) as conn:
+            for name, table in conn.execute("SELECT name, tbl_name FROM sqlite_schema"):
+                owner[name] = table
+            sizes: dict[str, int] = {}
+            for name, size in conn.execute("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name"):
+                table = owner.get(name, name)
+                sizes[table] = sizes.get(table, 0) + int(size)
+        return sizes
+
+    def version_breakdown(self) -> dict[str, float]:
+        """Where an `image_versions` row's bytes go: its content's text, the whole row (payload),
+        the page space left unused around the rows, and the two indexes; per version."""
+        with closing(sqlite3.connect(self.path)) as conn:
+            (versions,) = conn.execute("SELECT COUNT(*) FROM image_versions").fetchone()
+            (content,) = conn.execute(
+                "SELECT SUM(LENGTH(CAST(content AS BLOB))) FROM image_versions"
+            ).fetchone()
+            stats = {
+                name: (payload, unused, size)
+                for name, payload, unused, size in conn.execute(
+                    "SELECT name, SUM(payload), SUM(unused), SUM(pgsize) FROM dbstat WHERE name IN"
+                    " (SELECT name FROM sqlite_schema WHERE tbl_name = 'image_versions')"
+                    " GROUP BY name"
+                )
+            }
+        payload, unused, size = stats.pop("image_versions")
+        per = max(1, versions)
+        return {
+            "content": round(content / per, 1),
+            "row_payload": round(payload / per, 1),
+            "page_unused": round(unused / per, 1),
+            "table": round(size / per, 1),
+            "indexes": round(sum(size for _, _, size in stats.values()) / per, 1),
+        }
 
 
-def file_size(db: Path) -> int:
-    return sum(path.stat().st_size for path in db.parent.glob(db.name + "*"))
+class PostgresDatabase:
+    """The nights' database as a new database on the PostgreSQL server at `server_url` (dropped
+    again by `drop`), measured with `pg_total_relation_size` and its relatives."""
+
+    def __init__(self, server_url: str) -> None:
+        from sqlalchemy import create_engine
+        from sqlalchemy.engine import make_url
+
+        server = make_url(server_url)
+        self.name = f"crawler_history_size_{os.getpid()}"
+        self._admin = create_engine(server, isolation_level="AUTOCOMMIT")
+        with self._admin.connect() as conn:
+            conn.exec_driver_sql(f'CREATE DATABASE "{self.name}"')
+        self.url = server.set(database=self.name).render_as_string(hide_password=False)
+
+    def _rows(self, sql: str, params: list[dict[str, Any]]) -> list[Any]:
+        """The first row of `sql` for each of `params`."""
+        from sqlalchemy import create_engine, text
+        from sqlalchemy.engine import make_url
+
+        engine = create_engine(make_url(self.url).set(drivername="postgresql+psycopg"))
+        try:
+            with engine.connect() as conn:
+                return [conn.execute(text(sql), one).one() for one in params]
+        finally:
+            engine.dispose()
+
+    def file_size(self) -> int:
+        return int(self._rows("SELECT pg_database_size(current_database())", [{}])[0][0])
+
+    def table_sizes(self) -> dict[str, int]:
+        """Bytes per table, its indexes and TOAST included."""
+        rows = self._rows("SELECT pg_total_relation_size(:t)", [{"t": t} for t in TABLES])
+        return {table: int(row[0]) for table, row in zip(TABLES, rows, strict=True)}
+
+    def version_breakdown(self) -> dict[str, float]:
+        """An `image_versions` row's content (as jsonb), the table and its indexes; per version."""
+        ((versions, content, table, indexes),) = self._rows(
+            "SELECT COUNT(*), SUM(pg_column_size(content)), pg_table_size('image_versions'),"
+            " pg_indexes_size('image_versions') FROM image_versions",
+            [{}],
+        )
+        per = max(1, int(versions))
+        return {
+            "content": round(int(content) / per, 1),
+            "table": round(int(table) / per, 1),
+            "indexes": round(int(indexes) / per, 1),
+        }
+
+    def drop(self) -> None:
+        with self._admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+        self._admin.dispose()
 
 
 def changed(rng: random.Random, image: JsonObject) -> JsonObject:
@@ -87,9 +178,9 @@ def crawl_order(rows: dict[Target, FetchedImage]) -> list[Target]:
 
 
 async def night(
-    db: Path, run_no: int, rows: dict[Target, FetchedImage], gone: set[Target], at: datetime
+    url: str, run_no: int, rows: dict[Target, FetchedImage], gone: set[Target], at: datetime
 ) -> None:
-    store = await Store.open(f"sqlite+aiosqlite:///{db}")
+    store = await Store.open(url)
     try:
         targets = crawl_order(rows)
         run_id = await store.create_run(targets, strategy="single")
@@ -123,6 +214,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--change-rate", type=float, default=0.01, help="share changed a night")
     parser.add_argument("--gone-rate", type=float, default=0.002, help="share gone a night")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--postgres", metavar="URL", help="a PostgreSQL server to write into (a new database on it,"
+        " dropped afterwards) instead of a SQLite file"
+    )  # fmt: skip
     args = parser.parse_args(argv)
     rng = random.Random(args.seed)
     inventory = build_inventory(REGIONS, -(-args.images // len(REGIONS)), args.seed)
@@ -136,7 +231,8 @@ def main(argv: list[str]) -> int:
     figures: dict[str, Any] = {"bench": "history_size", "images": len(rows), "nights": args.nights}
     changes = 0
     with tempfile.TemporaryDirectory(prefix="history-size-") as tmp:
-        db = Path(tmp) / "inventory.db"
+        db = PostgresDatabase(args.postgres) if args.postgres else SqliteFile(Path(tmp))
+        figures["database"] = "postgresql" if args.postgres else "sqlite"
         at = datetime(2026, 1, 1, 2, 0, tzinfo=UTC)
         gone: set[Target] = set()
         started = time.perf_counter()
@@ -151,15 +247,18 @@ def main(argv: list[str]) -> int:
                 gone = (gone - back) | set(
                     rng.sample(sorted(rows), int(args.gone_rate * len(rows)))
                 )
-            asyncio.run(night(db, run_no, rows, gone, at + timedelta(days=run_no)))
+            asyncio.run(night(db.url, run_no, rows, gone, at + timedelta(days=run_no)))
             if run_no == 1:
-                figures["first_file_bytes"] = file_size(db)
-                figures["first_tables"] = table_sizes(db)
-            print(f"# night {run_no}: {file_size(db) / 2**20:,.1f} MiB "
+                figures["first_file_bytes"] = db.file_size()
+                figures["first_tables"] = db.table_sizes()
+                figures["first_version_bytes"] = db.version_breakdown()
+            print(f"# night {run_no}: {db.file_size() / 2**20:,.1f} MiB "
                   f"({time.perf_counter() - started:,.0f} s so far)", flush=True)  # fmt: skip
-        figures["last_file_bytes"] = file_size(db)
-        figures["last_tables"] = table_sizes(db)
+        figures["last_file_bytes"] = db.file_size()
+        figures["last_tables"] = db.table_sizes()
         figures["changed_images"] = changes
+        if isinstance(db, PostgresDatabase):
+            db.drop()
     first, last = figures["first_tables"], figures["last_tables"]
     per_1k = 1000 / len(rows)
     history_first = first.get("image_versions", 0)
@@ -185,6 +284,17 @@ def main(argv: list[str]) -> int:
         f"history: {figures['history_bytes_per_1k_images_first_run'] / 1024:,.0f} KiB per 1,000"
         f" images on the first run ({history_first / max(1, first.get('images', 1)):.0%} of"
         f" images), {figures['history_bytes_per_changed_image']:,} bytes per changed image after"
+    )
+    parts = figures["first_version_bytes"]
+    row = (
+        f"the row {parts['row_payload']:,.0f} (its content {parts['content']:,.0f}), unused page"
+        f" space {parts['page_unused']:,.0f}"
+        if "row_payload" in parts
+        else f"the table {parts['table']:,.0f} (its content {parts['content']:,.0f} as jsonb)"
+    )
+    print(
+        f"a first-run version: {parts['table'] + parts['indexes']:,.0f} bytes: {row},"
+        f" the indexes {parts['indexes']:,.0f}"
     )
     return 0
 

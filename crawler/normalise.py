@@ -52,8 +52,9 @@ _TIME_TEXT = re.compile(
 DISK_KEY_COLUMNS = ("region_id", "image_id", "slot", "position")
 # Part of every `raw_digest`: raise it whenever the same `raw` would give different rows (a new
 # column, a converter changed), so that the next crawl builds and compares every image's rows
-# again instead of trusting the digests stored by the previous code.
-NORMALISER_VERSION = 1
+# again instead of trusting the digests stored by the previous code. (2: the same rows, raised
+# with content form 2, migration 0005, so each image is compared once with its rewritten hash.)
+NORMALISER_VERSION = 2
 # Bytes of SHA-256 kept as `images.raw_digest`: it only tells "same input as last time", and 128
 # bits make a false match (which would skip one image's comparison) practically impossible.
 RAW_DIGEST_BYTES = 16

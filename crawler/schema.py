@@ -66,6 +66,9 @@ VIEW_NAMES: tuple[str, ...] = (
     "latest_run",
     "latest_run_failures",
     "image_changes",
+    "versioned_images",
+    "versioned_disks",
+    "versioned_attachments",
 )
 
 

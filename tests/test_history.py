@@ -31,7 +31,8 @@ from sqlalchemy.pool import NullPool
 from crawler.cli import Io, main
 from crawler.models import JsonObject
 from crawler.simulator import Simulator
-from crawler.store import run_changes
+from crawler.store import content, migrate, run_changes
+from crawler.store.content import canonical
 from crawler.store.migrate import sync_url
 from tests.conftest import (
     ACCESS_KEY_ENV,
@@ -41,6 +42,7 @@ from tests.conftest import (
     write_config,
 )
 from tests.test_cli import REPO, Recorder, crawl, targets_file
+from tests.test_store_dialects import cookbook_pairs
 
 # The crawler's own columns: `raw` and `raw_digest` are what the rows came from, not the rows.
 BOOKKEEPING = {"first_seen_at", "last_seen_at", "last_run_id", "missing_since", "raw", "raw_digest"}
@@ -405,10 +407,11 @@ def test_image_changes_and_the_change_counts_of_a_run(
 FIRST_RELEASE = "0f361e6"
 
 
-def first_release(folder: Path) -> Path:
-    """The first release's package, from git, with its own migrations inside it."""
+def first_release(folder: Path, commit: str = FIRST_RELEASE) -> Path:
+    """A release's package (the first, unless `commit` names another), from git, with its own
+    migrations inside it."""
     archive = subprocess.run(
-        ["git", "archive", FIRST_RELEASE, "crawler", "migrations"],
+        ["git", "archive", commit, "crawler", "migrations"],
         cwd=REPO, capture_output=True, check=True, timeout=60,
     )  # fmt: skip
     with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
@@ -470,6 +473,154 @@ def test_a_first_release_database_upgrades_backfills_and_diffs_the_next_run(
     assert {row["image_id"]: row["n"] for row in counts} == {
         str(image["imageId"]): changed.get(str(image["imageId"]), 1) for _, image in images
     }
+
+
+# --- a database whose versions are in content form 1 (revision 0004) -----------------------------
+
+# The last commit whose crawler wrote content form 1 (each row an object by column name).
+FORM_1_RELEASE = "a3f672a"
+
+
+def stored_contents(db_url: str) -> dict[tuple[str, int], Any]:
+    rows = query(db_url, "SELECT image_id, version, content, content_hash FROM image_versions")
+    found = {}
+    for row in rows:
+        content = json.loads(row["content"]) if isinstance(row["content"], str) else row["content"]
+        found[(row["image_id"], row["version"])] = (content, row["content_hash"])
+    return found
+
+
+def test_form_1_versions_are_rewritten_and_an_unchanged_recrawl_writes_none(
+    simulator: SimulatorFactory, tmp_path: Path, db_url: str
+) -> None:
+    release = first_release(tmp_path / "release", FORM_1_RELEASE)
+    server = simulator(regions=("cn-north-1", "cn-east-2"), images_per_region=10, seed=8)
+    config = write_config(tmp_path, server.url, db=tmp_path / "unused.db", database_url=db_url)
+    targets = targets_file(tmp_path, server.sim)
+    images = [(r, image) for r, found in server.sim.inventory.images.items() for image in found]
+    (gone_region, gone), (edited_region, edited) = images[:2]
+    gone_id, edited_id = str(gone["imageId"]), str(edited["imageId"])
+
+    old_crawl(release, config, targets)  # run 1
+    server.sim.delete_image(gone_region, gone_id)
+    server.sim.set_image(edited_region, {**edited, "name": "edited-name"})
+    old_crawl(release, config, targets)  # run 2: one image gone, one renamed
+    assert query(db_url, "SELECT version_num FROM alembic_version") == [{"version_num": "0004"}]
+    before = stored_contents(db_url)
+    assert all(isinstance(content["image"], dict) for content, _ in before.values())  # form 1
+    assert len(before) == len(images) + 2
+
+    # Run 3 by this release: the upgrade rewrites every version; nothing changed, so no version
+    # (NORMALISER_VERSION moved, so every image is built and compared by its rewritten hash).
+    assert crawl(config, "--targets", str(targets)) == 0
+    after = stored_contents(db_url)
+    assert after.keys() == before.keys()  # no new version
+    for key, (stored, digest) in after.items():
+        assert isinstance(stored["image"], list), key  # form 2
+        assert digest == canonical(stored).hash != before[key][1], key
+    assert query(db_url, "SELECT COUNT(*) AS n FROM image_versions WHERE valid_from_run = 3") == [
+        {"n": 0}
+    ]
+    assert cli_diff(db_url, "--from", "2", "--to", "3") == []
+    assert cli_diff(db_url, "--from", "1", "--to", "2") == sorted(
+        [
+            (1, 2, gone_region, gone_id, "removed", []),
+            (1, 2, edited_region, edited_id, "changed", [("name", edited["name"], "edited-name")]),
+        ],
+        key=lambda entry: entry[2:4],
+    )
+    history = cli_history(db_url, edited_region, edited_id)
+    assert [(v["change"], v["fields"]) for v in history] == [
+        ("added", []),
+        ("changed", [{"path": "name", "from": edited["name"], "to": "edited-name"}]),
+    ]
+
+    migrate.downgrade(db_url, "0004")  # and back: form 1, byte for byte the same hashes
+    assert stored_contents(db_url) == before
+
+
+def recipe(db_url: str, title: str) -> str:
+    """The cookbook's query `title` in the spelling for `db_url`'s database."""
+    for found, sqlite_sql, postgres_sql in cookbook_pairs():
+        if found == title:
+            return postgres_sql if db_url.startswith("postgresql") else sqlite_sql
+    raise AssertionError(f"no cookbook recipe {title!r}")
+
+
+def test_the_history_recipes_read_the_content_by_position(
+    simulator: SimulatorFactory, tmp_path: Path, db_url: str
+) -> None:
+    server = simulator(regions=("cn-north-1",), images_per_region=12, seed=4)
+    config = write_config(tmp_path, server.url, db=tmp_path / "unused.db", database_url=db_url)
+    targets = targets_file(tmp_path, server.sim)
+    assert crawl(config, "--targets", str(targets)) == 0  # run 1
+    as_run_1 = query(db_url, "SELECT image_id, name, status, os_type FROM images")
+    image = next(i for i in server.sim.inventory.images["cn-north-1"] if any(cloud_disks(i)))
+    edited = copy.deepcopy(image)
+    disk = next(cloud_disks(edited))
+    old_type = disk["diskType"]
+    new_type = disk["diskType"] = "ssd" if old_type == "hdd.std1" else "hdd.std1"
+    edited["name"] = "renamed"
+    server.sim.set_image("cn-north-1", edited)
+    assert crawl(config, "--targets", str(targets)) == 0  # run 2
+
+    at_run_1 = query(db_url, recipe(db_url, "Images as they were at run N"))
+    assert sorted(
+        (r["image_id"], r["name"], r["image_status"], r["os_type"]) for r in at_run_1
+    ) == (sorted((r["image_id"], r["name"], r["status"], r["os_type"]) for r in as_run_1))
+    assert {r["image_id"]: r["name"] for r in query(db_url, "SELECT * FROM images")}[
+        str(image["imageId"])
+    ] == "renamed"
+    changes = query(db_url, recipe(db_url, "When a disk's type changed"))
+    slots = [("system:0", edited.get("systemDisk"))]
+    slots += [(f"data:{n}", data) for n, data in enumerate(edited.get("dataDisks") or [])]
+    first_disk = next(key for key, d in slots if isinstance(d, dict) and d.get("cloudDisk") is disk)
+    assert [
+        (r["image_id"], r["disk"], r["from_type"], r["to_type"], r["run_id"]) for r in changes
+    ] == [(str(image["imageId"]), first_disk, old_type, new_type, 2)]
+
+
+def test_the_versioned_views_read_the_positions_back_by_name(
+    simulator: SimulatorFactory, tmp_path: Path, db_url: str
+) -> None:
+    server = simulator(regions=("cn-north-1", "cn-east-2"), images_per_region=15, seed=6)
+    config = write_config(tmp_path, server.url, db=tmp_path / "unused.db", database_url=db_url)
+    targets = targets_file(tmp_path, server.sim)
+    assert crawl(config, "--targets", str(targets)) == 0
+    rng = random.Random(6)
+    for region, images in server.sim.inventory.images.items():
+        for image in images[:5]:
+            server.sim.set_image(region, mutate(rng, image))
+    assert crawl(config, "--targets", str(targets)) == 0
+
+    current = "v.valid_to_run IS NULL AND v.version_status = 'present'"
+    for view, table, key, columns in (
+        ("versioned_images", "images", (), content.IMAGE_COLUMNS),
+        ("versioned_disks", "disks", ("slot", "position"), content.DISK_COLUMNS),
+        ("versioned_attachments", "attachments", ("slot", "position", "seq"),
+         content.ATTACHMENT_COLUMNS),
+    ):  # fmt: skip
+        from_view = query(db_url, f"SELECT * FROM {view} AS v WHERE {current}")
+        from_table = query(
+            db_url,
+            f"SELECT t.* FROM {table} AS t JOIN images AS i"
+            " ON i.region_id = t.region_id AND i.image_id = t.image_id"
+            " WHERE i.missing_since IS NULL",
+        )
+        assert from_view and from_table, view
+        child = {"disks": "disk", "attachments": "attachment"}.get(table, "")
+        got = sorted(
+            (r["region_id"], r["image_id"], r[child] if child else "", *(r[c] for c in columns))
+            for r in from_view
+        )
+        expected = sorted(
+            (r["region_id"], r["image_id"], ":".join(str(r[k]) for k in key),
+             *(r[c] for c in columns))
+            for r in from_table
+        )  # fmt: skip
+        assert got == expected, view
+    total = query(db_url, "SELECT COUNT(*) AS n FROM image_versions")[0]["n"]
+    assert query(db_url, "SELECT COUNT(*) AS n FROM versioned_images")[0]["n"] == total
 
 
 def test_diff_formats_region_and_exit_code(

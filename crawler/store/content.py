@@ -7,15 +7,23 @@ is left out because every column is read from it (so a change that matters shows
 and because keeping it would double the history's size; its key order therefore cannot move the
 hash.
 
-    {"image": {"name": ..., ...},
-     "disks": {"system:0": {...}, "data:1": {...}},
-     "attachments": {"data:1:0": {...}},
+    {"image": ["Debian 11", null, "x86_64", ...],
+     "disks": {"system:0": ["vda", "cloud", 1, ...], "data:1": [...]},
+     "attachments": {"data:1:0": [...]},
      "tags": {"data:1": {"env": "prod"}}}
 
-NULL columns are left out (NULL and absent are one thing), empty kinds too, booleans are 0/1 as the
-normaliser writes them and the tables hold them, and the JSON text has sorted keys and no spaces:
-equal aggregates give equal bytes, whatever order the rows or the API's keys came in.
-`content_hash` is the SHA-256 of those bytes.
+A row is the array of its column values in the order of `IMAGE_COLUMNS`, `DISK_COLUMNS` and
+`ATTACHMENT_COLUMNS` (the tables' order; a column added later goes at the end), a NULL column as
+null and trailing NULLs left out, so a position past the end reads as NULL (as `json_extract`
+and `->>` read it). Column names are not repeated in every version: with them, the names were 58 %
+of the text and history 80 % of the size of `images` (`benchmarks/history_size.py`). Tags are
+data keyed by the tag's key. Empty kinds are left out, booleans are 0/1 as the normaliser writes
+them and the tables hold them, and the JSON text has sorted keys and no spaces: equal aggregates
+give equal bytes, whatever order the rows or the API's keys came in. `content_hash` is the SHA-256
+of those bytes. `CONTENT_FORM` numbers the form; migration 0005 rewrote the stored contents of
+form 1 (the same, with each row an object of its non-NULL columns by name), and its views
+`versioned_images`, `versioned_disks` and `versioned_attachments` read the positions back by name
+(a column added here needs them recreated).
 
 `changed_fields` lists how two contents differ, with the paths of CONTRACT.md §7:
 `name`, `disks[data:1].disk_type`, `attachments[data:1:0].status`, `tags[system:0].env`.
@@ -35,10 +43,26 @@ from crawler import schema
 from crawler.models import ImageRows, Row
 
 BOOKKEEPING_COLUMNS = ("first_seen_at", "last_seen_at", "last_run_id", "missing_since")
-_IMAGE_EXCLUDED = frozenset({"region_id", "image_id", "raw", "raw_digest", *BOOKKEEPING_COLUMNS})
+CONTENT_FORM = 2
+# The positions of a row's values in its array. Fixed: every stored hash depends on them, so a
+# column added to a table is appended here (an image without it keeps its text and hash).
+IMAGE_COLUMNS = (
+    "name", "description", "architecture", "os_type", "platform", "os_version", "image_source",
+    "status", "progress", "root_device_type", "size_mb", "system_disk_size_gb", "snapshot_id",
+    "created_at", "launch_permission", "owner_pin", "login_name", "offline", "uefi_support",
+    "imported", "boot_mode", "instance_id", "expired_at",
+)  # fmt: skip
+DISK_COLUMNS = (
+    "device_name", "disk_category", "auto_delete", "mapping_status", "disk_type", "disk_size_gb",
+    "disk_id", "az", "name", "description", "status", "snapshot_id", "multi_attachable",
+    "encrypted", "enabled", "iops", "throughput", "created_at", "charge_mode", "charge_status",
+    "charge_start_at", "charge_expired_at", "charge_retire_at",
+)  # fmt: skip
+ATTACHMENT_COLUMNS = (
+    "attachment_id", "disk_id", "instance_id", "instance_type", "status", "attached_at",
+)  # fmt: skip
 _DISK_KEY = ("slot", "position")
 _ATTACHMENT_KEY = ("slot", "position", "seq")
-_CHILD_EXCLUDED = frozenset({"region_id", "image_id", "slot", "position", "seq"})
 # Canonical text: sorted keys, no spaces, UTF-8 as is. One encoder, built once.
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True)
 
@@ -59,12 +83,13 @@ class Canonical:
     hash: str
 
 
-def _columns(row: Row, excluded: frozenset[str]) -> dict[str, Any]:
+def _values(row: Row, columns: tuple[str, ...]) -> list[Any]:
     # Runs for every row the crawler writes: no per-value conversion (the normaliser writes
-    # booleans as 0/1 already, as the tables hold them).
-    return {
-        name: value for name, value in row.items() if value is not None and name not in excluded
-    }
+    # booleans as 0/1 already, as the tables hold them). A column the row lacks is NULL.
+    values = [row.get(name) for name in columns]
+    while values and values[-1] is None:
+        values.pop()
+    return values
 
 
 def _child_key(row: Row, names: tuple[str, ...]) -> str:
@@ -75,10 +100,10 @@ def content_of(
     image: Row, disks: Iterable[Row], attachments: Iterable[Row], tags: Iterable[Row]
 ) -> JsonContent:
     """The content of one image from its rows (as normalised, or as read from the tables)."""
-    content: JsonContent = {"image": _columns(image, _IMAGE_EXCLUDED)}
-    disk_map = {_child_key(row, _DISK_KEY): _columns(row, _CHILD_EXCLUDED) for row in disks}
+    content: JsonContent = {"image": _values(image, IMAGE_COLUMNS)}
+    disk_map = {_child_key(row, _DISK_KEY): _values(row, DISK_COLUMNS) for row in disks}
     attachment_map = {
-        _child_key(row, _ATTACHMENT_KEY): _columns(row, _CHILD_EXCLUDED) for row in attachments
+        _child_key(row, _ATTACHMENT_KEY): _values(row, ATTACHMENT_COLUMNS) for row in attachments
     }
     tag_map: dict[str, dict[str, Any]] = {}
     for row in tags:
@@ -124,16 +149,24 @@ def _slot_rank(key: str) -> tuple[Any, ...]:
     return (_SLOT_ORDER.get(slot, 2), slot, *(int(number) for number in numbers))
 
 
+def _named(values: Iterable[Any], columns: tuple[str, ...]) -> Iterator[tuple[str, Any]]:
+    """A row's (column, value) pairs from its array, NULLs left out (absent and NULL are one):
+    the array is shorter than the columns by its trailing NULLs."""
+    return (
+        (name, value) for name, value in zip(columns, values, strict=False) if value is not None
+    )
+
+
 def _flatten(content: Mapping[str, Any]) -> Iterator[tuple[tuple[Any, ...], str, Any]]:
-    """(sort key, path, value) of every field of a content."""
-    for name, value in content.get("image", {}).items():
+    """(sort key, path, value) of every non-NULL field of a content."""
+    for name, value in _named(content.get("image", ()), IMAGE_COLUMNS):
         yield (0, _IMAGE_ORDER.get(name, len(_IMAGE_ORDER)), name), name, value
-    for key, columns in content.get("disks", {}).items():
-        for name, value in columns.items():
+    for key, values in content.get("disks", {}).items():
+        for name, value in _named(values, DISK_COLUMNS):
             rank = (1, *_slot_rank(key), _DISK_ORDER.get(name, len(_DISK_ORDER)), name)
             yield rank, f"disks[{key}].{name}", value
-    for key, columns in content.get("attachments", {}).items():
-        for name, value in columns.items():
+    for key, values in content.get("attachments", {}).items():
+        for name, value in _named(values, ATTACHMENT_COLUMNS):
             order = _ATTACHMENT_ORDER.get(name, len(_ATTACHMENT_ORDER))
             yield (2, *_slot_rank(key), order, name), f"attachments[{key}].{name}", value
     for key, tags in content.get("tags", {}).items():
