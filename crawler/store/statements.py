@@ -45,13 +45,15 @@ class _Statement:
     """A Core statement compiled once: its SQL and the column behind each `?`, in order.
 
     `bulk`, where the database has one (`Dialect.bulk_sql`), is the same statement taking one
-    array per column, so that a batch is one statement rather than one per row.
+    array per column, so that a batch is one statement rather than one per row; without it the
+    rows go through `store_dialect.execute_many` (or SQLAlchemy's `exec_driver_sql`).
     """
 
     sql: str
     names: tuple[str, ...]
     values: Callable[[Mapping[str, Any]], tuple[Any, ...]]
     bulk: str | None = None
+    store_dialect: Dialect | None = None
 
     @classmethod
     def compile(
@@ -67,7 +69,7 @@ class _Statement:
                      for n in names]  # fmt: skip
             bulk = store_dialect.bulk_sql(compiled.string, types)
         # itemgetter builds a row's tuple in C: this runs for every row the crawler writes.
-        return cls(compiled.string, names, operator.itemgetter(*names), bulk)
+        return cls(compiled.string, names, operator.itemgetter(*names), bulk, store_dialect)
 
     def rows(self, rows: Sequence[Row]) -> list[tuple[Any, ...]]:
         """Each row's values in parameter order; a column a row lacks is NULL."""
@@ -88,7 +90,10 @@ class _Statement:
         if not params:
             return
         if self.bulk is None:
-            await conn.exec_driver_sql(self.sql, params)
+            if self.store_dialect is None:
+                await conn.exec_driver_sql(self.sql, params)
+            else:
+                await self.store_dialect.execute_many(conn, self.sql, params)
         else:  # the rows turned into columns: one array per parameter
             await conn.exec_driver_sql(self.bulk, tuple(map(list, zip(*params, strict=True))))
 
