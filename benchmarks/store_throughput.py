@@ -128,7 +128,7 @@ def prebuilt(
 ) -> list[FetchedImage]:
     """Fetches whose rows are built already, so that the store phase times the store alone."""
     return [
-        dataclasses.replace(prepared, build=functools.partial(lambda built: built, built))
+        dataclasses.replace(prepared, rows_from=functools.partial(lambda built, _: built, built))
         for prepared, built in zip(prepare_all(images), rows, strict=True)
     ]
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, tzinfo
 from typing import Any
 
 JsonObject = dict[str, Any]
@@ -99,9 +99,26 @@ class FetchedImage:
 
     region_id: str
     image_id: str
-    raw: str
+    # `raw` in UTF-8, as hashed: an unchanged image's text is never needed, so not decoded.
+    raw_utf8: bytes
     digest: bytes
-    build: Callable[[], ImageRows]
+    # What the rows are built from: the answer's object, whether it held text UTF-8 cannot
+    # encode, the zone of times without an offset, and the normaliser's builder. One function
+    # for every image rather than a closure each: a batch keeps its fetches alive until it is
+    # written, and every object alive that long is one more for the garbage collector to walk.
+    image: Mapping[str, Any]
+    unencodable: bool
+    naive_tz: tzinfo
+    rows_from: Callable[[FetchedImage], ImageRows]
+
+    def build(self) -> ImageRows:
+        """The image's rows."""
+        return self.rows_from(self)
+
+    @property
+    def raw(self) -> str:
+        """The image as strict JSON text: what `images.raw` stores."""
+        return self.raw_utf8.decode()
 
 
 @dataclass(frozen=True, slots=True)

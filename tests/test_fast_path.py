@@ -60,7 +60,7 @@ class BuiltAnyway(AssertionError):
     """Raised by a `build` the fast path should never have called."""
 
 
-def _refuse_to_build() -> ImageRows:
+def _refuse_to_build(_fetched: FetchedImage) -> ImageRows:
     raise BuiltAnyway("rows were built")
 
 
@@ -68,7 +68,7 @@ def unbuildable(result: TargetResult) -> TargetResult:
     """`result` with rows that fail if they are ever built."""
     assert isinstance(result.rows, FetchedImage)
     return dataclasses.replace(
-        result, rows=dataclasses.replace(result.rows, build=_refuse_to_build)
+        result, rows=dataclasses.replace(result.rows, rows_from=_refuse_to_build)
     )
 
 

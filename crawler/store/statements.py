@@ -24,6 +24,20 @@ from crawler.store.dialects import Dialect
 
 _IMAGE_KEY = ("region_id", "image_id")
 _TARGET_KEY = ("run_id", "region_id", "image_id")
+# The parameters of the statements the writer fills as tuples, in one pass, without a dict per
+# row first: each compiled statement is checked against these (`_WriteStatements.compile`).
+RESULT_PARAMS = (
+    "run_id", "region_id", "image_id", "outcome", "http_status", "error_status",
+    "error_message", "attempts", "request_id", "finished_at",
+)  # fmt: skip
+VERSION_PARAMS = (
+    "region_id", "image_id", "version", "valid_from_run", "valid_to_run", "status",
+    "content_hash", "content", "recorded_at",
+)  # fmt: skip
+# The images upsert ends with the store's own columns and raw; the normaliser's columns before.
+IMAGE_TAIL_PARAMS = (
+    "first_seen_at", "last_seen_at", "last_run_id", "missing_since", "raw", "raw_digest",
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,13 +45,15 @@ class _Statement:
     """A Core statement compiled once: its SQL and the column behind each `?`, in order.
 
     `bulk`, where the database has one (`Dialect.bulk_sql`), is the same statement taking one
-    array per column, so that a batch is one statement rather than one per row.
+    array per column, so that a batch is one statement rather than one per row; without it the
+    rows go through `store_dialect.execute_many` (or SQLAlchemy's `exec_driver_sql`).
     """
 
     sql: str
     names: tuple[str, ...]
     values: Callable[[Mapping[str, Any]], tuple[Any, ...]]
     bulk: str | None = None
+    store_dialect: Dialect | None = None
 
     @classmethod
     def compile(
@@ -53,7 +69,7 @@ class _Statement:
                      for n in names]  # fmt: skip
             bulk = store_dialect.bulk_sql(compiled.string, types)
         # itemgetter builds a row's tuple in C: this runs for every row the crawler writes.
-        return cls(compiled.string, names, operator.itemgetter(*names), bulk)
+        return cls(compiled.string, names, operator.itemgetter(*names), bulk, store_dialect)
 
     def rows(self, rows: Sequence[Row]) -> list[tuple[Any, ...]]:
         """Each row's values in parameter order; a column a row lacks is NULL."""
@@ -74,7 +90,10 @@ class _Statement:
         if not params:
             return
         if self.bulk is None:
-            await conn.exec_driver_sql(self.sql, params)
+            if self.store_dialect is None:
+                await conn.exec_driver_sql(self.sql, params)
+            else:
+                await self.store_dialect.execute_many(conn, self.sql, params)
         else:  # the rows turned into columns: one array per parameter
             await conn.exec_driver_sql(self.bulk, tuple(map(list, zip(*params, strict=True))))
 
@@ -144,6 +163,9 @@ class _WriteStatements:
     version_delete: _Statement
     result_upsert: _Statement
     target_insert: _Statement
+    # The images upsert's parameters before IMAGE_TAIL_PARAMS, from a normalised images row.
+    image_head: tuple[str, ...]
+    image_head_values: Callable[[Mapping[str, Any]], tuple[Any, ...]]
     dialect: SADialect
     # Statements whose shape depends on the batch (an IN list of N keys), compiled on first use.
     _shaped: dict[Hashable, _Statement] = field(default_factory=dict)
@@ -161,8 +183,10 @@ class _WriteStatements:
             return _Statement.compile(statement, dialect, store_dialect)
 
         disks, versions = schema.disks, schema.image_versions
+        image_upsert = build(_image_upsert(store_dialect))
+        image_head = image_upsert.names[: -len(IMAGE_TAIL_PARAMS)]
         statements = cls(
-            image_upsert=build(_image_upsert(store_dialect)),
+            image_upsert=image_upsert,
             # Deleting the disks cascades to their attachments and tags (foreign_keys=ON).
             image_children_delete=build(delete(disks).where(*_key_match(disks, _IMAGE_KEY))),
             disk_insert=build(insert(disks)),
@@ -181,6 +205,8 @@ class _WriteStatements:
                     {name: bindparam(name) for name in _TARGET_KEY}
                 )  # only the key: the other columns are leases (crawler.claims)
             ),
+            image_head=image_head,
+            image_head_values=operator.itemgetter(*image_head),
             dialect=dialect,
         )
         # These two take plain key tuples rather than rows: the order must be as written here.
@@ -202,4 +228,7 @@ class _WriteStatements:
             "k_version",
         )
         assert statements.version_delete.names == ("k_region_id", "k_image_id", "k_version")
+        assert statements.result_upsert.names == RESULT_PARAMS
+        assert statements.version_insert.names == VERSION_PARAMS
+        assert image_upsert.names[-len(IMAGE_TAIL_PARAMS) :] == IMAGE_TAIL_PARAMS
         return statements

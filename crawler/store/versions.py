@@ -116,14 +116,15 @@ class VersionPlan:
 def plan_versions(
     statements: _WriteStatements,
     run_id: int,
-    fetched: Mapping[ImageKey, tuple[ImageRows, str]],
+    fetched: Mapping[ImageKey, ImageRows],
+    seen_at: Mapping[ImageKey, str],
     current: Mapping[ImageKey, CurrentVersion],
 ) -> VersionPlan:
-    """Compare each fetched image with its current version; `fetched` values are (rows, the
-    fetch's time as stored)."""
+    """Compare each fetched image with its current version; `seen_at` holds each fetch's time
+    as stored."""
     plan = VersionPlan()
-    for key, (rows, at) in fetched.items():
-        content = canonical_rows(rows)
+    for key, rows in fetched.items():
+        content, at = canonical_rows(rows), seen_at[key]
         was = current.get(key)
         if was is not None and was.status == _PRESENT and was.content_hash == content.hash:
             plan.unchanged.append(key)
@@ -137,18 +138,10 @@ def plan_versions(
             else:
                 plan.closes.append(statements.version_close.values({**where, "k_run_id": run_id}))
                 version = was.version + 1
-        row = {
-            "region_id": key[0],
-            "image_id": key[1],
-            "version": version,
-            "valid_from_run": run_id,
-            "valid_to_run": None,
-            "status": _PRESENT,
-            "content_hash": content.hash,
-            "content": content.text,
-            "recorded_at": at,
-        }
-        plan.inserts.append(statements.version_insert.values(row))
+        # In VERSION_PARAMS' order: the key, the runs it is valid in, status, content, time.
+        plan.inserts.append(
+            (key[0], key[1], version, run_id, None, _PRESENT, content.hash, content.text, at)
+        )
     return plan
 
 

@@ -40,13 +40,18 @@ class _Batch:
     run_id: int
     # Fetched images by their rows' own key, so that the children deleted are exactly those
     # of the images row upserted, and an image given twice is written once. Rows not built yet
-    # are a FetchedImage until `record_versions` decides.
-    fetched: dict[ImageKey, tuple[ImageRows | FetchedImage, str]] = field(default_factory=dict)
+    # are a FetchedImage until `record_versions` decides. The fetch's time (as stored) is kept
+    # apart, in `seen_at`: a (rows, time) pair per image would be one more object kept alive
+    # per image for the garbage collector to walk until the batch is written.
+    fetched: dict[ImageKey, ImageRows | FetchedImage] = field(default_factory=dict)
+    seen_at: dict[ImageKey, str] = field(default_factory=dict)
     digests: dict[ImageKey, bytes] = field(default_factory=dict)
     # By target: a result replaced (rows that could not be built) replaces its tuple.
     results: dict[ImageKey, tuple[Any, ...]] = field(default_factory=dict)
     # The results of the images whose rows are not built yet, by the images' key.
     outcomes: dict[ImageKey, TargetResult] = field(default_factory=dict)
+    # The fetched images stored before (they have a current version), whose old children go.
+    stored: list[ImageKey] = field(default_factory=list)
 
     @classmethod
     def build(
@@ -65,37 +70,37 @@ class _Batch:
         if result.outcome is Outcome.FETCHED:
             rows = _rows_of(result)
             if isinstance(rows, FetchedImage):
-                self.fetched[(rows.region_id, rows.image_id)] = (rows, at)
-                self.digests[(rows.region_id, rows.image_id)] = rows.digest
-                self.outcomes[(rows.region_id, rows.image_id)] = result
+                key = (rows.region_id, rows.image_id)
+                self.digests[key] = rows.digest
+                self.outcomes[key] = result
             else:
-                self.fetched[(rows.image["region_id"], rows.image["image_id"])] = (rows, at)
-        values = _result_values(self.run_id, result, at)
-        self.results[(target.region_id, target.image_id)] = self.statements.result_upsert.values(
-            values
-        )
+                key = (rows.image["region_id"], rows.image["image_id"])
+            self.fetched[key] = rows
+            self.seen_at[key] = at
+        self.results[(target.region_id, target.image_id)] = _result_params(self.run_id, result, at)
 
     def image_params(self) -> list[tuple[Any, ...]]:
         """The images rows, with the store's bookkeeping columns."""
-        statement, run_id, digests = self.statements.image_upsert, self.run_id, self.digests
+        statements, run_id, digests = self.statements, self.run_id, self.digests
+        head, names, seen = statements.image_head_values, statements.image_head, self.seen_at
         params = []
-        for key, (rows, seen_at) in self.fetched.items():
+        for key, rows in self.fetched.items():
             assert isinstance(rows, ImageRows)  # record_versions built every one still here
+            image = rows.image
+            try:
+                values = head(image)
+            except KeyError:  # rows from elsewhere than `normalise_image`: a column lacking is NULL
+                values = tuple(map(image.get, names))
             # first_seen_at is written only by an insert: the upsert keeps an existing value.
-            bookkeeping = {
-                "first_seen_at": seen_at,
-                "last_seen_at": seen_at,
-                "last_run_id": run_id,
-                "missing_since": None,
-                "raw_digest": digests.get(key),
-            }
-            params.append(statement.row(rows.image | bookkeeping))
+            # In IMAGE_TAIL_PARAMS' order: first and last seen, run, missing_since, raw, digest.
+            at = seen[key]
+            params.append((*values, at, at, run_id, None, image["raw"], digests.get(key)))
         return params
 
     def children(self, statement: _Statement, kind: str) -> list[tuple[Any, ...]]:
         """The `disks`, `attachments` or `tags` rows of every fetched image."""
         return statement.rows(
-            [row for rows, _ in self.fetched.values() for row in getattr(rows, kind)]
+            [row for rows in self.fetched.values() for row in getattr(rows, kind)]
         )
 
     async def write(self, conn: AsyncConnection) -> None:
@@ -103,7 +108,7 @@ class _Batch:
         statements = self.statements
         await self.record_versions(conn)
         await statements.image_upsert.run_many(conn, self.image_params())
-        await statements.image_children_delete.run_many(conn, list(self.fetched))
+        await statements.image_children_delete.run_many(conn, self.stored)
         for statement, kind in (
             (statements.disk_insert, "disks"),
             (statements.attachment_insert, "attachments"),
@@ -115,30 +120,34 @@ class _Batch:
     async def record_versions(self, conn: AsyncConnection) -> None:
         """Open the fetched images' new versions; touch the unchanged ones and drop them from
         `fetched`, so that their rows are not rewritten."""
-        statements, run_id = self.statements, self.run_id
+        statements, run_id, seen = self.statements, self.run_id, self.seen_at
         current = await current_versions(conn, statements, list(self.fetched))
         touched, refreshed = [], []
-        built: dict[ImageKey, tuple[ImageRows, str]] = {}
-        for key, (rows, seen_at) in self.fetched.items():
+        built: dict[ImageKey, ImageRows] = {}
+        for key, rows in self.fetched.items():
             if isinstance(rows, ImageRows):
-                built[key] = (rows, seen_at)
+                built[key] = rows
                 continue
             was = current.get(key)
             if was is not None and was.status == _PRESENT and was.raw_digest == rows.digest:
-                touched.append((seen_at, run_id, *key))  # the fast path: nothing is built
+                touched.append((seen[key], run_id, *key))  # the fast path: nothing is built
                 continue
             made = self.rows_of(key, rows)
             if made is not None:
-                built[key] = (made, seen_at)
-        plan = plan_versions(statements, run_id, built, current)
+                built[key] = made
+        plan = plan_versions(statements, run_id, built, seen, current)
         for key in plan.unchanged:
-            rows, seen_at = built.pop(key)
+            rows = built.pop(key)
             digest = self.digests.get(key)
             if digest is not None and digest != current[key].raw_digest:
-                refreshed.append((seen_at, run_id, rows.image["raw"], digest, *key))
+                refreshed.append((seen[key], run_id, rows.image["raw"], digest, *key))
             else:
-                touched.append((seen_at, run_id, *key))
+                touched.append((seen[key], run_id, *key))
         self.fetched = dict(built)
+        # An image without a current version was never written (its images row, children and
+        # first version are written together, and 0002 gave every older image one), so it has
+        # no children to delete: a first crawl skips the DELETE's search per image.
+        self.stored = [key for key in built if key in current]
         await statements.image_touch.run_many(conn, touched)
         await statements.image_refresh.run_many(conn, refreshed)
         await statements.version_delete.run_many(conn, plan.deletes)
@@ -159,9 +168,10 @@ class _Batch:
                 result, outcome=Outcome.FAILED, error_status="INTERNAL_ERROR",
                 error_message=message[:_MESSAGE_MAX_CHARS], rows=None,
             )  # fmt: skip
-            values = _result_values(self.run_id, failed, format_utc(result.finished_at))
             target = (result.target.region_id, result.target.image_id)
-            self.results[target] = self.statements.result_upsert.values(values)
+            self.results[target] = _result_params(
+                self.run_id, failed, format_utc(result.finished_at)
+            )
             self.digests.pop(key, None)
             return None
 
@@ -173,16 +183,11 @@ def _rows_of(result: TargetResult) -> ImageRows | FetchedImage:
     return result.rows
 
 
-def _result_values(run_id: int, result: TargetResult, finished_at: str) -> dict[str, Any]:
-    return {
-        "run_id": run_id,
-        "region_id": result.target.region_id,
-        "image_id": result.target.image_id,
-        "outcome": str(result.outcome),
-        "http_status": result.http_status,
-        "error_status": result.error_status,
-        "error_message": result.error_message,
-        "attempts": result.attempts,
-        "request_id": result.request_id,
-        "finished_at": finished_at,
-    }
+def _result_params(run_id: int, result: TargetResult, finished_at: str) -> tuple[Any, ...]:
+    """The crawl_results upsert's parameters, in `RESULT_PARAMS` order."""
+    target = result.target
+    return (
+        run_id, target.region_id, target.image_id, str(result.outcome), result.http_status,
+        result.error_status, result.error_message, result.attempts, result.request_id,
+        finished_at,
+    )  # fmt: skip

@@ -106,6 +106,13 @@ class Dialect(ABC):
     def insert_or_ignore(self, table: Table, key: Sequence[str]) -> Insert:
         """An insert that skips a row whose `key` already exists."""
 
+    async def execute_many(
+        self, conn: AsyncConnection, sql: str, params: list[tuple[Any, ...]]
+    ) -> None:
+        """Run `sql`, a compiled write statement, once per tuple of `params` in `conn`'s
+        transaction; a failure raises SQLAlchemy's `DBAPIError`, as `exec_driver_sql` does."""
+        await conn.exec_driver_sql(sql, params)
+
     def bulk_sql(self, sql: str, types: Sequence[str] = ()) -> str | None:
         """`sql`, a compiled write statement with one positional parameter per value (`types`:
         each parameter's SQL type, in order), rewritten to take one array per parameter and run
