@@ -153,11 +153,12 @@ def query(url: str, sql: str, **params: Any) -> list[tuple[Any, ...]]:
 
 
 def dump(url: str, table: str, *, timestamps: bool = False) -> list[tuple[Any, ...]]:
-    """Every row of `table`, sorted; without the `*_at` columns unless `timestamps`."""
+    """Every row of `table`, sorted; without the `*_at` columns (and SQLite's `finished_us`, the
+    time `crawl_results.finished_at` is generated from) unless `timestamps`."""
     engine = engine_of(url)
     try:
         columns = [column["name"] for column in inspect(engine).get_columns(table)]
-        kept = [c for c in columns if timestamps or not c.endswith("_at")]
+        kept = [c for c in columns if timestamps or not c.endswith(("_at", "_us"))]
         with engine.connect() as conn:
             rows = [
                 tuple(row) for row in conn.execute(text(f"SELECT {', '.join(kept)} FROM {table}"))
@@ -294,6 +295,30 @@ async def test_rewriting_the_same_image_changes_nothing_but_timestamps(
     again = image_row(db_url, target_of(region, image))
     assert again["first_seen_at"] == first["first_seen_at"] == "2024-05-01 08:01:00.000000"
     assert again["last_seen_at"] == "2024-05-01 08:02:00.000000"
+
+
+async def test_a_results_finish_time_reads_back_to_the_microsecond(
+    store: Store, inventory: Inventory, db_url: str
+) -> None:
+    # SQLite stores it as integer microseconds, `finished_at` generated from them (0006);
+    # PostgreSQL as the text itself. Either way it reads as the ledger's other timestamps do.
+    region, image = rich_image(inventory)
+    gone = Target(region, "img-gone000000")
+    times = {
+        image["imageId"]: START + timedelta(microseconds=123_456),
+        gone.image_id: datetime(1999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),
+    }
+    run_id = await store.create_run([target_of(region, image), gone], strategy="single")
+    results = [fetched(region, image, times[image["imageId"]]), missing(gone, times[gone.image_id])]
+    await store.write_results(run_id, results)
+    found = dict(query(db_url, "SELECT image_id, finished_at FROM crawl_results"))
+    assert found == {
+        image["imageId"]: "2024-05-01 08:00:00.123456",
+        gone.image_id: "1999-12-31 23:59:59.999999",
+    }
+    if db_url.startswith("sqlite"):  # the instant, by SQLite's own date functions
+        instants = query(db_url, "SELECT datetime(finished_at) FROM crawl_results ORDER BY 1")
+        assert instants == [("1999-12-31 23:59:59",), ("2024-05-01 08:00:00",)]
 
 
 async def test_an_unchanged_image_writes_no_version_and_keeps_its_children(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ClauseElement, bindparam, delete, insert, update
@@ -21,6 +22,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from crawler import schema
 from crawler.models import Row
 from crawler.store.dialects import Dialect
+from crawler.store.timestamps import format_utc, utc_micros
 
 _IMAGE_KEY = ("region_id", "image_id")
 _TARGET_KEY = ("run_id", "region_id", "image_id")
@@ -108,8 +110,12 @@ def _image_upsert(dialect: Dialect) -> ClauseElement:
     return dialect.upsert(schema.images, _IMAGE_KEY, kept=("first_seen_at",))
 
 
-def _result_upsert(dialect: Dialect) -> ClauseElement:
-    return dialect.upsert(schema.crawl_results, ("run_id", "region_id", "image_id"))
+def _result_upsert(dialect: Dialect, dialect_name: str) -> ClauseElement:
+    # The table as this database stores it: on SQLite its finish time is `finished_us`, and the
+    # generated `finished_at` is neither inserted nor updated.
+    table = schema.results_table(dialect_name)
+    stored: dict[str, Any] = {c.name: bindparam(c.name) for c in table.c if c.computed is None}
+    return dialect.upsert(table, ("run_id", "region_id", "image_id")).values(stored)
 
 
 def _image_touch() -> ClauseElement:
@@ -162,6 +168,9 @@ class _WriteStatements:
     version_close: _Statement
     version_delete: _Statement
     result_upsert: _Statement
+    # A result's finish time as `result_upsert` takes it (`format_utc`, or `utc_micros` where
+    # the database stores microseconds: `crawler.schema.results_table`).
+    result_time: Callable[[datetime], Any]
     target_insert: _Statement
     # The images upsert's parameters before IMAGE_TAIL_PARAMS, from a normalised images row.
     image_head: tuple[str, ...]
@@ -199,7 +208,10 @@ class _WriteStatements:
             version_delete=build(
                 delete(versions).where(*_key_match(versions, (*_IMAGE_KEY, "version")))
             ),
-            result_upsert=build(_result_upsert(store_dialect)),
+            result_upsert=build(_result_upsert(store_dialect, dialect.name)),
+            result_time=(
+                utc_micros if "finished_us" in schema.results_table(dialect.name).c else format_utc
+            ),
             target_insert=build(
                 store_dialect.insert_or_ignore(schema.crawl_targets, _TARGET_KEY).values(
                     {name: bindparam(name) for name in _TARGET_KEY}
@@ -228,7 +240,8 @@ class _WriteStatements:
             "k_version",
         )
         assert statements.version_delete.names == ("k_region_id", "k_image_id", "k_version")
-        assert statements.result_upsert.names == RESULT_PARAMS
+        assert statements.result_upsert.names[:-1] == RESULT_PARAMS[:-1]
+        assert statements.result_upsert.names[-1] in (RESULT_PARAMS[-1], "finished_us")
         assert statements.version_insert.names == VERSION_PARAMS
         assert image_upsert.names[-len(IMAGE_TAIL_PARAMS) :] == IMAGE_TAIL_PARAMS
         return statements

@@ -77,7 +77,9 @@ class _Batch:
                 key = (rows.image["region_id"], rows.image["image_id"])
             self.fetched[key] = rows
             self.seen_at[key] = at
-        self.results[(target.region_id, target.image_id)] = _result_params(self.run_id, result, at)
+        self.results[(target.region_id, target.image_id)] = _result_params(
+            self.run_id, result, self.statements.result_time(result.finished_at)
+        )
 
     def image_params(self) -> list[tuple[Any, ...]]:
         """The images rows, with the store's bookkeeping columns."""
@@ -170,7 +172,7 @@ class _Batch:
             )  # fmt: skip
             target = (result.target.region_id, result.target.image_id)
             self.results[target] = _result_params(
-                self.run_id, failed, format_utc(result.finished_at)
+                self.run_id, failed, self.statements.result_time(result.finished_at)
             )
             self.digests.pop(key, None)
             return None
@@ -183,11 +185,12 @@ def _rows_of(result: TargetResult) -> ImageRows | FetchedImage:
     return result.rows
 
 
-def _result_params(run_id: int, result: TargetResult, finished_at: str) -> tuple[Any, ...]:
-    """The crawl_results upsert's parameters, in `RESULT_PARAMS` order."""
+def _result_params(run_id: int, result: TargetResult, finished: Any) -> tuple[Any, ...]:
+    """The crawl_results upsert's parameters, in `RESULT_PARAMS` order; `finished` is the finish
+    time as the database stores it (`_WriteStatements.result_time`)."""
     target = result.target
     return (
         run_id, target.region_id, target.image_id, str(result.outcome), result.http_status,
         result.error_status, result.error_message, result.attempts, result.request_id,
-        finished_at,
+        finished,
     )  # fmt: skip
