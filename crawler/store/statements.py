@@ -36,6 +36,12 @@ VERSION_PARAMS = (
     "region_id", "image_id", "version", "valid_from_run", "valid_to_run", "status",
     "content_hash", "content", "recorded_at",
 )  # fmt: skip
+# Each child table's own key (its primary key), in the order its delete statement takes it.
+CHILD_KEYS: dict[str, tuple[str, ...]] = {
+    "disks": ("region_id", "image_id", "slot", "position"),
+    "attachments": ("region_id", "image_id", "slot", "position", "seq"),
+    "tags": ("region_id", "image_id", "slot", "position", "key"),
+}
 # The images upsert ends with the store's own columns and raw; the normaliser's columns before.
 IMAGE_TAIL_PARAMS = (
     "first_seen_at", "last_seen_at", "last_run_id", "missing_since", "raw", "raw_digest",
@@ -118,6 +124,11 @@ def _result_upsert(dialect: Dialect, dialect_name: str) -> ClauseElement:
     return dialect.upsert(table, ("run_id", "region_id", "image_id")).values(stored)
 
 
+def _child_delete(kind: str) -> ClauseElement:
+    table = schema.metadata.tables[kind]
+    return delete(table).where(*_key_match(table, CHILD_KEYS[kind]))
+
+
 def _image_touch() -> ClauseElement:
     # An unchanged image: only its bookkeeping moves, its children are left as they are.
     images = schema.images
@@ -158,10 +169,17 @@ class _WriteStatements:
     """The statements `write_results` runs, compiled for one dialect."""
 
     image_upsert: _Statement
-    image_children_delete: _Statement
     disk_insert: _Statement
     attachment_insert: _Statement
     tag_insert: _Statement
+    # A changed image's children are rewritten in place (`crawler.store.writer`): upserted by
+    # their own key, and those whose key is gone deleted by it (CHILD_KEYS' order).
+    disk_upsert: _Statement
+    attachment_upsert: _Statement
+    tag_upsert: _Statement
+    disk_delete: _Statement
+    attachment_delete: _Statement
+    tag_delete: _Statement
     image_touch: _Statement
     image_refresh: _Statement
     version_insert: _Statement
@@ -196,11 +214,17 @@ class _WriteStatements:
         image_head = image_upsert.names[: -len(IMAGE_TAIL_PARAMS)]
         statements = cls(
             image_upsert=image_upsert,
-            # Deleting the disks cascades to their attachments and tags (foreign_keys=ON).
-            image_children_delete=build(delete(disks).where(*_key_match(disks, _IMAGE_KEY))),
             disk_insert=build(insert(disks)),
             attachment_insert=build(insert(schema.attachments)),
             tag_insert=build(insert(schema.tags)),
+            disk_upsert=build(store_dialect.upsert(disks, CHILD_KEYS["disks"])),
+            attachment_upsert=build(
+                store_dialect.upsert(schema.attachments, CHILD_KEYS["attachments"])
+            ),
+            tag_upsert=build(store_dialect.upsert(schema.tags, CHILD_KEYS["tags"])),
+            disk_delete=build(_child_delete("disks")),
+            attachment_delete=build(_child_delete("attachments")),
+            tag_delete=build(_child_delete("tags")),
             image_touch=build(_image_touch()),
             image_refresh=build(_image_refresh()),
             version_insert=build(insert(versions)),
@@ -222,7 +246,6 @@ class _WriteStatements:
             dialect=dialect,
         )
         # These two take plain key tuples rather than rows: the order must be as written here.
-        assert statements.image_children_delete.names == ("k_region_id", "k_image_id")
         assert statements.target_insert.names == ("run_id", "region_id", "image_id")
         assert statements.image_touch.names == ("k_at", "k_run_id", "k_region_id", "k_image_id")
         assert statements.image_refresh.names == (
@@ -240,6 +263,12 @@ class _WriteStatements:
             "k_version",
         )
         assert statements.version_delete.names == ("k_region_id", "k_image_id", "k_version")
+        for kind, statement in (
+            ("disks", statements.disk_delete),
+            ("attachments", statements.attachment_delete),
+            ("tags", statements.tag_delete),
+        ):
+            assert statement.names == tuple(f"k_{name}" for name in CHILD_KEYS[kind])
         assert statements.result_upsert.names[:-1] == RESULT_PARAMS[:-1]
         assert statements.result_upsert.names[-1] in (RESULT_PARAMS[-1], "finished_us")
         assert statements.version_insert.names == VERSION_PARAMS
