@@ -334,9 +334,13 @@ Index("ix_image_versions_valid_from_run", image_versions.c.valid_from_run)
 # (`finished_us`, 8 bytes), and `finished_at` is a VIRTUAL generated column giving the same
 # `YYYY-MM-DD HH:MM:SS.ffffff` text as before, to the microsecond, so that readers, views,
 # `datetime(finished_at)` and `SELECT *` see no difference. PostgreSQL keeps the text column.
-# `metadata_for("sqlite")` holds every table with this one in place of `crawl_results`.
+# `metadata_for("sqlite")` holds every table with this one in place of `crawl_results`. SQLite
+# computes a generated column on every insert (for its constraints), so the expression is the
+# cheapest found: ~0.25 µs a row more than inserting the text (strftime() instead: ~0.45 µs).
+# Times before 1970 would read wrongly (integer division truncates towards zero): the crawler's
+# own clock writes none.
 FINISHED_AT_FROM_US = (
-    "strftime('%Y-%m-%d %H:%M:%S', finished_us / 1000000, 'unixepoch')"
+    "datetime(finished_us / 1000000, 'unixepoch')"
     " || printf('.%06d', finished_us % 1000000)"
 )
 sqlite_metadata = MetaData()

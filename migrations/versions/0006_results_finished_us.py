@@ -31,7 +31,7 @@ depends_on: str | None = None
 
 # As `crawler.schema.FINISHED_AT_FROM_US` was when this revision was written.
 _FINISHED_AT = (
-    "strftime('%Y-%m-%d %H:%M:%S', finished_us / 1000000, 'unixepoch')"
+    "datetime(finished_us / 1000000, 'unixepoch')"
     " || printf('.%06d', finished_us % 1000000)"
 )
 # The old text (`YYYY-MM-DD HH:MM:SS[.ffffff]`, UTC) as microseconds: the whole seconds by
