@@ -340,8 +340,7 @@ Index("ix_image_versions_valid_from_run", image_versions.c.valid_from_run)
 # Times before 1970 would read wrongly (integer division truncates towards zero): the crawler's
 # own clock writes none.
 FINISHED_AT_FROM_US = (
-    "datetime(finished_us / 1000000, 'unixepoch')"
-    " || printf('.%06d', finished_us % 1000000)"
+    "datetime(finished_us / 1000000, 'unixepoch') || printf('.%06d', finished_us % 1000000)"
 )
 sqlite_metadata = MetaData()
 for _table in metadata.sorted_tables:

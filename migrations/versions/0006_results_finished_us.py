@@ -31,8 +31,7 @@ depends_on: str | None = None
 
 # As `crawler.schema.FINISHED_AT_FROM_US` was when this revision was written.
 _FINISHED_AT = (
-    "datetime(finished_us / 1000000, 'unixepoch')"
-    " || printf('.%06d', finished_us % 1000000)"
+    "datetime(finished_us / 1000000, 'unixepoch') || printf('.%06d', finished_us % 1000000)"
 )
 # The old text (`YYYY-MM-DD HH:MM:SS[.ffffff]`, UTC) as microseconds: the whole seconds by
 # SQLite from the first 19 characters, the fraction's digits (padded to six) by hand. SQLite's own
