@@ -1,11 +1,13 @@
-"""What one signed GET costs the client's CPU: the crawler's client, bare aiohttp, bare asyncio.
+"""What one signed GET costs the CPU: the crawler's client, its HTTP layer, aiohttp, asyncio.
 
-Against one simulator (`--latency-ms`, every target an existing image), three loops of
+Against one simulator (`--latency-ms`, every target an existing image), four loops of
 `--concurrency` workers each fetch `--requests` describeImage answers over keep-alive
 connections, in one process, interleaved for `--rounds` rounds:
 
-  client:  `ApiClient.describe_image` (signing, nonce, aiohttp, size cap, JSON, checks);
-  aiohttp: the same signed GET through the same aiohttp session, body read and dropped;
+  client:  `ApiClient.describe_image` (signing, nonce, crawler.http, size cap, JSON, checks);
+  http:    the same signed GET through `crawler.http.HttpSession` alone, body dropped;
+  aiohttp: the same signed GET through an aiohttp session (the client's HTTP layer before
+           issue 14), body read and dropped;
   asyncio: the same signed request bytes written on a plain `asyncio.Protocol`, one connection
            per worker, the answer framed by its Content-Length and dropped: the floor of any
            HTTP/1.1 client on this event loop (no TLS, proxy, chunking, timeouts or checks:
@@ -28,10 +30,12 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from harness import ACCESS_KEY, SimulatorProcess, credentials_env, median, new_secret
 
-from crawler.client import ApiClient, new_nonce, open_session, utc_now
+from crawler.client import USER_AGENT, ApiClient, new_nonce, open_session, utc_now
+from crawler.http import Origin
 from crawler.signer import Signer
 
 Target = tuple[str, str]
@@ -84,10 +88,18 @@ async def run_loop(
             for region, image in work:
                 await api.describe_image(region, image)
 
-        async def aiohttp_worker() -> None:
+        async def http_worker() -> None:
+            name, port = host.rsplit(":", 1)
+            origin = Origin("http", name, int(port))
             for region, image in work:
                 path, headers = signed(region, image)
-                async with session.get(endpoint + path, headers=headers) as resp:
+                headers["Host"] = host
+                await session.get(origin, path, headers, timeout_s=30, max_body_bytes=1 << 20)
+
+        async def aiohttp_worker(bare: Any) -> None:
+            for region, image in work:
+                path, headers = signed(region, image)
+                async with bare.get(endpoint + path, headers=headers) as resp:
                     await resp.read()
 
         async def asyncio_worker() -> None:
@@ -105,9 +117,17 @@ async def run_loop(
                 transport.close()
 
         workers: dict[str, Callable[[], Awaitable[None]]] = {
-            "client": client_worker, "aiohttp": aiohttp_worker, "asyncio": asyncio_worker,
+            "client": client_worker, "http": http_worker, "asyncio": asyncio_worker,
         }  # fmt: skip
-        await asyncio.gather(*(workers[kind]() for _ in range(n)))
+        if kind != "aiohttp":
+            await asyncio.gather(*(workers[kind]() for _ in range(n)))
+            return
+        import aiohttp  # only here: the crawler itself no longer imports it
+
+        connector = aiohttp.TCPConnector(limit=n, limit_per_host=0)
+        headers = {"User-Agent": USER_AGENT}
+        async with aiohttp.ClientSession(connector=connector, headers=headers) as bare:
+            await asyncio.gather(*(aiohttp_worker(bare) for _ in range(n)))
 
 
 def main(argv: Sequence[str]) -> int:
@@ -120,7 +140,7 @@ def main(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     env = credentials_env(new_secret())
     signer = Signer(ACCESS_KEY, env["JDCLOUD_SECRET_KEY"])
-    found: dict[str, list[float]] = {"client": [], "aiohttp": [], "asyncio": []}
+    found: dict[str, list[float]] = {"client": [], "http": [], "aiohttp": [], "asyncio": []}
     with tempfile.TemporaryDirectory(prefix="http-floor-") as tmp:
         targets_path = Path(tmp) / "targets.csv"
         sim_args = [

@@ -7,13 +7,14 @@ stacks, then read them here:
     .venv/bin/python benchmarks/profile_shares.py crawl.txt [other.txt ...]
 
 Each sample goes to the part named by its innermost frame that matches one (rules below, first
-match wins per frame): the start-up (imports), the HTTP client (aiohttp and the crawler's client
-module), request signing, JSON parsing of bodies, normalising (with `raw` encoding), the
-scheduler, the store (SQLAlchemy, aiosqlite, sqlite3 and the store modules), the event loop
-itself (asyncio), and the rest. py-spy's own idle detection misses threads blocked on a queue,
-so samples whose innermost frame is a known wait (the event loop's `select`, aiosqlite's worker
-at `tx.get()`, a thread pool worker at `work_queue.get`) are counted as waiting and left out of
-the shares: what remains is where the CPU went. Several files print side by side.
+match wins per frame): the start-up (imports), the HTTP client (`crawler.http`, aiohttp before
+issue 14, and the crawler's client module), request signing, JSON parsing of bodies, normalising
+(with `raw` encoding), the scheduler, the store (SQLAlchemy, aiosqlite, sqlite3 and the store
+modules), the event loop itself (asyncio), and the rest. py-spy's own idle detection misses
+threads blocked on a queue, so samples whose innermost frame is a known wait (the event loop's
+`select`, aiosqlite's worker at `tx.get()`, a thread pool worker at `work_queue.get`) are
+counted as waiting and left out of the shares: what remains is where the CPU went. Several files
+print side by side.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("JSON parse", ("json/decoder.py", "json/__init__.py", "_json_object")),
     ("signing", ("crawler/signer.py", "hashlib", "hmac.py")),
     ("store", ("crawler/store", "sqlalchemy/", "aiosqlite/", "sqlite3", "crawler/migrate")),
-    ("HTTP client", ("aiohttp/", "yarl/", "multidict/", "crawler/client.py")),
+    ("HTTP client", ("aiohttp/", "yarl/", "multidict/", "crawler/client.py", "crawler/http/")),
     ("scheduler", ("crawler/scheduler.py", "crawler/pacing.py", "crawler/retry.py", "tenacity/")),
     ("event loop", ("asyncio/", "selectors.py")),
 )

@@ -21,7 +21,7 @@ one `ApiError` subclass (CONTRACT.md §5, jdcloud-api.md §6):
     body cut short or undecodable             -> TransientApiError  PAYLOAD_ERROR
 
 Retrying is somebody else's job (`retry`); this module only decides what kind of failure it was.
-aiohttp lives here and in `simulator` only.
+The bytes on the wire are `crawler.http`'s (the crawler's own HTTP/1.1 client, issue 14).
 """
 
 from __future__ import annotations
@@ -35,10 +35,9 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import urlsplit
 
-import aiohttp
 import orjson
-from yarl import URL
 
 from crawler.errors import (
     ApiError,
@@ -51,6 +50,18 @@ from crawler.errors import (
     RateLimitedError,
     RouteNotFoundError,
     TransientApiError,
+)
+from crawler.http import (
+    BodyTooLarge,
+    CertificateRefused,
+    ConnectionFailed,
+    HttpError,
+    HttpSession,
+    Origin,
+    PayloadError,
+    ProxyRefused,
+    ProxyRoute,
+    basic_authorization,
 )
 from crawler.models import ImageResponse, ImagesPage, JsonObject
 from crawler.network import Proxy
@@ -65,7 +76,7 @@ MAX_PAGE_SIZE = 100
 
 REQUEST_ID_HEADER = "x-jdcloud-request-id"
 REMAINING_MINUTE_HEADER = "x-jdcloud-remaining-minute"
-PROXY_AUTHORIZATION = "Proxy-Authorization"
+RETRY_AFTER_HEADER = "retry-after"
 
 _TRANSIENT_STATUSES = frozenset({500, 502, 503, 504})
 _IMAGE_NOT_FOUND_STATUSES = frozenset({"NOT_FOUND", "RESOURCE_NOT_EXIST"})
@@ -97,32 +108,25 @@ NonceFactory = Callable[[], str]
 _Reply = tuple[int, Mapping[str, str], bytes]
 
 
-def open_session(*, concurrency: int, tls: ssl.SSLContext | None = None) -> aiohttp.ClientSession:
+def open_session(*, concurrency: int, tls: ssl.SSLContext | None = None) -> HttpSession:
     """Open the run's one HTTP session: a keep-alive pool sized to the crawl's concurrency.
 
-    The caller owns the session and closes it (with its connector). The environment is never
-    read here (`trust_env` stays off): the trusted certificates and the proxy (`ApiClient`) are
-    chosen by `crawler.network` from the environment the caller passes in.
+    The caller owns the session and closes it. The environment is never read here: the trusted
+    certificates and the proxy (`ApiClient`) are chosen by `crawler.network` from the
+    environment the caller passes in.
 
     Args:
-        concurrency: requests in flight at most, all hosts together.
-        tls: the context that verifies servers; None for the system's default trust (aiohttp's
-            default context, built when aiohttp is imported, verifies certificate and host name).
+        concurrency: requests in flight (connections open) at most, all hosts together.
+        tls: the context that verifies servers; None for the system's default trust (built at
+            the first https connection; it verifies certificate and host name).
 
     Returns:
-        A session with no cookie jar and the crawler's User-Agent.
+        A session with no cookies that sends the crawler's User-Agent.
 
     Raises:
         ValueError: when `concurrency` is below 1.
     """
-    if concurrency < 1:
-        raise ValueError(f"concurrency must be at least 1, not {concurrency}")
-    connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=0, ssl=tls or True)
-    return aiohttp.ClientSession(
-        connector=connector,
-        cookie_jar=aiohttp.DummyCookieJar(),
-        headers={"User-Agent": USER_AGENT},
-    )
+    return HttpSession(concurrency=concurrency, user_agent=USER_AGENT, tls=tls)
 
 
 def utc_now() -> datetime:
@@ -171,7 +175,7 @@ class ApiClient:
 
     def __init__(
         self,
-        session: aiohttp.ClientSession,
+        session: HttpSession,
         endpoint: str,
         signer: Signer,
         *,
@@ -201,18 +205,12 @@ class ApiClient:
             raise ConfigError("timeout_s and max_response_bytes must be positive")
         self._session = session
         self._scheme, self._authority, self._host = _parse_endpoint(endpoint)
+        self._origin = _origin(self._scheme, self._authority, proxy)
         self._signer = signer
         self._timeout_s = timeout_s
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._max_bytes = max_response_bytes
         self._clock = clock
         self._nonce = nonce
-        self._proxy = proxy.url if proxy is not None else None
-        # The proxy's credentials ride on the CONNECT for https and on each request for http
-        # (which the proxy itself receives); aiohttp copies proxy_headers only onto a CONNECT.
-        auth = _proxy_authorization(proxy)
-        self._proxy_headers = {PROXY_AUTHORIZATION: auth} if auth else None
-        self._auth_in_request = auth if self._scheme == "http" else None
         self.requests_sent = 0
 
     def __repr__(self) -> str:
@@ -278,97 +276,62 @@ class ApiClient:
             at=self._clock(),
             nonce=self._nonce(),
         )
-        # The Host on the wire must be the one that was signed, whatever aiohttp would pick.
+        # The Host on the wire is the one that was signed (the session sends headers as given).
         headers["Host"] = self._host
-        if self._auth_in_request is not None:
-            headers[PROXY_AUTHORIZATION] = self._auth_in_request
-        url = URL.build(
-            scheme=self._scheme,
-            authority=self._authority,
-            path=path,
-            query_string=query,
-            encoded=True,
-        )
+        target = f"{path}?{query}" if query else path
         self.requests_sent += 1
-        resp: aiohttp.ClientResponse | None = None
         try:
-            async with self._session.get(
-                url,
-                headers=headers,
-                timeout=self._timeout,
-                allow_redirects=False,
-                proxy=self._proxy,
-                proxy_headers=self._proxy_headers,
-            ) as resp:
-                body = await self._read_body(resp, what)
-                return resp.status, resp.headers, body
-        except aiohttp.ClientConnectorCertificateError as exc:
+            response = await self._session.get(
+                self._origin,
+                target,
+                headers,
+                timeout_s=self._timeout_s,
+                max_body_bytes=self._max_bytes,
+            )
+        except BodyTooLarge as exc:
+            raise self._too_large(exc, what) from exc
+        except CertificateRefused as exc:
             raise _certificate_error(exc, what) from exc
-        except aiohttp.ClientHttpProxyError as exc:
+        except ProxyRefused as exc:
             if exc.status != 407:
-                raise self._transport_error(exc, what, resp) from exc
+                raise self._transport_error(exc, what) from exc
             raise AuthError(f"{what}: {_PROXY_REFUSED}", http_status=407) from exc
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise self._transport_error(exc, what, resp) from exc
+        except (TimeoutError, HttpError) as exc:
+            raise self._transport_error(exc, what) from exc
+        return response.status, response.headers, response.body
 
-    async def _read_body(self, resp: aiohttp.ClientResponse, what: str) -> bytes:
-        """The whole body, or RESPONSE_TOO_LARGE before more than cap + 1 bytes are held."""
-        length = resp.content_length
-        if length is not None:
-            if length > self._max_bytes:
-                raise self._too_large(resp, what, f"declares {length} bytes")
-            # A compressed body can inflate past its Content-Length; only a plain one is safe to
-            # read in one go.
-            if aiohttp.hdrs.CONTENT_ENCODING not in resp.headers:
-                return await resp.read()
-        return await self._read_capped(resp, what)
-
-    async def _read_capped(self, resp: aiohttp.ClientResponse, what: str) -> bytes:
-        limit = self._max_bytes + 1
-        parts: list[bytes] = []
-        size = 0
-        while True:
-            chunk = await resp.content.read(limit - size)
-            if not chunk:
-                return b"".join(parts)
-            size += len(chunk)
-            if size >= limit:
-                raise self._too_large(resp, what, f"sent more than {self._max_bytes} bytes")
-            parts.append(chunk)
-
-    def _too_large(self, resp: aiohttp.ClientResponse, what: str, detail: str) -> PermanentApiError:
-        # Drop the connection rather than drain a body nobody will read.
-        resp.close()
+    def _too_large(self, exc: BodyTooLarge, what: str) -> PermanentApiError:
+        # The HTTP layer dropped the connection rather than drain a body nobody will read.
         return PermanentApiError(
-            f"{what}: the response is too large: it {detail}, the limit is {self._max_bytes}",
-            http_status=resp.status,
+            f"{what}: the response is too large: it {exc.detail}, the limit is {self._max_bytes}",
+            http_status=exc.status,
             error_status="RESPONSE_TOO_LARGE",
-            request_id=resp.headers.get(REQUEST_ID_HEADER),
-            remaining_minute=_remaining_minute(resp.headers),
+            request_id=_request_id(None, exc.headers),
+            remaining_minute=_remaining_minute(exc.headers),
         )
 
-    def _transport_error(
-        self, exc: BaseException, what: str, resp: aiohttp.ClientResponse | None
-    ) -> TransientApiError:
-        """A failure below HTTP; `resp` is set when the status line and headers had arrived."""
+    def _transport_error(self, exc: BaseException, what: str) -> TransientApiError:
+        """A failure below the API; its status and headers are kept when they had arrived."""
         if isinstance(exc, TimeoutError):
             label, text = "TIMEOUT", f"no complete response within {self._timeout_s:g} s"
-        elif isinstance(exc, aiohttp.ClientPayloadError):
+        elif isinstance(exc, PayloadError):
             label, text = "PAYLOAD_ERROR", "the response body was cut short or malformed"
-        elif isinstance(exc, aiohttp.ClientConnectionError):
+        elif isinstance(exc, ConnectionFailed):
             label, text = "CONNECTION_ERROR", "the connection failed"
         else:
             label, text = "HTTP_ERROR", "the HTTP exchange failed"
         detail = _clean_message(str(exc))
         suffix = f": {type(exc).__name__}: {detail}" if detail else f": {type(exc).__name__}"
-        if resp is None:
+        status = exc.status if isinstance(exc, HttpError) else None
+        if status is None:
             return TransientApiError(f"{what}: {text}{suffix}", error_status=label)
+        assert isinstance(exc, HttpError)
         return TransientApiError(
             f"{what}: {text}{suffix}",
-            http_status=resp.status,
+            http_status=status,
             error_status=label,
-            request_id=resp.headers.get(REQUEST_ID_HEADER),
-            remaining_minute=_remaining_minute(resp.headers),
+            request_id=_request_id(None, exc.headers),
+            remaining_minute=_remaining_minute(exc.headers),
         )
 
     def _image_response(
@@ -426,20 +389,39 @@ class ApiClient:
             http_status=status,
             error_status=label,
             request_id=_request_id(doc, headers),
-            retry_after_s=_retry_after_s(headers.get("Retry-After"), self._clock),
+            retry_after_s=_retry_after_s(headers.get(RETRY_AFTER_HEADER), self._clock),
             remaining_minute=_remaining_minute(headers),
         )
 
 
-def _proxy_authorization(proxy: Proxy | None) -> str | None:
-    if proxy is None or proxy.username is None:
-        return None
-    return aiohttp.encode_basic_auth(proxy.username, proxy.password or "")
+def _origin(scheme: str, authority: str, proxy: Proxy | None) -> Origin:
+    """Where the session connects: the endpoint's bare host and port, and the proxy, if any.
+
+    The proxy's credentials ride on the CONNECT for https and on each request for http (which
+    the proxy itself receives).
+    """
+    host, port = _host_and_port(authority, 443 if scheme == "https" else 80)
+    if proxy is None:
+        return Origin(scheme, host, port)
+    proxy_host, proxy_port = _host_and_port(proxy.url.removeprefix("http://"), 80)
+    auth = None
+    if proxy.username is not None:
+        auth = basic_authorization(proxy.username, proxy.password or "")
+    return Origin(scheme, host, port, ProxyRoute(proxy_host, proxy_port, auth))
 
 
-def _certificate_error(exc: aiohttp.ClientConnectorCertificateError, what: str) -> ApiError:
+def _host_and_port(authority: str, default_port: int) -> tuple[str, int]:
+    """(`host` without IPv6 brackets, port) of `host[:port]`."""
+    if authority.startswith("["):
+        host, _, rest = authority[1:].partition("]")
+        return host, int(rest[1:]) if rest.startswith(":") else default_port
+    host, colon, port = authority.rpartition(":")
+    return (host, int(port)) if colon else (authority, default_port)
+
+
+def _certificate_error(exc: CertificateRefused, what: str) -> ApiError:
     """The server's certificate was refused: name the host and OpenSSL's reason."""
-    cause = exc.certificate_error
+    cause = exc.cause
     reason = getattr(cause, "verify_message", None) or getattr(cause, "reason", None) or cause
     advice = ""
     if getattr(cause, "verify_code", None) in _UNTRUSTED_ISSUER_CODES:
@@ -492,17 +474,20 @@ def _classify_not_found(
 def _parse_endpoint(endpoint: str) -> tuple[str, str, str]:
     """(scheme, authority on the wire, canonical host signed and sent as Host)."""
     try:
-        url = URL(endpoint)
-        port = url.explicit_port
-    except ValueError as exc:
+        url = urlsplit(endpoint)
+        port = url.port
+        raw_host = url.hostname or ""
+        if not raw_host.isascii():  # an internationalised name goes on the wire as punycode
+            raw_host = raw_host.encode("idna").decode("ascii")
+    except (ValueError, UnicodeError) as exc:
         raise ConfigError(f"api endpoint {endpoint!r} is not a valid URL") from exc
-    bare = url.path in ("", "/") and not (url.query_string or url.fragment or url.user)
-    if url.scheme not in ("http", "https") or not url.raw_host or not bare:
+    bare = url.path in ("", "/") and not (url.query or url.fragment or "@" in url.netloc)
+    if url.scheme not in ("http", "https") or not raw_host or not bare:
         raise ConfigError(
             f"api endpoint {endpoint!r} must be an http(s) origin such as "
             "https://vm.jdcloud-api.com, with no path, query or user"
         )
-    host = f"[{url.raw_host}]" if ":" in url.raw_host else url.raw_host
+    host = f"[{raw_host}]" if ":" in raw_host else raw_host
     authority = host if port is None else f"{host}:{port}"
     # As the SDK signs it: the port is part of the host unless it is 80 or 443.
     canonical = host if port in (None, 80, 443) else authority

@@ -20,7 +20,6 @@ from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp import web
 
@@ -36,6 +35,7 @@ from crawler.errors import (
     RouteNotFoundError,
     TransientApiError,
 )
+from crawler.http import ConnectionFailed, HttpSession
 from crawler.models import Target
 from crawler.signer import Signer, format_date
 from crawler.simulator import RunningSimulator, Simulator, SimulatorConfig, start_simulator
@@ -186,13 +186,13 @@ def image_doc(image_id: str = IMAGE, request_id: str = "rid-ok") -> dict[str, ob
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
+async def session() -> AsyncIterator[HttpSession]:
     async with open_session(concurrency=8) as opened:
         yield opened
 
 
 def make_client(
-    session: aiohttp.ClientSession,
+    session: HttpSession,
     url: str,
     *,
     secret_key: str = SK,
@@ -229,13 +229,24 @@ def existing(running: RunningSimulator, count: int, region: str = REGION) -> lis
 # --- the session -------------------------------------------------------------------------------
 
 
-async def test_open_session_pools_connections_for_the_concurrency() -> None:
-    async with open_session(concurrency=17) as opened:
-        connector = opened.connector
-        assert isinstance(connector, aiohttp.TCPConnector)
-        assert (connector.limit, connector.limit_per_host) == (17, 0)
-        assert isinstance(opened.cookie_jar, aiohttp.DummyCookieJar)
-        assert opened.headers["User-Agent"] == USER_AGENT
+async def test_open_session_opens_no_more_connections_than_the_concurrency() -> None:
+    in_flight: list[int] = [0]
+    most: list[int] = [0]
+
+    async def slow(request: web.Request) -> web.StreamResponse:
+        in_flight[0] += 1
+        most[0] = max(most[0], in_flight[0])
+        await asyncio.sleep(0.05)
+        in_flight[0] -= 1
+        return web.json_response(image_doc(), headers={"Set-Cookie": "a=b"})
+
+    async with open_session(concurrency=3) as opened, serve(slow) as stub:
+        assert (opened.concurrency, opened.user_agent) == (3, USER_AGENT)
+        client = make_client(opened, stub.url)
+        await asyncio.gather(*(client.describe_image(REGION, IMAGE) for _ in range(12)))
+    assert most[0] == 3
+    assert len({seen.peer_port for seen in stub.seen}) == 3  # each reused, none beyond three
+    assert all("Cookie" not in seen.headers for seen in stub.seen)
 
 
 def test_new_nonce_is_a_fresh_uuid4_string() -> None:
@@ -252,7 +263,7 @@ async def test_open_session_refuses_no_concurrency() -> None:
         open_session(concurrency=0)
 
 
-async def test_requests_reuse_one_keep_alive_connection(session: aiohttp.ClientSession) -> None:
+async def test_requests_reuse_one_keep_alive_connection(session: HttpSession) -> None:
     async with serve(json_reply(200, image_doc())) as stub:
         client = make_client(session, stub.url)
         for _ in range(5):
@@ -264,7 +275,7 @@ async def test_requests_reuse_one_keep_alive_connection(session: aiohttp.ClientS
 # --- against the simulator ---------------------------------------------------------------------
 
 
-async def test_describe_image_returns_the_image(session: aiohttp.ClientSession) -> None:
+async def test_describe_image_returns_the_image(session: HttpSession) -> None:
     async with simulate() as running:
         image_id = existing(running, 1)[0]
         client = make_client(session, running.url)
@@ -292,7 +303,7 @@ READ_AS_JSON_READS = [
 
 @pytest.mark.parametrize("body", READ_AS_JSON_READS)
 async def test_bodies_are_read_exactly_as_json_loads_reads_them(
-    session: aiohttp.ClientSession, body: bytes
+    session: HttpSession, body: bytes
 ) -> None:
     body = body.replace(b"%s", IMAGE.encode())
     expected = json.loads(body)["result"]["image"]
@@ -305,7 +316,7 @@ async def test_bodies_are_read_exactly_as_json_loads_reads_them(
     assert response.image == {"imageId": IMAGE}
 
 
-async def test_simulator_accepts_date_and_nonce_signed(session: aiohttp.ClientSession) -> None:
+async def test_simulator_accepts_date_and_nonce_signed(session: HttpSession) -> None:
     async with simulate() as running:
         image_id = existing(running, 1)[0]
         signer = Signer(AK, SK, version="JDCLOUD2")
@@ -314,7 +325,7 @@ async def test_simulator_accepts_date_and_nonce_signed(session: aiohttp.ClientSe
     assert response.image["imageId"] == image_id
 
 
-async def test_missing_image_is_image_not_found(session: aiohttp.ClientSession) -> None:
+async def test_missing_image_is_image_not_found(session: HttpSession) -> None:
     async with simulate(missing_rate=0.5) as running:
         missing = running.sim.inventory.missing[REGION][0]
         error = await image_error(make_client(session, running.url), missing)
@@ -324,7 +335,7 @@ async def test_missing_image_is_image_not_found(session: aiohttp.ClientSession) 
     assert error.request_id is not None
 
 
-async def test_wrong_secret_is_auth_error_without_secrets(session: aiohttp.ClientSession) -> None:
+async def test_wrong_secret_is_auth_error_without_secrets(session: HttpSession) -> None:
     async with simulate() as running:
         client = make_client(session, running.url, secret_key="WRONGSECRETKEY")
         error = await image_error(client)
@@ -338,7 +349,7 @@ async def test_wrong_secret_is_auth_error_without_secrets(session: aiohttp.Clien
         assert re.search(r"[0-9a-f]{64}", text) is None
 
 
-async def test_throttle_is_rate_limited_with_retry_after(session: aiohttp.ClientSession) -> None:
+async def test_throttle_is_rate_limited_with_retry_after(session: HttpSession) -> None:
     async with simulate(throttle_rate=1.0, retry_after_s=2.5) as running:
         error = await image_error(make_client(session, running.url), existing(running, 1)[0])
     assert type(error) is RateLimitedError
@@ -347,7 +358,7 @@ async def test_throttle_is_rate_limited_with_retry_after(session: aiohttp.Client
 
 
 async def test_minute_limit_reports_remaining_then_rate_limits(
-    session: aiohttp.ClientSession,
+    session: HttpSession,
 ) -> None:
     async with simulate(rate_limit_per_minute=3) as running:
         client = make_client(session, running.url)
@@ -369,7 +380,7 @@ async def test_minute_limit_reports_remaining_then_rate_limits(
     ],
 )
 async def test_server_faults_are_transient(
-    session: aiohttp.ClientSession, settings: dict[str, float], status: int, error_status: str
+    session: HttpSession, settings: dict[str, float], status: int, error_status: str
 ) -> None:
     async with simulate(**settings) as running:
         error = await image_error(make_client(session, running.url), existing(running, 1)[0])
@@ -378,7 +389,7 @@ async def test_server_faults_are_transient(
     assert error.request_id is not None
 
 
-async def test_describe_images_by_ids_skips_missing(session: aiohttp.ClientSession) -> None:
+async def test_describe_images_by_ids_skips_missing(session: HttpSession) -> None:
     async with simulate(missing_rate=0.5) as running:
         wanted = [*existing(running, 3), running.sim.inventory.missing[REGION][0]]
         page = await make_client(session, running.url).describe_images(REGION, ids=wanted)
@@ -389,7 +400,7 @@ async def test_describe_images_by_ids_skips_missing(session: aiohttp.ClientSessi
     assert all(served[Target(REGION, image_id)] == 1 for image_id in wanted)
 
 
-async def test_describe_images_pages_through_a_source(session: aiohttp.ClientSession) -> None:
+async def test_describe_images_pages_through_a_source(session: HttpSession) -> None:
     async with simulate() as running:
         client = make_client(session, running.url)
         public = [i for i in running.sim.inventory.images[REGION] if i["imageSource"] == "public"]
@@ -404,7 +415,7 @@ async def test_describe_images_pages_through_a_source(session: aiohttp.ClientSes
 
 
 async def test_describe_images_refused_parameter_is_permanent(
-    session: aiohttp.ClientSession,
+    session: HttpSession,
 ) -> None:
     async with simulate() as running:
         client = make_client(session, running.url)
@@ -419,7 +430,7 @@ async def test_describe_images_refused_parameter_is_permanent(
 
 
 async def test_request_is_signed_for_the_host_it_is_sent_to(
-    session: aiohttp.ClientSession,
+    session: HttpSession,
 ) -> None:
     async with serve(json_reply(200, image_doc())) as stub:
         client = make_client(session, stub.url, clock=lambda: FIXED_AT, nonce=lambda: FIXED_NONCE)
@@ -447,7 +458,7 @@ def verify(seen: Seen, secret_key: str = SK) -> str | None:
     )
 
 
-async def test_describe_images_query_is_built_and_signed(session: aiohttp.ClientSession) -> None:
+async def test_describe_images_query_is_built_and_signed(session: HttpSession) -> None:
     doc = {"requestId": "r", "result": {"images": [], "totalCount": 0}}
     async with serve(json_reply(200, doc)) as stub:
         client = make_client(session, stub.url)
@@ -485,7 +496,7 @@ async def test_describe_images_query_is_built_and_signed(session: aiohttp.Client
     ],
 )
 async def test_invalid_arguments_are_refused_before_sending(
-    session: aiohttp.ClientSession, call: dict[str, Any]
+    session: HttpSession, call: dict[str, Any]
 ) -> None:
     async with serve(json_reply(200, image_doc())) as stub:
         client = make_client(session, stub.url)
@@ -510,9 +521,7 @@ async def test_invalid_arguments_are_refused_before_sending(
         "http://127.0.0.1:99999",
     ],
 )
-async def test_endpoint_must_be_a_bare_origin(
-    session: aiohttp.ClientSession, endpoint: str
-) -> None:
+async def test_endpoint_must_be_a_bare_origin(session: HttpSession, endpoint: str) -> None:
     with pytest.raises(ConfigError, match="endpoint"):
         make_client(session, endpoint)
 
@@ -678,7 +687,7 @@ CLASSIFIED = [
 
 @pytest.mark.parametrize(("handler", "cls", "status", "error_status"), CLASSIFIED)
 async def test_responses_are_classified(
-    session: aiohttp.ClientSession,
+    session: HttpSession,
     handler: Handler,
     cls: type[ApiError],
     status: int,
@@ -691,7 +700,7 @@ async def test_responses_are_classified(
     assert f"describeImage {REGION}/{IMAGE}" in error.message
 
 
-async def test_auth_error_names_the_gateway_message(session: aiohttp.ClientSession) -> None:
+async def test_auth_error_names_the_gateway_message(session: HttpSession) -> None:
     handler = json_reply(403, envelope(403, "HTTP_FORBIDDEN", "api is disabled"))
     async with serve(handler) as stub:
         error = await image_error(make_client(session, stub.url))
@@ -701,7 +710,7 @@ async def test_auth_error_names_the_gateway_message(session: aiohttp.ClientSessi
 
 
 async def test_the_session_token_is_sent_signed_and_never_echoed(
-    session: aiohttp.ClientSession,
+    session: HttpSession,
 ) -> None:
     token = "sts/" + "Zm9v+" * 80 + "=="  # long: a cut message must not keep a piece of it
     handler = json_reply(401, envelope(401, "ACCESS_ERROR", f"token {token} expired"))
@@ -718,7 +727,7 @@ async def test_the_session_token_is_sent_signed_and_never_echoed(
     assert "Zm9v+Zm9v" not in error.message and "[redacted]" in error.message
 
 
-async def test_gateway_message_is_cleaned(session: aiohttp.ClientSession) -> None:
+async def test_gateway_message_is_cleaned(session: HttpSession) -> None:
     echoed = "bad Signature=" + "ab" * 32 + ", key " + "c" * 40 + "\nnext line " + "x" * 500
     async with serve(json_reply(400, envelope(400, "INVALID_ARGUMENT", echoed))) as stub:
         error = await image_error(make_client(session, stub.url))
@@ -728,7 +737,7 @@ async def test_gateway_message_is_cleaned(session: aiohttp.ClientSession) -> Non
     assert len(error.message) < 500
 
 
-async def test_describe_images_404_is_not_image_not_found(session: aiohttp.ClientSession) -> None:
+async def test_describe_images_404_is_not_image_not_found(session: HttpSession) -> None:
     async with serve(json_reply(404, envelope(404, "NOT_FOUND", "region gone"))) as stub:
         with pytest.raises(PermanentApiError) as caught:
             await make_client(session, stub.url).describe_images(REGION, ids=[IMAGE])
@@ -743,7 +752,7 @@ async def test_describe_images_404_is_not_image_not_found(session: aiohttp.Clien
     ],
 )
 async def test_describe_images_tolerates_null_list_and_no_total(
-    session: aiohttp.ClientSession, result: dict[str, Any], images: list[Any], total: int
+    session: HttpSession, result: dict[str, Any], images: list[Any], total: int
 ) -> None:
     async with serve(json_reply(200, {"requestId": "r", "result": result})) as stub:
         page = await make_client(session, stub.url).describe_images(REGION, ids=[IMAGE])
@@ -754,9 +763,7 @@ async def test_describe_images_tolerates_null_list_and_no_total(
     "result",
     [None, {"images": {}}, {"images": ["img-a"]}, {"images": [], "totalCount": "3"}],
 )
-async def test_describe_images_bad_result_is_bad_body(
-    session: aiohttp.ClientSession, result: object
-) -> None:
+async def test_describe_images_bad_result_is_bad_body(session: HttpSession, result: object) -> None:
     async with serve(json_reply(200, {"requestId": "r", "result": result})) as stub:
         with pytest.raises(TransientApiError) as caught:
             await make_client(session, stub.url).describe_images(REGION, ids=[IMAGE])
@@ -766,7 +773,7 @@ async def test_describe_images_bad_result_is_bad_body(
 # --- request ids, Retry-After, remaining-minute ------------------------------------------------
 
 
-async def test_request_id_falls_back_to_the_header(session: aiohttp.ClientSession) -> None:
+async def test_request_id_falls_back_to_the_header(session: HttpSession) -> None:
     no_id = envelope(404, "NOT_FOUND", "gone", request_id=None)
     handler = json_reply(404, no_id, **{"x-jdcloud-request-id": "rid-header"})
     async with serve(handler) as stub:
@@ -774,7 +781,7 @@ async def test_request_id_falls_back_to_the_header(session: aiohttp.ClientSessio
     assert error.request_id == "rid-header"
 
 
-async def test_body_request_id_wins_over_the_header(session: aiohttp.ClientSession) -> None:
+async def test_body_request_id_wins_over_the_header(session: HttpSession) -> None:
     handler = json_reply(200, image_doc(request_id="rid-body"), **{"x-jdcloud-request-id": "h"})
     async with serve(handler) as stub:
         response = await make_client(session, stub.url).describe_image(REGION, IMAGE)
@@ -782,7 +789,7 @@ async def test_body_request_id_wins_over_the_header(session: aiohttp.ClientSessi
 
 
 async def test_success_without_body_request_id_uses_the_header(
-    session: aiohttp.ClientSession,
+    session: HttpSession,
 ) -> None:
     doc = {"result": {"image": {"imageId": IMAGE}}}
     headers = {"x-jdcloud-request-id": "rid-header", "x-jdcloud-remaining-minute": "998"}
@@ -803,7 +810,7 @@ async def test_success_without_body_request_id_uses_the_header(
     ],
 )
 async def test_retry_after_is_read_as_seconds_or_a_date(
-    session: aiohttp.ClientSession, retry_after: str, expected_s: float | None
+    session: HttpSession, retry_after: str, expected_s: float | None
 ) -> None:
     limited = envelope(429, "HTTP_RATE_LIMIT_EXCEEDED", "minute rate limit exceeded")
     headers = {"Retry-After": retry_after, "x-jdcloud-remaining-minute": "0"}
@@ -814,7 +821,7 @@ async def test_retry_after_is_read_as_seconds_or_a_date(
     assert error.remaining_minute == 0
 
 
-async def test_unreadable_remaining_minute_is_none(session: aiohttp.ClientSession) -> None:
+async def test_unreadable_remaining_minute_is_none(session: HttpSession) -> None:
     handler = json_reply(200, image_doc(), **{"x-jdcloud-remaining-minute": "lots"})
     async with serve(handler) as stub:
         response = await make_client(session, stub.url).describe_image(REGION, IMAGE)
@@ -843,7 +850,7 @@ def chunked_reply(body: bytes) -> Handler:
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
 @pytest.mark.parametrize(("slack", "fits"), [(0, True), (-1, False)], ids=["at-cap", "over-cap"])
 async def test_body_size_cap_is_exact(
-    session: aiohttp.ClientSession, chunked: bool, slack: int, fits: bool
+    session: HttpSession, chunked: bool, slack: int, fits: bool
 ) -> None:
     handler = chunked_reply(BODY) if chunked else raw_reply(200, BODY, "application/json")
     async with serve(handler) as stub:
@@ -856,7 +863,7 @@ async def test_body_size_cap_is_exact(
     assert (error.http_status, error.error_status) == (200, "RESPONSE_TOO_LARGE")
 
 
-async def test_endless_stream_is_cut_off_early(session: aiohttp.ClientSession) -> None:
+async def test_endless_stream_is_cut_off_early(session: HttpSession) -> None:
     total = 50 * MIB
     sent: list[int] = []
     finished = asyncio.Event()
@@ -885,7 +892,7 @@ async def test_endless_stream_is_cut_off_early(session: aiohttp.ClientSession) -
     assert sent[0] < total // 2
 
 
-async def test_declared_huge_body_is_refused_unread(session: aiohttp.ClientSession) -> None:
+async def test_declared_huge_body_is_refused_unread(session: HttpSession) -> None:
     head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000000000000\r\n"
     reply = head + b"x-jdcloud-request-id: rid-huge\r\n\r\n" + BODY
     async with serve_raw(reply, hold_open=True) as url:
@@ -897,7 +904,7 @@ async def test_declared_huge_body_is_refused_unread(session: aiohttp.ClientSessi
 
 @pytest.mark.parametrize(("size", "fits"), [(1000, True), (2 * MIB, False)])
 async def test_compressed_body_is_capped_after_inflating(
-    session: aiohttp.ClientSession, size: int, fits: bool
+    session: HttpSession, size: int, fits: bool
 ) -> None:
     doc = image_doc()
     doc["padding"] = "a" * size
@@ -915,7 +922,7 @@ async def test_compressed_body_is_capped_after_inflating(
 # --- transport failures ------------------------------------------------------------------------
 
 
-async def test_truncated_body_is_transient(session: aiohttp.ClientSession) -> None:
+async def test_truncated_body_is_transient(session: HttpSession) -> None:
     head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 500\r\n"
     async with serve_raw(head + b"x-jdcloud-request-id: rid-cut\r\n\r\n" + BODY[:20]) as url:
         error = await image_error(make_client(session, url))
@@ -924,14 +931,14 @@ async def test_truncated_body_is_transient(session: aiohttp.ClientSession) -> No
     assert error.request_id == "rid-cut"
 
 
-async def test_server_hanging_up_is_transient(session: aiohttp.ClientSession) -> None:
+async def test_server_hanging_up_is_transient(session: HttpSession) -> None:
     async with serve_raw(b"") as url:
         error = await image_error(make_client(session, url))
     assert type(error) is TransientApiError
     assert (error.http_status, error.error_status) == (None, "CONNECTION_ERROR")
 
 
-async def test_slow_server_times_out(session: aiohttp.ClientSession) -> None:
+async def test_slow_server_times_out(session: HttpSession) -> None:
     async def slow(request: web.Request) -> web.StreamResponse:
         await asyncio.sleep(60)
         return web.Response()
@@ -950,17 +957,17 @@ def closed_port() -> int:
     return port
 
 
-async def test_connection_refused_is_transient(session: aiohttp.ClientSession) -> None:
+async def test_connection_refused_is_transient(session: HttpSession) -> None:
     client = make_client(session, f"http://127.0.0.1:{closed_port()}")
     error = await image_error(client)
     assert type(error) is TransientApiError
     assert (error.http_status, error.error_status) == (None, "CONNECTION_ERROR")
-    assert isinstance(error.__cause__, aiohttp.ClientConnectionError)
+    assert isinstance(error.__cause__, ConnectionFailed)
     assert client.requests_sent == 1
 
 
 async def test_undecodable_header_bytes_never_reach_a_stored_text(
-    session: aiohttp.ClientSession,
+    session: HttpSession,
 ) -> None:
     """A request id header with bytes that are not UTF-8 arrives as surrogates: scrubbed."""
 

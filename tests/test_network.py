@@ -252,7 +252,7 @@ def test_the_tls_context_always_verifies(tls_files: TlsFiles) -> None:
 
 
 def test_without_extra_certificates_the_http_clients_verifying_default_serves() -> None:
-    # aiohttp's own default context then verifies against the system's certificates:
+    # crawler.http's default context then verifies against the system's certificates:
     # test_an_untrusted_certificate_ends_the_run_at_once_with_exit_3 sees it refuse one.
     assert tls_context(ApiConfig(), {"SSL_CERT_FILE": " "}) is None
 
