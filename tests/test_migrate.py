@@ -61,7 +61,7 @@ def test_upgrade_creates_every_table_column_index_and_view(tmp_path: Path) -> No
     try:
         inspector = inspect(engine)
         assert set(inspector.get_table_names()) == {*schema.metadata.tables, "alembic_version"}
-        for table in schema.metadata.sorted_tables:
+        for table in schema.metadata_for("sqlite").sorted_tables:
             columns = [column["name"] for column in inspector.get_columns(table.name)]
             assert columns == list(table.c.keys())
             indexes = {index["name"] for index in inspector.get_indexes(table.name)}
@@ -300,3 +300,74 @@ def test_a_database_behind_the_known_head_is_upgraded_through_alembic(tmp_path: 
         connection.execute("UPDATE alembic_version SET version_num = 'not-a-revision'")
     with pytest.raises(StoreError, match="not-a-revision, which this crawler does not know"):
         migrate.upgrade(url(path))
+
+
+# --- 0006: SQLite's crawl_results keeps its finish time as microseconds ---------------------------
+
+FINISH_TIMES = (
+    "2024-01-02 03:04:05.000000",
+    "2024-01-02 03:04:05.123456",
+    "1999-12-31 23:59:59.999999",
+    "2026-12-01 14:30:00.000001",
+)
+RESULTS = "SELECT image_id, finished_at, datetime(finished_at) FROM crawl_results ORDER BY image_id"
+
+
+def at_0005_with_results(path: Path, times: tuple[str, ...] = FINISH_TIMES) -> None:
+    """A database at 0005 whose crawl_results hold `times` as text, as that release wrote them."""
+    migrate.upgrade(url(path))
+    migrate.downgrade(url(path), "0005")
+    with closing(sqlite3.connect(path)) as connection, connection:
+        connection.execute(
+            "INSERT INTO crawl_runs (started_at, status) VALUES ('2024-01-02 03:04:05.000000',"
+            " 'failed')"
+        )
+        connection.executemany(
+            "INSERT INTO crawl_results (run_id, region_id, image_id, outcome, attempts,"
+            " request_id, finished_at) VALUES (1, 'cn-north-1', ?, 'failed', 3, 'req', ?)",
+            [(f"img-{n}", finished) for n, finished in enumerate(times)],
+        )
+
+
+def test_0006_keeps_every_finish_time_to_the_microsecond_and_back(tmp_path: Path) -> None:
+    path = tmp_path / "inventory.db"
+    at_0005_with_results(path)
+    before = query(path, RESULTS)
+    assert [row[1] for row in before] == list(FINISH_TIMES)
+    views = objects(path, "view")
+    failures = query(path, "SELECT * FROM latest_run_failures ORDER BY image_id")
+    assert len(failures) == len(FINISH_TIMES)
+
+    migrate.upgrade(url(path))
+    assert query(path, RESULTS) == before  # the text, and datetime() of it, as they were
+    stored = query(path, "SELECT finished_us FROM crawl_results ORDER BY image_id")
+    assert stored[1] == (1704164645123456,)  # 2024-01-02 03:04:05.123456 UTC
+    assert query(path, "SELECT * FROM latest_run_failures ORDER BY image_id") == failures
+    assert objects(path, "view") == views
+    sql = query(path, "SELECT sql FROM sqlite_master WHERE name = 'crawl_results'")[0][0]
+    assert isinstance(sql, str) and sql.rstrip().endswith("WITHOUT ROWID")
+    with closing(sqlite3.connect(path)) as connection, connection:  # the run's cascade is kept
+        connection.execute("PRAGMA foreign_keys = ON")
+        connection.execute("DELETE FROM crawl_runs")
+    assert query(path, RESULTS) == []
+
+
+def test_0006_downgrade_gives_the_text_back(tmp_path: Path) -> None:
+    path = tmp_path / "inventory.db"
+    at_0005_with_results(path)
+    before = query(path, RESULTS)
+    migrate.upgrade(url(path))
+    migrate.downgrade(url(path), "0005")
+    assert query(path, RESULTS) == before
+    columns = [row[1] for row in query(path, "PRAGMA table_xinfo(crawl_results)")]
+    assert "finished_us" not in columns
+
+
+def test_0006_refuses_a_finish_time_it_would_read_back_differently(tmp_path: Path) -> None:
+    path = tmp_path / "inventory.db"
+    at_0005_with_results(path, ("2024-01-02 03:04:05.123456", "2024-01-02T03:04:05Z"))
+    before = query(path, RESULTS)
+    with pytest.raises(StoreError, match=r"img-1: finished_at '2024-01-02T03:04:05Z' would read"):
+        migrate.upgrade(url(path))
+    assert migrate.current_revision(url(path)) == "0005"
+    assert query(path, RESULTS) == before

@@ -89,7 +89,7 @@ def test_migrations_and_table_definitions_agree(db_path: Path) -> None:
     try:
         with engine.connect() as connection:
             context = MigrationContext.configure(connection, opts={"compare_type": True})
-            assert compare_metadata(context, schema.metadata) == []
+            assert compare_metadata(context, schema.metadata_for("sqlite")) == []
     finally:
         engine.dispose()
 
@@ -146,7 +146,7 @@ def result(db: sqlite3.Connection, run_id: int, image_id: str, outcome: str) -> 
         image_id=image_id,
         outcome=outcome,
         attempts=1,
-        finished_at="2024-01-02 03:04:06.000000",
+        finished_us=1704164646000000,  # 2024-01-02 03:04:06 UTC (SQLite stores microseconds)
     )
 
 
@@ -298,3 +298,8 @@ def test_images_not_ready_leaves_out_missing_images(db: sqlite3.Connection) -> N
         ("img-a",),
         ("img-b",),
     ]
+
+
+def test_sqlite_generates_finished_at_as_the_table_definition_says(db: sqlite3.Connection) -> None:
+    (sql,) = db.execute("SELECT sql FROM sqlite_master WHERE name = 'crawl_results'").fetchone()
+    assert f"GENERATED ALWAYS AS ({schema.FINISHED_AT_FROM_US}) VIRTUAL" in sql

@@ -153,11 +153,12 @@ def query(url: str, sql: str, **params: Any) -> list[tuple[Any, ...]]:
 
 
 def dump(url: str, table: str, *, timestamps: bool = False) -> list[tuple[Any, ...]]:
-    """Every row of `table`, sorted; without the `*_at` columns unless `timestamps`."""
+    """Every row of `table`, sorted; without the `*_at` columns (and SQLite's `finished_us`, the
+    time `crawl_results.finished_at` is generated from) unless `timestamps`."""
     engine = engine_of(url)
     try:
         columns = [column["name"] for column in inspect(engine).get_columns(table)]
-        kept = [c for c in columns if timestamps or not c.endswith("_at")]
+        kept = [c for c in columns if timestamps or not c.endswith(("_at", "_us"))]
         with engine.connect() as conn:
             rows = [
                 tuple(row) for row in conn.execute(text(f"SELECT {', '.join(kept)} FROM {table}"))
@@ -296,6 +297,30 @@ async def test_rewriting_the_same_image_changes_nothing_but_timestamps(
     assert again["last_seen_at"] == "2024-05-01 08:02:00.000000"
 
 
+async def test_a_results_finish_time_reads_back_to_the_microsecond(
+    store: Store, inventory: Inventory, db_url: str
+) -> None:
+    # SQLite stores it as integer microseconds, `finished_at` generated from them (0006);
+    # PostgreSQL as the text itself. Either way it reads as the ledger's other timestamps do.
+    region, image = rich_image(inventory)
+    gone = Target(region, "img-gone000000")
+    times = {
+        image["imageId"]: START + timedelta(microseconds=123_456),
+        gone.image_id: datetime(1999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),
+    }
+    run_id = await store.create_run([target_of(region, image), gone], strategy="single")
+    results = [fetched(region, image, times[image["imageId"]]), missing(gone, times[gone.image_id])]
+    await store.write_results(run_id, results)
+    found = dict(query(db_url, "SELECT image_id, finished_at FROM crawl_results"))
+    assert found == {
+        image["imageId"]: "2024-05-01 08:00:00.123456",
+        gone.image_id: "1999-12-31 23:59:59.999999",
+    }
+    if db_url.startswith("sqlite"):  # the instant, by SQLite's own date functions
+        instants = query(db_url, "SELECT datetime(finished_at) FROM crawl_results ORDER BY 1")
+        assert instants == [("1999-12-31 23:59:59",), ("2024-05-01 08:00:00",)]
+
+
 async def test_an_unchanged_image_writes_no_version_and_keeps_its_children(
     store: Store, inventory: Inventory, db_url: str
 ) -> None:
@@ -381,6 +406,75 @@ async def test_a_rewrite_replaces_the_children(
 
     await store.write_results(run_id, [fetched(region, variant(image, 3), at(3))])
     assert [count(db_url, table, target) for table in CHILD_TABLES] == [4, 3, 6]
+
+
+def stored_children(url: str, target: Target) -> dict[str, set[tuple[Any, ...]]]:
+    """Each child table's rows of `target`'s image, every column (by name, sorted)."""
+    found = {}
+    for table in CHILD_TABLES:
+        rows = query(url, f"SELECT * FROM {table} WHERE region_id = :r AND image_id = :i",
+                     r=target.region_id, i=target.image_id)  # fmt: skip
+        names = [c["name"] for c in inspect(engine_of(url)).get_columns(table)]
+        found[table] = {tuple(sorted(zip(names, row, strict=True))) for row in rows}
+    return found
+
+
+def rowids(url: str, table: str, key: str) -> dict[tuple[Any, ...], int]:
+    """SQLite's rowid of each row of `table` by `key` (its columns, comma-separated)."""
+    return {tuple(row[1:]): row[0] for row in query(url, f"SELECT rowid, {key} FROM {table}")}
+
+
+async def test_a_changed_images_children_are_rewritten_in_place(
+    store: Store, inventory: Inventory, db_url: str
+) -> None:
+    region, image = rich_image(inventory)
+    target = target_of(region, image)
+    edited = json.loads(json.dumps(image))
+    disks = [d for d in edited["dataDisks"] if isinstance(d.get("cloudDisk"), dict)]
+    assert len(disks) >= 2 and any(d["cloudDisk"].get("tags") for d in disks)
+    disks[0]["cloudDisk"]["diskType"] = "edited.type"  # a row changed in place
+    tagged = next(d["cloudDisk"] for d in disks if d["cloudDisk"].get("tags"))
+    tagged["tags"] = [{**tagged["tags"][0], "value": "edited"}, {"key": "new", "value": "tag"}]
+    attached = next((d["cloudDisk"] for d in disks if d["cloudDisk"].get("attachments")), None)
+    if attached is not None:
+        attached["attachments"] = []  # rows gone
+    edited["dataDisks"] = edited["dataDisks"][:-1]  # a disk gone, with its attachments and tags
+    keys = {
+        "disks": "image_id, slot, position",
+        "attachments": "image_id, slot, position, seq",
+        "tags": "image_id, slot, position, key",
+    }
+    # Another image written after it, so that its rows are not the last of their tables (a
+    # re-inserted row would get its old rowid back then).
+    other_region, other = max(
+        (pair for pair in existing(inventory) if pair[1]["imageId"] != image["imageId"]),
+        key=lambda pair: len(normalised(*pair).disks),
+    )
+    other_target = target_of(other_region, other)
+
+    run_id = await store.create_run([target, other_target], strategy="single")
+    await store.write_results(run_id, [fetched(region, image, at(1))])
+    await store.write_results(run_id, [fetched(other_region, other, at(1))])
+    on_sqlite = db_url.startswith("sqlite")
+    before = {table: rowids(db_url, table, key) for table, key in keys.items()} if on_sqlite else {}
+    second = await store.create_run([target], strategy="single")
+    await store.write_results(second, [fetched(region, edited, at(2))])
+
+    expected = normalised(region, edited)
+    assert stored_children(db_url, target) == {
+        table: {tuple(sorted(row.items())) for row in getattr(expected, table)}
+        for table in CHILD_TABLES
+    }
+    assert stored_children(db_url, target) != {
+        table: {tuple(sorted(row.items())) for row in getattr(normalised(region, image), table)}
+        for table in CHILD_TABLES
+    }  # the edit really changed children
+    if on_sqlite:  # a row whose key stays keeps its place (its rowid)
+        for table, key in keys.items():
+            after = rowids(db_url, table, key)
+            kept = after.keys() & before[table].keys()
+            assert kept, table
+            assert {k: after[k] for k in kept} == {k: before[table][k] for k in kept}, table
 
 
 async def test_missing_marks_at_the_end_of_the_run_without_deleting_and_a_fetch_clears_it(

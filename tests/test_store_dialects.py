@@ -30,6 +30,7 @@ from test_store import (
     target_of,
 )
 
+from crawler import schema
 from crawler.errors import StoreError
 from crawler.models import RunStatus, Target
 from crawler.simulator.inventory import Inventory, build_inventory
@@ -49,10 +50,13 @@ def inventory() -> Inventory:
 
 
 def dump(url: str, table: str) -> list[tuple[Any, ...]]:
-    """Every row of `table` as plain values, sorted; JSON parsed, whatever its column type."""
+    """Every row of `table` as plain values, sorted; JSON parsed, whatever its column type.
+    The columns are those both databases have: SQLite's `crawl_results.finished_us` is how it
+    stores `finished_at` (compared as read), not a column of PostgreSQL's."""
     engine = create_engine(sync_url(url), poolclass=NullPool)
     try:
         columns = [column["name"] for column in inspect(engine).get_columns(table)]
+        columns = [name for name in columns if name in schema.metadata.tables[table].c]
         with engine.connect() as conn:
             rows = conn.execute(text(f"SELECT {', '.join(columns)} FROM {table}")).all()
     finally:

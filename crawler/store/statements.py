@@ -11,6 +11,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ClauseElement, bindparam, delete, insert, update
@@ -21,6 +22,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from crawler import schema
 from crawler.models import Row
 from crawler.store.dialects import Dialect
+from crawler.store.timestamps import format_utc, utc_micros
 
 _IMAGE_KEY = ("region_id", "image_id")
 _TARGET_KEY = ("run_id", "region_id", "image_id")
@@ -34,6 +36,12 @@ VERSION_PARAMS = (
     "region_id", "image_id", "version", "valid_from_run", "valid_to_run", "status",
     "content_hash", "content", "recorded_at",
 )  # fmt: skip
+# Each child table's own key (its primary key), in the order its delete statement takes it.
+CHILD_KEYS: dict[str, tuple[str, ...]] = {
+    "disks": ("region_id", "image_id", "slot", "position"),
+    "attachments": ("region_id", "image_id", "slot", "position", "seq"),
+    "tags": ("region_id", "image_id", "slot", "position", "key"),
+}
 # The images upsert ends with the store's own columns and raw; the normaliser's columns before.
 IMAGE_TAIL_PARAMS = (
     "first_seen_at", "last_seen_at", "last_run_id", "missing_since", "raw", "raw_digest",
@@ -108,8 +116,17 @@ def _image_upsert(dialect: Dialect) -> ClauseElement:
     return dialect.upsert(schema.images, _IMAGE_KEY, kept=("first_seen_at",))
 
 
-def _result_upsert(dialect: Dialect) -> ClauseElement:
-    return dialect.upsert(schema.crawl_results, ("run_id", "region_id", "image_id"))
+def _result_upsert(dialect: Dialect, dialect_name: str) -> ClauseElement:
+    # The table as this database stores it: on SQLite its finish time is `finished_us`, and the
+    # generated `finished_at` is neither inserted nor updated.
+    table = schema.results_table(dialect_name)
+    stored: dict[str, Any] = {c.name: bindparam(c.name) for c in table.c if c.computed is None}
+    return dialect.upsert(table, ("run_id", "region_id", "image_id")).values(stored)
+
+
+def _child_delete(kind: str) -> ClauseElement:
+    table = schema.metadata.tables[kind]
+    return delete(table).where(*_key_match(table, CHILD_KEYS[kind]))
 
 
 def _image_touch() -> ClauseElement:
@@ -152,16 +169,26 @@ class _WriteStatements:
     """The statements `write_results` runs, compiled for one dialect."""
 
     image_upsert: _Statement
-    image_children_delete: _Statement
     disk_insert: _Statement
     attachment_insert: _Statement
     tag_insert: _Statement
+    # A changed image's children are rewritten in place (`crawler.store.writer`): upserted by
+    # their own key, and those whose key is gone deleted by it (CHILD_KEYS' order).
+    disk_upsert: _Statement
+    attachment_upsert: _Statement
+    tag_upsert: _Statement
+    disk_delete: _Statement
+    attachment_delete: _Statement
+    tag_delete: _Statement
     image_touch: _Statement
     image_refresh: _Statement
     version_insert: _Statement
     version_close: _Statement
     version_delete: _Statement
     result_upsert: _Statement
+    # A result's finish time as `result_upsert` takes it (`format_utc`, or `utc_micros` where
+    # the database stores microseconds: `crawler.schema.results_table`).
+    result_time: Callable[[datetime], Any]
     target_insert: _Statement
     # The images upsert's parameters before IMAGE_TAIL_PARAMS, from a normalised images row.
     image_head: tuple[str, ...]
@@ -187,11 +214,17 @@ class _WriteStatements:
         image_head = image_upsert.names[: -len(IMAGE_TAIL_PARAMS)]
         statements = cls(
             image_upsert=image_upsert,
-            # Deleting the disks cascades to their attachments and tags (foreign_keys=ON).
-            image_children_delete=build(delete(disks).where(*_key_match(disks, _IMAGE_KEY))),
             disk_insert=build(insert(disks)),
             attachment_insert=build(insert(schema.attachments)),
             tag_insert=build(insert(schema.tags)),
+            disk_upsert=build(store_dialect.upsert(disks, CHILD_KEYS["disks"])),
+            attachment_upsert=build(
+                store_dialect.upsert(schema.attachments, CHILD_KEYS["attachments"])
+            ),
+            tag_upsert=build(store_dialect.upsert(schema.tags, CHILD_KEYS["tags"])),
+            disk_delete=build(_child_delete("disks")),
+            attachment_delete=build(_child_delete("attachments")),
+            tag_delete=build(_child_delete("tags")),
             image_touch=build(_image_touch()),
             image_refresh=build(_image_refresh()),
             version_insert=build(insert(versions)),
@@ -199,7 +232,10 @@ class _WriteStatements:
             version_delete=build(
                 delete(versions).where(*_key_match(versions, (*_IMAGE_KEY, "version")))
             ),
-            result_upsert=build(_result_upsert(store_dialect)),
+            result_upsert=build(_result_upsert(store_dialect, dialect.name)),
+            result_time=(
+                utc_micros if "finished_us" in schema.results_table(dialect.name).c else format_utc
+            ),
             target_insert=build(
                 store_dialect.insert_or_ignore(schema.crawl_targets, _TARGET_KEY).values(
                     {name: bindparam(name) for name in _TARGET_KEY}
@@ -210,7 +246,6 @@ class _WriteStatements:
             dialect=dialect,
         )
         # These two take plain key tuples rather than rows: the order must be as written here.
-        assert statements.image_children_delete.names == ("k_region_id", "k_image_id")
         assert statements.target_insert.names == ("run_id", "region_id", "image_id")
         assert statements.image_touch.names == ("k_at", "k_run_id", "k_region_id", "k_image_id")
         assert statements.image_refresh.names == (
@@ -228,7 +263,14 @@ class _WriteStatements:
             "k_version",
         )
         assert statements.version_delete.names == ("k_region_id", "k_image_id", "k_version")
-        assert statements.result_upsert.names == RESULT_PARAMS
+        for kind, statement in (
+            ("disks", statements.disk_delete),
+            ("attachments", statements.attachment_delete),
+            ("tags", statements.tag_delete),
+        ):
+            assert statement.names == tuple(f"k_{name}" for name in CHILD_KEYS[kind])
+        assert statements.result_upsert.names[:-1] == RESULT_PARAMS[:-1]
+        assert statements.result_upsert.names[-1] in (RESULT_PARAMS[-1], "finished_us")
         assert statements.version_insert.names == VERSION_PARAMS
         assert image_upsert.names[-len(IMAGE_TAIL_PARAMS) :] == IMAGE_TAIL_PARAMS
         return statements

@@ -6,7 +6,10 @@ every backend keeps `crawl_runs` and `images` comparable by hand in any SQL shel
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
 
 def utc_now() -> datetime:
@@ -24,6 +27,14 @@ def format_utc(at: datetime) -> str:
     if at.tzinfo is not None:
         at = at.astimezone(UTC).replace(tzinfo=None)
     return at.isoformat(" ", "microseconds")
+
+
+def utc_micros(at: datetime) -> int:
+    """`at` as integer microseconds since the Unix epoch, exactly (SQLite's `crawl_results`
+    stores its finish time so: `crawler.schema.sqlite_crawl_results`). Naive is taken as UTC."""
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=UTC)
+    return (at - _EPOCH) // _MICROSECOND
 
 
 def parse_utc(text: str | None) -> datetime | None:

@@ -16,14 +16,17 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from crawler import schema
 from crawler.models import FetchedImage, ImageRows, Outcome, TargetResult, VersionStatus
-from crawler.store.statements import _Statement, _WriteStatements
+from crawler.store.statements import CHILD_KEYS, _Statement, _WriteStatements
 from crawler.store.timestamps import format_utc
 from crawler.store.versions import ImageKey, current_versions, plan_versions
 
@@ -38,7 +41,7 @@ class _Batch:
 
     statements: _WriteStatements
     run_id: int
-    # Fetched images by their rows' own key, so that the children deleted are exactly those
+    # Fetched images by their rows' own key, so that the children rewritten are exactly those
     # of the images row upserted, and an image given twice is written once. Rows not built yet
     # are a FetchedImage until `record_versions` decides. The fetch's time (as stored) is kept
     # apart, in `seen_at`: a (rows, time) pair per image would be one more object kept alive
@@ -50,7 +53,8 @@ class _Batch:
     results: dict[ImageKey, tuple[Any, ...]] = field(default_factory=dict)
     # The results of the images whose rows are not built yet, by the images' key.
     outcomes: dict[ImageKey, TargetResult] = field(default_factory=dict)
-    # The fetched images stored before (they have a current version), whose old children go.
+    # The fetched images stored before (they have a current version): their children are
+    # rewritten in place (`rewrite_children`).
     stored: list[ImageKey] = field(default_factory=list)
 
     @classmethod
@@ -77,7 +81,9 @@ class _Batch:
                 key = (rows.image["region_id"], rows.image["image_id"])
             self.fetched[key] = rows
             self.seen_at[key] = at
-        self.results[(target.region_id, target.image_id)] = _result_params(self.run_id, result, at)
+        self.results[(target.region_id, target.image_id)] = _result_params(
+            self.run_id, result, self.statements.result_time(result.finished_at)
+        )
 
     def image_params(self) -> list[tuple[Any, ...]]:
         """The images rows, with the store's bookkeeping columns."""
@@ -98,17 +104,21 @@ class _Batch:
         return params
 
     def children(self, statement: _Statement, kind: str) -> list[tuple[Any, ...]]:
-        """The `disks`, `attachments` or `tags` rows of every fetched image."""
-        return statement.rows(
-            [row for rows in self.fetched.values() for row in getattr(rows, kind)]
-        )
+        """The `disks`, `attachments` or `tags` rows of every fetched image not stored before."""
+        if self.stored:
+            stored = set(self.stored)
+            images = [rows for key, rows in self.fetched.items() if key not in stored]
+        else:  # a first crawl's batch
+            images = list(self.fetched.values())
+        return statement.rows([row for rows in images for row in getattr(rows, kind)])
 
     async def write(self, conn: AsyncConnection) -> None:
-        """Parents before children; an image's old children go before its new ones arrive."""
+        """Parents before children; a changed image's children are rewritten in place."""
         statements = self.statements
         await self.record_versions(conn)
         await statements.image_upsert.run_many(conn, self.image_params())
-        await statements.image_children_delete.run_many(conn, self.stored)
+        if self.stored:
+            await self.rewrite_children(conn)
         for statement, kind in (
             (statements.disk_insert, "disks"),
             (statements.attachment_insert, "attachments"),
@@ -116,6 +126,27 @@ class _Batch:
         ):
             await statement.run_many(conn, self.children(statement, kind))
         await statements.result_upsert.run_many(conn, list(self.results.values()))
+
+    async def rewrite_children(self, conn: AsyncConnection) -> None:
+        """The children of the images stored before, rewritten in place: each row upserted by
+        its own key and the rows whose key is gone deleted, rather than all deleted and inserted
+        again. SQLite gives a re-inserted row a new rowid at the end of its table and leaves its
+        old place empty, so the file grew by every changed image's children each night; an
+        updated row keeps its rowid and its place. Disks go first: deleting one deletes its
+        attachments and tags (the foreign keys cascade), so those are not looked for after."""
+        statements, stored = self.statements, self.stored
+        images = [self.fetched[key] for key in stored]
+        for kind, upsert, delete in (
+            ("disks", statements.disk_upsert, statements.disk_delete),
+            ("attachments", statements.attachment_upsert, statements.attachment_delete),
+            ("tags", statements.tag_upsert, statements.tag_delete),
+        ):
+            rows = [row for rows in images for row in getattr(rows, kind)]
+            key_of = operator.itemgetter(*CHILD_KEYS[kind])
+            kept = set(map(key_of, rows))
+            was = await _stored_child_keys(conn, kind, stored)
+            await delete.run_many(conn, [key for key in was if key not in kept])
+            await upsert.run_many(conn, upsert.rows(rows))
 
     async def record_versions(self, conn: AsyncConnection) -> None:
         """Open the fetched images' new versions; touch the unchanged ones and drop them from
@@ -146,7 +177,7 @@ class _Batch:
         self.fetched = dict(built)
         # An image without a current version was never written (its images row, children and
         # first version are written together, and 0002 gave every older image one), so it has
-        # no children to delete: a first crawl skips the DELETE's search per image.
+        # no children to rewrite: a first crawl only inserts them.
         self.stored = [key for key in built if key in current]
         await statements.image_touch.run_many(conn, touched)
         await statements.image_refresh.run_many(conn, refreshed)
@@ -170,10 +201,29 @@ class _Batch:
             )  # fmt: skip
             target = (result.target.region_id, result.target.image_id)
             self.results[target] = _result_params(
-                self.run_id, failed, format_utc(result.finished_at)
+                self.run_id, failed, self.statements.result_time(result.finished_at)
             )
             self.digests.pop(key, None)
             return None
+
+
+async def _stored_child_keys(
+    conn: AsyncConnection, kind: str, images: Sequence[ImageKey]
+) -> list[tuple[Any, ...]]:
+    """The keys of the `kind` rows stored for `images`, one query per region (the primary key's
+    (region_id, image_id) prefix finds them)."""
+    table = schema.metadata.tables[kind]
+    columns = [table.c[name] for name in CHILD_KEYS[kind]]
+    by_region: dict[str, list[str]] = {}
+    for region_id, image_id in images:
+        by_region.setdefault(region_id, []).append(image_id)
+    found: list[tuple[Any, ...]] = []
+    for region_id, image_ids in by_region.items():
+        query = select(*columns).where(
+            table.c.region_id == region_id, table.c.image_id.in_(image_ids)
+        )
+        found += [tuple(row) for row in await conn.execute(query)]
+    return found
 
 
 def _rows_of(result: TargetResult) -> ImageRows | FetchedImage:
@@ -183,11 +233,12 @@ def _rows_of(result: TargetResult) -> ImageRows | FetchedImage:
     return result.rows
 
 
-def _result_params(run_id: int, result: TargetResult, finished_at: str) -> tuple[Any, ...]:
-    """The crawl_results upsert's parameters, in `RESULT_PARAMS` order."""
+def _result_params(run_id: int, result: TargetResult, finished: Any) -> tuple[Any, ...]:
+    """The crawl_results upsert's parameters, in `RESULT_PARAMS` order; `finished` is the finish
+    time as the database stores it (`_WriteStatements.result_time`)."""
     target = result.target
     return (
         run_id, target.region_id, target.image_id, str(result.outcome), result.http_status,
         result.error_status, result.error_message, result.attempts, result.request_id,
-        finished_at,
+        finished,
     )  # fmt: skip

@@ -93,7 +93,7 @@ class SQLiteDialect(Dialect):
         refreshed = {
             column.name: statement.excluded[column.name]
             for column in table.columns
-            if column.name not in {*key, *kept}
+            if column.name not in {*key, *kept} and column.computed is None  # generated: not set
         }
         return statement.on_conflict_do_update(index_elements=list(key), set_=refreshed)
 
