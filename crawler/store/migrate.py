@@ -194,7 +194,7 @@ def _load_head_schema(database: _Database) -> bool:
                 connection.exec_driver_sql(statement)
     finally:
         engine.dispose()
-    logger.info("created the schema at revision %s in %s", HEAD_REVISION, database.name)
+    logger.debug("created the schema at revision %s in %s", HEAD_REVISION, database.name)
     return True
 
 
