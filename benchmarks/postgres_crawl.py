@@ -6,6 +6,12 @@ database, as a user runs it. Reports each run's working time (`crawl_runs.starte
 `finished_at`), requests/s, the crawler's own CPU and (for a server on this host whose files can
 be read) the server's CPU meanwhile; then the medians side by side and the ratio of each pair.
 
+`--baseline DIR` (a directory holding another build's `crawler` package, migrations inside it,
+as for `paired_crawl.py`) adds a PostgreSQL crawl with that build to every round, the two
+PostgreSQL crawls' order alternating, and reports this build / baseline per round. `--build DIR`
+measures that directory's package instead of the checkout's (a snapshot, so that the checkout
+can be edited meanwhile).
+
 `rate`: two `crawler crawl` processes with one access key and `rate_limit_per_s` R (50) on one
 PostgreSQL database (the second with `--join`), for `--seconds` (60) after both are working;
 the rate is counted at the simulator (`/_simulator/stats`), so it is what the API saw.
@@ -41,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import (
     ACCESS_KEY,
     SimulatorProcess,
+    compile_package,
     credentials_env,
     machine_note,
     median,
@@ -105,13 +112,19 @@ def write_config(path: Path, endpoint: str, concurrency: int, extra: str = "") -
 
 
 def crawl_once(
-    python: str, env: dict[str, str], config: Path, targets: Path, url: str, *extra: str
-) -> float:
-    """Run one crawl; returns the crawler process's own CPU seconds (user + system)."""
+    python: str, env: dict[str, str], config: Path, targets: Path, url: str, *extra: str,
+    build: str | None = None,
+) -> float:  # fmt: skip
+    """Run one crawl (with the package in directory `build`, else the installed one); returns
+    the crawler process's own CPU seconds (user + system)."""
+    if build is not None:
+        env = {**env, "PYTHONPATH": str(Path(build).resolve())}
+    # From the config's directory: `python -m` puts the current directory first on the path,
+    # ahead of PYTHONPATH, so from a checkout every build would import the checkout's package.
     child = subprocess.Popen(
         [python, "-m", "crawler", "crawl", "--config", str(config), "--targets", str(targets),
          "--db", url, "--no-progress", *extra],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=config.parent,
     )  # fmt: skip
     _, status, usage = os.wait4(child.pid, 0)
     child.returncode = os.waitstatus_to_exitcode(status)
@@ -173,12 +186,22 @@ def compare_crawls(args: argparse.Namespace, workdir: Path) -> list[dict[str, An
         "--latency-ms", str(args.latency_ms), "--write-targets", str(targets),
         "--access-key", ACCESS_KEY,
     ]  # fmt: skip
+    for build in (args.build, args.baseline):
+        if build is not None:  # bytecode written once, not by the first crawl of each build
+            compile_package(python, {**env, "PYTHONPATH": str(Path(build).resolve())})
     figures = []
     server = ServerCpu(args.postgres)
     with SimulatorProcess(sim_args, env, start_timeout_s=120, python=python) as sim:
         config = write_config(workdir / "crawler.toml", sim.url, args.concurrency)
         for repeat in range(args.repeat):
-            for database in ("sqlite", "postgresql"):
+            order = ["sqlite", "postgresql"]
+            if args.baseline is not None:
+                order += ["baseline"]
+                if repeat % 2:
+                    order = ["sqlite", "baseline", "postgresql"]
+            for variant in order:
+                database = "sqlite" if variant == "sqlite" else "postgresql"
+                build = args.baseline if variant == "baseline" else args.build
                 if database == "sqlite":
                     url = f"sqlite+aiosqlite:///{workdir / f'crawl-{repeat}.db'}"
                 else:
@@ -186,7 +209,7 @@ def compare_crawls(args: argparse.Namespace, workdir: Path) -> list[dict[str, An
                 try:
                     before = server.seconds() if database == "postgresql" else None
                     sim_before = process_cpu_s(sim.proc.pid)
-                    client_cpu_s = crawl_once(python, env, config, targets, url)
+                    client_cpu_s = crawl_once(python, env, config, targets, url, build=build)
                     sim_cpu_s = process_cpu_s(sim.proc.pid) - sim_before
                     after = server.seconds() if database == "postgresql" else None
                     row = run_row(url)
@@ -201,13 +224,17 @@ def compare_crawls(args: argparse.Namespace, workdir: Path) -> list[dict[str, An
                 }
                 if before is not None and after is not None:
                     cpu["server_cpu_s"] = round(after - before, 2)
-                figures.append(
-                    {"kind": "crawl", "database": database, "repeat": repeat, **row, **cpu}
-                )
-    for database in ("sqlite", "postgresql"):
-        runs = [f for f in figures if f.get("database") == database]
+                figures.append({
+                    "kind": "crawl", "database": database, "build": variant, "repeat": repeat,
+                    "load": round(os.getloadavg()[0], 2), **row, **cpu,
+                })  # fmt: skip
+    crawls = [f for f in figures if f["kind"] == "crawl"]
+    for variant in ("sqlite", "postgresql", "baseline")[: 3 if args.baseline else 2]:
+        runs = [f for f in crawls if f["build"] == variant]
+        database = "sqlite" if variant == "sqlite" else "postgresql"
         figures.append({
-            "kind": "summary", "database": database, "latency_ms": args.latency_ms,
+            "kind": "summary", "database": database, "build": variant,
+            "latency_ms": args.latency_ms,
             "concurrency": args.concurrency, "targets": args.targets,
             "median_work_s": median([f["work_s"] for f in runs]),
             "median_requests_per_s": median([f["requests_per_s"] for f in runs]),
@@ -217,16 +244,31 @@ def compare_crawls(args: argparse.Namespace, workdir: Path) -> list[dict[str, An
             "median_server_cpu_s": median([f.get("server_cpu_s", 0.0) for f in runs]),
             "median_simulator_cpu_s": median([f["simulator_cpu_s"] for f in runs]),
         })  # fmt: skip
-    pairs = zip(
-        (f for f in figures if f.get("database") == "sqlite" and f["kind"] == "crawl"),
-        (f for f in figures if f.get("database") == "postgresql" and f["kind"] == "crawl"),
-        strict=True,
-    )
+    by_build = {
+        variant: [f for f in crawls if f["build"] == variant]
+        for variant in ("sqlite", "postgresql", "baseline")
+    }
+    pairs = zip(by_build["sqlite"], by_build["postgresql"], strict=True)
     ratios = [pg["requests_per_s"] / lite["requests_per_s"] for lite, pg in pairs]
     figures.append({
         "kind": "ratio", "postgresql_over_sqlite_per_pair": [round(r, 2) for r in ratios],
         "median": round(median(ratios), 2),
     })  # fmt: skip
+    if args.baseline is not None:
+        rounds = list(zip(by_build["postgresql"], by_build["baseline"], strict=True))
+        for key in ("requests_per_s", "client_cpu_s", "server_cpu_s"):
+            values = [this[key] / base[key] for this, base in rounds if base.get(key)]
+            figures.append({
+                "kind": "ratio", "this_build_over_baseline": key,
+                "per_round": [round(v, 3) for v in values],
+                "median": round(median(values), 3) if values else None,
+            })  # fmt: skip
+        base_pairs = zip(by_build["sqlite"], by_build["baseline"], strict=True)
+        base_ratios = [b["requests_per_s"] / lite["requests_per_s"] for lite, b in base_pairs]
+        figures.append({
+            "kind": "ratio", "baseline_over_sqlite_per_pair": [round(r, 2) for r in base_ratios],
+            "median": round(median(base_ratios), 2),
+        })  # fmt: skip
     return figures
 
 
@@ -289,6 +331,8 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--rate", type=float, default=50.0)
     parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--baseline", metavar="DIR", help="another build, crawled on PostgreSQL")
+    parser.add_argument("--build", metavar="DIR", help="the build to measure (default installed)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="pg-bench-") as directory:
         work = compare_crawls if args.mode == "crawl" else shared_rate

@@ -88,10 +88,22 @@ SELECT count(pg_terminate_backend(a.pid)) FROM pg_stat_activity AS a
    AND a.application_name = %(application_name)s
 """
 
+# Rows locked by another transaction are skipped, never waited for: the worker's own writer
+# fencing them (they are being completed), or another worker taking a lapsed lease over. A plain
+# UPDATE waited for the writer's row locks while the writer's fence waited for the renewal's, in
+# the other order: a deadlock, which the server broke by failing the writer's batch (exit 3).
 RENEW_SQL = """
-UPDATE crawl_targets
+WITH mine AS (
+    SELECT t.run_id, t.region_id, t.image_id
+      FROM crawl_targets AS t
+     WHERE t.lease_owner = %(owner)s AND t.lease_expires_at IS NOT NULL
+       AND t.run_id = %(run_id)s
+       FOR UPDATE OF t SKIP LOCKED
+)
+UPDATE crawl_targets AS t
    SET lease_expires_at = clock_timestamp() + make_interval(secs => %(lease_s)s)
- WHERE lease_owner = %(owner)s AND lease_expires_at IS NOT NULL AND run_id = %(run_id)s
+  FROM mine AS m
+ WHERE t.run_id = m.run_id AND t.region_id = m.region_id AND t.image_id = m.image_id
 """
 
 RELEASE_SQL = """
@@ -246,7 +258,9 @@ class Claims:
         return Outlook(int(row[0]), int(row[1]), expiry)
 
     async def renew(self, conn: AsyncConnection) -> int:
-        """Extend every live lease of this worker by `lease_s`; returns how many."""
+        """Extend every live lease of this worker by `lease_s`; returns how many. A lease whose
+        row another transaction holds locked (this worker's writer completing it) is skipped:
+        it is being ended, or is renewed at the next tick, with two thirds of its time left."""
         result = await conn.exec_driver_sql(RENEW_SQL, self._params())
         return int(result.rowcount)
 
@@ -309,6 +323,11 @@ class Claims:
 POLL_S = 0.5
 # While this worker's slots are full, the scheduler asks again after this long (no round trip).
 FULL_RETRY_S = 0.05
+# While nothing is left in a region but this worker's own results on their way to the database,
+# look again this often: the region is done as soon as they are written. With POLL_S here a
+# crawl's end waited ~0.5 s after its last write (0.49 s from the last answer to the scheduler's
+# end on PostgreSQL, against 0.02-0.04 s on SQLite; benchmarks/loop_waits.py).
+OWN_WRITES_POLL_S = 0.05
 
 
 class ClaimFeed:
@@ -362,7 +381,9 @@ class ClaimFeed:
         # one refused (its lease lapsed and another worker took the target, then gave it back or
         # died) leaves the target open, and with nobody else left this worker must claim it.
         retry_s = POLL_S
-        if outlook.claimable == 0 and outlook.next_expiry_s is not None:
+        if outlook.finished:  # only this worker's own results are left, and they are being written
+            retry_s = OWN_WRITES_POLL_S
+        elif outlook.claimable == 0 and outlook.next_expiry_s is not None:
             retry_s = min(POLL_S, outlook.next_expiry_s + 0.01)
         return TargetPage([], exhausted=False, short=True, retry_in_s=retry_s)
 

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import pytest
 
 from crawler.budget import SharedHold, SharedRate
-from crawler.claims import ClaimFeed, Claims
+from crawler.claims import OWN_WRITES_POLL_S, POLL_S, ClaimFeed, Claims
 from crawler.models import Outcome, Target, TargetResult
 from crawler.store import Store
 
@@ -107,6 +107,25 @@ async def test_renewal_keeps_a_lease_and_release_frees_it_at_once(store: Store) 
     assert await claim(store, other, 2) == taken
 
 
+async def test_renewal_skips_what_the_writer_is_completing_instead_of_waiting(
+    store: Store,
+) -> None:
+    """The writer's transaction has fenced one target (its row locked until COMMIT): the
+    renewal, on another connection, renews the other lease at once rather than queueing behind
+    it (waiting there, while the fence waited for the renewal's locks, was a deadlock)."""
+    run_id = await new_run(store, 2)
+    holder = Claims(run_id, lease_s=30)
+    first, _ = await claim(store, holder, 2)
+    async with store.engine.begin() as writer:
+        assert await holder.fence_results(writer, [failed(first)])  # row locked, uncommitted
+
+        async def renew() -> int:
+            async with store.engine.begin() as conn:
+                return await holder.renew(conn)
+
+        assert await asyncio.wait_for(renew(), timeout=10) == 1
+
+
 async def test_the_feed_waits_for_other_workers_leases_then_reports_the_region_done(
     store: Store,
 ) -> None:
@@ -119,6 +138,27 @@ async def test_the_feed_waits_for_other_workers_leases_then_reports_the_region_d
     await complete(store, run_id, other, held)
     page = await feed.next_page(run_id, REGION, after_image_id=None, limit=512)
     assert page.targets == [] and page.exhausted
+
+
+async def test_a_region_left_with_only_this_workers_writes_is_looked_at_again_soon(
+    store: Store,
+) -> None:
+    """The worker's own results are the last of the region, crawled and not yet written: the
+    feed asks again after OWN_WRITES_POLL_S, not POLL_S, and the region is done once they are."""
+    run_id = await new_run(store, 3)
+    mine = Claims(run_id, lease_s=30)
+    feed = ClaimFeed(store.engine, mine, capacity=3)
+    page = await feed.next_page(run_id, REGION, after_image_id=None, limit=512)
+    assert len(page.targets) == 3
+    for target in page.targets:
+        feed.crawled(failed(target))
+    last = page.targets[-1].image_id
+    waiting = await feed.next_page(run_id, REGION, after_image_id=last, limit=512)
+    assert waiting.targets == [] and not waiting.exhausted
+    assert waiting.retry_in_s == OWN_WRITES_POLL_S < POLL_S
+    await complete(store, run_id, mine, page.targets)
+    done = await feed.next_page(run_id, REGION, after_image_id=last, limit=512)
+    assert done.targets == [] and done.exhausted
 
 
 async def test_hosts_sharing_a_key_are_spaced_by_one_schedule(store: Store) -> None:
