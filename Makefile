@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck layers unit bench clean
+.PHONY: demo test lint typecheck layers unit bench schema clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ layers: $(STAMP)
 # The suite runs against a throwaway PostgreSQL as well as SQLite (tests/with_postgres.sh).
 unit: $(STAMP)
 	tests/with_postgres.sh $(BIN)/python -m pytest
+
+# After adding or changing a migration: regenerate the head schema a new SQLite database is made from.
+schema: $(STAMP)
+	$(BIN)/python -m crawler.store.schema_dump
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/crawl_throughput.py

@@ -6,6 +6,8 @@ that a busy phase of the machine hits them all alike:
 
   crawl:   `crawler crawl` of a targets file with a header and no rows, on a database that is
            already at the newest migration (the run is created and finished; nothing is sent);
+  new-db:  the same crawl into a database file that does not exist yet (a new one each round:
+           the schema is created, since issue 14 from the generated head schema, not Alembic);
   help:    `crawler --help`;
   runs:    `crawler runs` on that database;
   sql:     `crawler sql "SELECT count(*) FROM images"` on it;
@@ -46,15 +48,22 @@ from harness import (
 FLOOR_IMPORTS = "import sqlalchemy.ext.asyncio, aiosqlite, orjson"
 
 
-def commands(python: str, workdir: Path, db_name: str = "startup.db") -> dict[str, list[str]]:
+COMMANDS = ("crawl", "new-db", "help", "runs", "sql", "python", "floor")
+
+
+def commands(
+    python: str, workdir: Path, db_name: str = "startup.db", new_db_name: str = "new.db"
+) -> dict[str, list[str]]:
     """Each measured command line; the crawler ones run as `python -m crawler`."""
     crawler = [python, "-m", "crawler"]
     db = str(workdir / db_name)
+    crawl = [
+        *crawler, "crawl", "--config", str(workdir / "startup.toml"), "--targets",
+        str(workdir / "empty.csv"), "--no-progress", "--db",
+    ]  # fmt: skip
     return {
-        "crawl": [
-            *crawler, "crawl", "--config", str(workdir / "startup.toml"), "--targets",
-            str(workdir / "empty.csv"), "--db", db, "--no-progress",
-        ],
+        "crawl": [*crawl, db],
+        "new-db": [*crawl, str(workdir / new_db_name)],
         "help": [*crawler, "--help"],
         "runs": [*crawler, "runs", "--db", db],
         "sql": [*crawler, "sql", "SELECT count(*) FROM images", "--db", db],
@@ -86,11 +95,12 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, list[float]]:
         prepare(workdir, python, env, db_name)
     found: dict[str, list[float]] = {}
     for repeat in range(args.repeat):
-        for name in ("crawl", "help", "runs", "sql", "python", "floor"):
+        for name in COMMANDS:
             for variant, (python, db_name) in variants.items():
                 if variant != "this" and name in ("python", "floor"):
                     continue  # the same program either way
-                argv = commands(python, workdir, db_name)[name]
+                new_db = f"new-{variant}-{repeat}.db"  # never there before this round
+                argv = commands(python, workdir, db_name, new_db)[name]
                 run = run_child(argv, env, timeout_s=120, cwd=workdir)
                 if run.returncode != 0:
                     raise SystemExit(f"{variant} {name} exited {run.returncode}: {run.stderr}")
@@ -105,7 +115,7 @@ def print_table(found: dict[str, list[float]], compared: bool) -> None:
     print()
     print(f"{'command':<8} | {'median CPU s':>12} {'min':>6} {'max':>6}", end="")
     print(f" | {'compare median':>14} {'this / compare':>14}" if compared else "")
-    for name in ("crawl", "help", "runs", "sql", "python", "floor"):
+    for name in COMMANDS:
         values = found[f"this {name}"]
         spread = f"{min(values):>6.3f} {max(values):>6.3f}"
         print(f"{name:<8} | {median(values):>12.3f} {spread}", end="")

@@ -34,7 +34,7 @@ from crawler.errors import (
     StoreError,
 )
 from crawler.models import JsonObject, RunStatus, Target, TargetResult
-from crawler.network import Proxy, choose_proxy, tls_context
+from crawler.network import Proxy, choose_proxy, route_tls
 from crawler.normalise import prepare_image, scrub_text
 from crawler.retry import Retrier, RetryPolicy
 from crawler.scheduler import (
@@ -113,7 +113,7 @@ def api_route(
         ConfigError: a credential, the profile, the CA bundle or the proxy is unusable.
     """
     access = resolve_access(config, environ, profile=profile)
-    tls = tls_context(config.api, environ)
+    tls = route_tls(config.api, environ, access.endpoint)
     proxy = choose_proxy(config.api, environ, access.endpoint)
     return ApiRoute(access, tls, proxy)
 

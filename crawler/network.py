@@ -13,6 +13,7 @@ TLS-inspecting gateways and private endpoints.
 from __future__ import annotations
 
 import ipaddress
+import os
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -149,7 +150,38 @@ def tls_context(api: ApiConfig, environ: Mapping[str, str]) -> ssl.SSLContext | 
         ConfigError: `SSL_CERT_FILE` or `[api] ca_bundle` cannot be read or holds no certificate;
             the message names the key and the file.
     """
-    extra = [
+    extra = _extra_certificates(api, environ)
+    if not extra:
+        return None
+    context = ssl.create_default_context()
+    for key, path in extra:
+        _trust(context, key, path)
+    return context
+
+
+def route_tls(api: ApiConfig, environ: Mapping[str, str], endpoint: str) -> ssl.SSLContext | None:
+    """The TLS context a run to `endpoint` needs: `tls_context`'s for https, else None.
+
+    Every proxy is http:// (`check_proxy_url`) and the HTTP client follows no redirect, so an
+    http endpoint never starts TLS: building the context there (about 33 CPU ms of start-up with
+    `SSL_CERT_FILE` set, two loads of the system's certificates) would be wasted. The configured
+    files are still checked to be there and readable, so a missing one fails the run at start
+    all the same; one that is readable but holds no certificate is not parsed until an https
+    endpoint needs it.
+
+    Raises:
+        ConfigError: for https, as `tls_context`; for http, a configured file or directory that
+            cannot be read, naming the key and the file.
+    """
+    if urlsplit(endpoint).scheme == "https":
+        return tls_context(api, environ)
+    for key, path in _extra_certificates(api, environ):
+        _check_readable(key, path)
+    return None
+
+
+def _extra_certificates(api: ApiConfig, environ: Mapping[str, str]) -> list[tuple[str, Path]]:
+    return [
         (key, Path(path))
         for key, path in (
             (CERT_FILE_ENV, environ.get(CERT_FILE_ENV)),
@@ -157,12 +189,16 @@ def tls_context(api: ApiConfig, environ: Mapping[str, str]) -> ssl.SSLContext | 
         )
         if path and path.strip()
     ]
-    if not extra:
-        return None
-    context = ssl.create_default_context()
-    for key, path in extra:
-        _trust(context, key, path)
-    return context
+
+
+def _check_readable(key: str, path: Path) -> None:
+    try:
+        if path.is_dir():
+            os.scandir(path).close()  # a directory of hashed certificates must be listable
+        else:
+            path.open("rb").close()
+    except OSError as exc:
+        raise ConfigError(f"{key}: cannot read {path}: {exc.strerror}") from exc
 
 
 def _trust(context: ssl.SSLContext, key: str, path: Path) -> None:

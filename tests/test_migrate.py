@@ -17,7 +17,7 @@ from sqlalchemy.pool import NullPool
 
 from crawler import schema
 from crawler.errors import StoreError
-from crawler.store import migrate
+from crawler.store import migrate, schema_dump
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 AT = datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -371,3 +371,129 @@ def test_0006_refuses_a_finish_time_it_would_read_back_differently(tmp_path: Pat
         migrate.upgrade(url(path))
     assert migrate.current_revision(url(path)) == "0005"
     assert query(path, RESULTS) == before
+
+
+# --- a new database from the generated head schema (no Alembic) -------------------------------
+
+
+def schema_facts(path: Path) -> dict[str, object]:
+    """Everything about a database's schema that SQLite reports, and every row in it."""
+    with closing(sqlite3.connect(path)) as connection:
+        # A batch rebuild writes a table's constraints in an order of its own, different from one
+        # process to the next: compared sorted (`canonical_sql`), columns kept in their order.
+        master = [
+            (kind, name, table, None if sql is None else schema_dump.canonical_sql(sql))
+            for kind, name, table, sql in connection.execute(
+                "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name"
+            )
+        ]
+        facts: dict[str, object] = {
+            "master": master,
+            "user_version": connection.execute("PRAGMA user_version").fetchall(),
+        }
+        for kind, name, _table, _sql in master:
+            quoted = '"' + name.replace('"', '""') + '"'
+            if kind == "table":
+                facts[f"columns {name}"] = connection.execute(
+                    f"PRAGMA table_xinfo({quoted})"
+                ).fetchall()
+                facts[f"indexes {name}"] = connection.execute(
+                    f"PRAGMA index_list({quoted})"
+                ).fetchall()
+                facts[f"foreign keys {name}"] = connection.execute(
+                    f"PRAGMA foreign_key_list({quoted})"
+                ).fetchall()
+                facts[f"rows {name}"] = sorted(
+                    connection.execute(f"SELECT * FROM {quoted}").fetchall(), key=repr
+                )
+            elif kind == "index":
+                facts[f"index {name}"] = connection.execute(
+                    f"PRAGMA index_xinfo({quoted})"
+                ).fetchall()
+            elif kind == "view":
+                facts[f"view columns {name}"] = connection.execute(
+                    f"PRAGMA table_xinfo({quoted})"
+                ).fetchall()
+        facts["integrity"] = connection.execute("PRAGMA integrity_check").fetchall()
+    return facts
+
+
+def test_the_checked_in_head_schema_is_what_the_migrations_make() -> None:
+    # Fails after a migration is added or changed until `make schema` regenerates the script.
+    assert schema_dump.migrated_script() == migrate.HEAD_SCHEMA_SQLITE.read_text(encoding="utf-8")
+
+
+def test_a_database_from_the_head_schema_equals_one_from_the_migrations(tmp_path: Path) -> None:
+    migrated, loaded = tmp_path / "migrated.db", tmp_path / "loaded.db"
+    migrate.upgrade(url(migrated))
+    assert migrate.upgrade(url(loaded), load_schema=True) is None
+    assert objects(migrated, "table") >= {"images", "crawl_runs", "alembic_version"}
+    assert objects(migrated, "view")  # the comparison covers the views' definitions too
+    assert schema_facts(loaded) == schema_facts(migrated)
+    assert migrate.current_revision(url(loaded)) == migrate.HEAD_REVISION
+
+
+def test_a_new_database_is_created_from_the_head_schema_without_alembic(tmp_path: Path) -> None:
+    path = tmp_path / "inventory.db"
+    program = (
+        "import sys; from crawler.store import migrate; "
+        f"print(migrate.upgrade({url(path)!r}, load_schema=True), 'alembic' in sys.modules)"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert completed.stdout.split() == ["None", "False"]
+    assert query(path, "SELECT version_num FROM alembic_version") == [(migrate.HEAD_REVISION,)]
+
+
+def test_a_database_with_anything_in_it_is_never_loaded_from_the_script(tmp_path: Path) -> None:
+    # One table of the user's own: the migrations' path, which backs the file up first.
+    path = tmp_path / "inventory.db"
+    with closing(sqlite3.connect(path)) as connection, connection:
+        connection.execute("CREATE TABLE marker (note TEXT)")
+        connection.execute("INSERT INTO marker VALUES ('kept')")
+    program = (
+        "import sys; from crawler.store import migrate; "
+        f"print(migrate.upgrade({url(path)!r}, load_schema=True) is not None,"
+        " 'alembic' in sys.modules)"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert completed.stdout.split() == ["True", "True"]
+    assert query(path, "SELECT note FROM marker") == [("kept",)]
+    assert query(path, "SELECT version_num FROM alembic_version") == [(migrate.HEAD_REVISION,)]
+
+
+def test_a_database_behind_head_is_still_migrated_with_load_schema(tmp_path: Path) -> None:
+    path = tmp_path / "inventory.db"
+    at_base(path)  # only the marker table left: not empty
+    assert migrate.upgrade(url(path), clock=clock_at(AT), load_schema=True) is not None
+    assert schema_facts(path)["rows marker"] == [("before the upgrade",)]
+
+
+def test_canonical_sql_sorts_only_a_tables_constraints() -> None:
+    table = (
+        "CREATE TABLE t (\n\tb TEXT DEFAULT 'x, y', \n\ta INTEGER CHECK (a IN (1, 2)), "
+        "\n\tCONSTRAINT pk_t PRIMARY KEY (a, b), \n\tCONSTRAINT ck_t CHECK (b <> ','))"
+    )
+    assert schema_dump.canonical_sql(table) == (
+        "CREATE TABLE t (\n\tb TEXT DEFAULT 'x, y', \n\ta INTEGER CHECK (a IN (1, 2)), "
+        "\n\tCONSTRAINT ck_t CHECK (b <> ','), \n\tCONSTRAINT pk_t PRIMARY KEY (a, b)\n)"
+    )
+    assert (
+        schema_dump.canonical_sql("CREATE VIEW v AS SELECT 1, 2") == "CREATE VIEW v AS SELECT 1, 2"
+    )
+
+
+def test_script_statements_keep_a_trigger_body_whole() -> None:
+    script = (
+        "-- a comment\nCREATE TABLE t (a);\n\n"
+        "CREATE TRIGGER t_ai AFTER INSERT ON t BEGIN\n  UPDATE t SET a = 1;\nEND;\n"
+    )
+    assert migrate.script_statements(script) == [
+        "CREATE TABLE t (a);",
+        "CREATE TRIGGER t_ai AFTER INSERT ON t BEGIN\n  UPDATE t SET a = 1;\nEND;",
+    ]
+    with pytest.raises(StoreError, match="ends inside a statement"):
+        migrate.script_statements("CREATE TABLE t (a")

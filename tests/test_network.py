@@ -21,7 +21,7 @@ import pytest
 from crawler.cli import Io, main
 from crawler.config import ApiConfig
 from crawler.errors import ConfigError
-from crawler.network import Proxy, bypasses_proxy, choose_proxy, tls_context
+from crawler.network import Proxy, bypasses_proxy, choose_proxy, route_tls, tls_context
 from tests.conftest import SimulatorFactory, TlsFiles, crawl_environ, write_config
 
 HTTPS_ENDPOINT = "https://vm.jdcloud-api.com"
@@ -284,6 +284,46 @@ def test_an_unusable_ca_bundle_is_a_config_error_naming_it(
         tls_context(ApiConfig(), {"SSL_CERT_FILE": str(path)})
 
 
+# --- route_tls: a context only where TLS will be started ---------------------------------------
+
+
+def test_an_https_endpoint_gets_the_context_with_the_configured_certificates(
+    tls_files: TlsFiles,
+) -> None:
+    plain = ssl.create_default_context().cert_store_stats()["x509_ca"]
+    context = route_tls(ApiConfig(), {"SSL_CERT_FILE": str(tls_files.cert)}, HTTPS_ENDPOINT)
+    assert context is not None
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname is True
+    assert context.cert_store_stats()["x509_ca"] == plain + 1
+
+
+def test_an_http_endpoint_builds_no_context_and_parses_no_bundle(tmp_path: Path) -> None:
+    # Readable but no certificate: an https endpoint refuses it, an http one never parses it
+    # (which is what shows that no context was built for it).
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate", encoding="utf-8")
+    folder = tmp_path / "certs"
+    folder.mkdir()
+    environ = {"SSL_CERT_FILE": str(junk)}
+    api = ApiConfig(ca_bundle=str(folder))
+    assert route_tls(api, environ, HTTP_ENDPOINT) is None
+    with pytest.raises(ConfigError, match=r"^SSL_CERT_FILE: .*no usable PEM"):
+        route_tls(api, environ, HTTPS_ENDPOINT)
+
+
+@pytest.mark.parametrize("endpoint", [HTTP_ENDPOINT, HTTPS_ENDPOINT])
+def test_a_missing_ca_file_fails_either_endpoint_naming_key_and_file(
+    tmp_path: Path, endpoint: str
+) -> None:
+    missing = tmp_path / "missing.pem"
+    with pytest.raises(ConfigError, match=r"^api\.ca_bundle: cannot read ") as caught:
+        route_tls(ApiConfig(ca_bundle=str(missing)), {}, endpoint)
+    assert str(missing) in str(caught.value)
+    with pytest.raises(ConfigError, match=r"^SSL_CERT_FILE: cannot read ") as caught:
+        route_tls(ApiConfig(), {"SSL_CERT_FILE": str(missing)}, endpoint)
+    assert str(missing) in str(caught.value)
+
+
 # --- real crawls -------------------------------------------------------------------------------
 
 
@@ -506,6 +546,18 @@ def test_a_missing_ca_bundle_is_exit_2_before_anything_is_sent(
     run = Run(config, targets, crawl_environ())
     assert run.code == 2
     assert f"api.ca_bundle: cannot read {tmp_path / 'missing.pem'}" in run.stderr.getvalue()
+    assert server.sim.stats.requests == 0
+
+
+def test_a_missing_ssl_cert_file_is_exit_2_for_an_http_endpoint_too(
+    simulator: SimulatorFactory, tmp_path: Path
+) -> None:
+    server = simulator(images_per_region=5)  # plain http: no TLS context is ever built
+    config, targets = _setup(tmp_path, server)
+    missing = tmp_path / "gone.pem"
+    run = Run(config, targets, crawl_environ() | {"SSL_CERT_FILE": str(missing)})
+    assert run.code == 2
+    assert f"SSL_CERT_FILE: cannot read {missing}" in run.stderr.getvalue()
     assert server.sim.stats.requests == 0
 
 

@@ -77,14 +77,30 @@ def test_a_crawl_on_an_up_to_date_database_loads_neither_aiohttp_alembic_nor_ten
     assert loaded == ["sqlalchemy", "crawler.scheduler"]
 
 
-def test_a_crawl_on_a_new_database_migrates_it(tmp_path: Path) -> None:
+def _empty_crawl(tmp_path: Path, database: Path) -> tuple[int, list[str]]:
     config = tmp_path / "crawler.toml"
     config.write_text('[api]\nendpoint = "http://127.0.0.1:9"\n', encoding="utf-8")
     targets = tmp_path / "targets.csv"
     targets.write_text("region_id,image_id\n", encoding="utf-8")
-    database = tmp_path / "new.db"
     argv = ("crawl", "--config", str(config), "--targets", str(targets), "--db", str(database))
-    code, loaded = loaded_by(*argv, cwd=tmp_path)
+    return loaded_by(*argv, cwd=tmp_path)
+
+
+def test_a_crawl_on_a_new_database_creates_the_head_schema_without_alembic(
+    tmp_path: Path,
+) -> None:
+    database = tmp_path / "new.db"
+    code, loaded = _empty_crawl(tmp_path, database)
+    assert code == 0
+    assert "alembic" not in loaded  # the generated head schema (crawler.store.schema_dump)
+    assert migrate.current_revision(f"sqlite:///{database}") == migrate.HEAD_REVISION
+
+
+def test_a_crawl_on_a_database_behind_head_migrates_it_through_alembic(tmp_path: Path) -> None:
+    database = tmp_path / "old.db"
+    migrate.upgrade(f"sqlite:///{database}")
+    migrate.downgrade(f"sqlite:///{database}", "0004")
+    code, loaded = _empty_crawl(tmp_path, database)
     assert code == 0
     assert "alembic" in loaded
     assert migrate.current_revision(f"sqlite:///{database}") == migrate.HEAD_REVISION

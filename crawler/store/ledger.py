@@ -97,7 +97,8 @@ class Store:
         parsed = _parse_url(url)
         name = database_name(parsed)
         dialect = dialect_for(parsed)
-        await asyncio.to_thread(upgrade, url)
+        # A brand-new SQLite file gets the head schema from the generated script, without Alembic.
+        await asyncio.to_thread(upgrade, url, load_schema=True)
         with _translated(name, "open the store"):
             engine = dialect.create_engine(parsed)
             try:

@@ -13,12 +13,21 @@ Alembic is imported only when a database is behind `HEAD_REVISION` (or a revisio
 migration scripts): a crawl of an up-to-date database reads `alembic_version` with one query and
 skips Alembic's ~0.07 CPU s import. `tests/test_migrate.py` checks that `HEAD_REVISION` is the
 scripts' real head, so the two cannot drift apart.
+
+A crawl of a brand-new SQLite database (`upgrade(..., load_schema=True)`, what `Store.open` asks
+for) skips Alembic too, as Rails' `db:schema:load` does: when the file holds no table, view, index
+or trigger at all (an empty `sqlite_master`, checked inside the write transaction), the head
+schema is created in one transaction from `head_schema_sqlite.sql`, a script generated from the
+migrations themselves (`make schema`, `crawler.store.schema_dump`), stamped at `HEAD_REVISION`.
+`tests/test_migrate.py` fails when the script and the migrations disagree. Any other database
+(anything in it, PostgreSQL, `crawler migrate`, downgrades) goes through the migrations as before.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
+import sqlite3
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -148,6 +157,47 @@ def _known_revisions() -> set[str]:
     return {revision.revision for revision in script.walk_revisions()}
 
 
+HEAD_SCHEMA_SQLITE = Path(__file__).with_name("head_schema_sqlite.sql")
+
+
+def script_statements(script: str) -> list[str]:
+    """The statements of an SQL script, each whole (a trigger's body included); comments dropped."""
+    statements: list[str] = []
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        if not pending and (not line.strip() or line.lstrip().startswith("--")):
+            continue
+        pending += line
+        if sqlite3.complete_statement(pending):
+            statements.append(pending.strip())
+            pending = ""
+    if pending.strip():
+        raise StoreError(f"the schema script ends inside a statement: {pending.strip()[:80]!r}")
+    return statements
+
+
+def _load_head_schema(database: _Database) -> bool:
+    """Create the head schema from the generated script if the database is empty; True if done.
+
+    Empty means nothing at all in `sqlite_master`, read after BEGIN IMMEDIATE so that no other
+    migrator can add anything in between; any object there leaves the database to Alembic.
+    """
+    if database.url.get_backend_name() != "sqlite":
+        return False  # PostgreSQL keeps the migrations' path (no generated script for it)
+    statements = script_statements(HEAD_SCHEMA_SQLITE.read_text(encoding="utf-8"))
+    engine = migration_engine(database.url)  # BEGIN IMMEDIATE, foreign keys off, busy timeout
+    try:
+        with engine.begin() as connection:
+            if connection.exec_driver_sql("SELECT count(*) FROM sqlite_master").scalar() != 0:
+                return False
+            for statement in statements:
+                connection.exec_driver_sql(statement)
+    finally:
+        engine.dispose()
+    logger.debug("created the schema at revision %s in %s", HEAD_REVISION, database.name)
+    return True
+
+
 @contextmanager
 def _translated(database: _Database, doing: str) -> Iterator[None]:
     try:
@@ -247,6 +297,7 @@ def upgrade(
     *,
     clock: Callable[[], datetime] = _utc_now,
     backup_dir: Path | None = None,
+    load_schema: bool = False,
 ) -> Path | None:
     """Bring the database at `url` to the newest migration.
 
@@ -257,6 +308,8 @@ def upgrade(
         url: an SQLAlchemy URL; async drivers are accepted.
         clock: the time for the backup's name.
         backup_dir: where backups go instead of beside the database.
+        load_schema: an SQLite database with nothing in it gets the head schema from the
+            generated script instead of running every migration (see the module docstring).
 
     Returns:
         The backup's path, or None when none was needed (new, non-file or up-to-date database).
@@ -269,6 +322,8 @@ def upgrade(
     with _translated(database, "upgrade"):
         if _at_head(database):
             return None
+        if load_schema and (_load_head_schema(database) or _at_head(database)):
+            return None  # the script made it, or another process did while this one waited
         current = _read_revision(database)
         _check_known(database, current)
         backup = _backup_if_behind(database, current, clock, backup_dir)
