@@ -16,6 +16,13 @@ compare the two databases here, and take throughput from `postgres_crawl.py`). P
   parameters and the server's answer);
 - `claims`: claim transactions on PostgreSQL and the time the feeder spent in them;
 - `results_queue_max`: the most results waiting for the writer (the queue holds 2,048);
+- `parked_mean`: workers parked for want of a target (not in a request), sampled every tick
+  while the crawl is in its steady part (after the first answer, before the last lane is
+  exhausted), and `parked_share`, the share of those samples with any worker parked; `queued_min`
+  the fewest targets queued in the lanes at any of those samples;
+- `work_s`: the run's own working time (`crawl_runs.started_at` to `finished_at`, what
+  `postgres_crawl.py` divides by): the difference from `crawl_s` is creating the run, loading
+  its targets and finishing it;
 - `first_answer_s`, `after_last_s`: from the scheduler's start to the first answer, and from the
   last answer to the scheduler's end (the writer draining what is left).
 
@@ -66,6 +73,8 @@ class Probe:
         self.counts: dict[str, int] = {}
         self.started = self.ended = self.crawl_cpu_s = 0.0
         self.queue_max = 0
+        self.parked: list[int] = []
+        self.queued: list[int] = []
 
     def add(self, name: str, seconds: float) -> None:
         self.timers[name] = self.timers.get(name, 0.0) + seconds
@@ -93,9 +102,15 @@ class Probe:
 
         return wrapper
 
-    async def sample(self, queue: asyncio.Queue[Any]) -> None:
+    async def sample(self, scheduler: Any) -> None:
+        queue: asyncio.Queue[Any] = scheduler._results
         while True:
             self.queue_max = max(self.queue_max, queue.qsize())
+            lanes = scheduler._lanes
+            steady = scheduler._first_answer.is_set() and not any(lane.exhausted for lane in lanes)
+            if steady:
+                self.parked.append(len(scheduler._idle_workers))
+                self.queued.append(sum(len(lane.queue) for lane in lanes))
             before = time.perf_counter()
             await asyncio.sleep(TICK_S)
             woke = time.perf_counter()
@@ -138,6 +153,11 @@ class Probe:
             "build_s": round(build, 3),
             "sql_s": round(sql, 3),
             "results_queue_max": self.queue_max,
+            "parked_mean": round(sum(self.parked) / len(self.parked), 2) if self.parked else 0.0,
+            "parked_share": round(sum(1 for n in self.parked if n) / len(self.parked), 3)
+            if self.parked
+            else 0.0,
+            "queued_min": min(self.queued) if self.queued else 0,
             "claims": self.counts.get("claim", 0),
             "claims_s": round(self.timers.get("claim", 0.0), 3),
             "timers": {name: round(value, 3) for name, value in sorted(self.timers.items())},
@@ -191,7 +211,7 @@ def instrument(probe: Probe) -> None:
     original_run = scheduler.Scheduler.run
 
     async def run(self: Any, *args: Any, **kwargs: Any) -> Any:
-        sampler = asyncio.create_task(probe.sample(self._results))
+        sampler = asyncio.create_task(probe.sample(self))
         probe.started, cpu = time.perf_counter(), time.process_time()
         try:
             return await original_run(self, *args, **kwargs)
@@ -267,7 +287,8 @@ def main(argv: Sequence[str]) -> int:
                         if database == "postgresql":
                             drop_database(url)
                     figures.append({"database": database, "repeat": repeat,
-                                    "requests_per_s": row["requests_per_s"], **probe})  # fmt: skip
+                                    "requests_per_s": row["requests_per_s"],
+                                    "work_s": row["work_s"], **probe})  # fmt: skip
     print(machine_note())
     print(f"# load average {os.getloadavg()[0]:.2f} at the end")
     for figure in figures:
@@ -275,9 +296,10 @@ def main(argv: Sequence[str]) -> int:
     for database in ("sqlite", "postgresql"):
         runs = [f for f in figures if f["database"] == database]
         keys = (
-            "requests_per_s", "crawl_s", "first_answer_s", "after_last_s", "write_share",
+            "requests_per_s", "work_s", "crawl_s", "first_answer_s", "after_last_s", "write_share",
             "rps_in", "rps_out", "busy_in", "busy_out", "latency_in_ms", "latency_out_ms",
             "blocked_in_s", "blocked_out_s", "build_s", "sql_s", "claims_s", "results_queue_max",
+            "parked_mean", "parked_share", "queued_min",
         )  # fmt: skip
         medians = {key: median([f[key] for f in runs]) for key in keys}
         print(json.dumps({"kind": "median", "database": database, **medians}))
