@@ -29,6 +29,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from crawler.errors import StoreError
+from crawler.reconnect import once_more_if_lost
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -114,9 +115,15 @@ class SharedRate:
     async def _reserve(self) -> float:
         span_s = self._slice / self.rate_per_s
         params = {"key_id": self._key_id, "span_s": span_s}
-        try:
+
+        # Made twice (the COMMIT got through, its answer did not), a reservation only leaves a
+        # slice of the shared budget unspent: slower for a moment, never faster than the rate.
+        async def reserve() -> Any:
             async with self._engine.begin() as conn:
-                row: Any = (await conn.exec_driver_sql(RESERVE_SQL, params)).one()
+                return (await conn.exec_driver_sql(RESERVE_SQL, params)).one()
+
+        try:
+            row = await once_more_if_lost(reserve, "reserve from the shared rate budget")
         except _FAILURES as exc:  # the database is gone: the run ends, it does not hang
             raise StoreError(f"cannot reserve from the shared rate budget: {exc}") from exc
         return max(0.0, float(row[0]), float(row[1]))
@@ -141,21 +148,26 @@ class SharedHold:
         if now - self._checked_at >= HOLD_CHECK_S:
             self._checked_at = now
             try:
-                async with self._engine.connect() as conn:
-                    left = (
-                        await conn.exec_driver_sql(READ_HOLD_SQL, {"key_id": self._key_id})
-                    ).scalar()
+                left = await once_more_if_lost(self._read_hold, "read the shared rate budget")
             except _FAILURES as exc:
                 raise StoreError(f"cannot read the shared rate budget: {exc}") from exc
             self._held_until = now + float(left) if left is not None else -math.inf
         return max(0.0, self._held_until - now)
 
+    async def _read_hold(self) -> Any:
+        async with self._engine.connect() as conn:
+            return (await conn.exec_driver_sql(READ_HOLD_SQL, {"key_id": self._key_id})).scalar()
+
     async def hold(self, hold_s: float) -> None:
         """Tell every host to hold this key's requests for `hold_s`."""
         self._held_until = max(self._held_until, self._clock() + hold_s)
         params = {"key_id": self._key_id, "hold_s": hold_s}
-        try:
+
+        async def write() -> None:
             async with self._engine.begin() as conn:
                 await conn.exec_driver_sql(HOLD_SQL, params)
+
+        try:
+            await once_more_if_lost(write, "write the shared rate budget")
         except _FAILURES as exc:
             raise StoreError(f"cannot write the shared rate budget: {exc}") from exc

@@ -44,6 +44,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from crawler.errors import StoreError
 from crawler.models import Target, TargetPage, TargetResult
+from crawler.reconnect import once_more_if_lost
 
 log = logging.getLogger(__name__)
 
@@ -211,13 +212,23 @@ class Claims:
         every target done since the run began (their index entries stay until a vacuum);
         whoever finds nothing after it looks again from the start, for lapsed leases.
         """
+        return self.keep(region_id, await self.claimed_rows(conn, region_id, limit, after=after))
+
+    async def claimed_rows(
+        self, conn: AsyncConnection, region_id: str, limit: int, *, after: str = ""
+    ) -> list[Any]:
+        """The claim of `claim` without keeping it: its rows for `keep`, once committed (a
+        claim whose transaction was lost with its connection was rolled back)."""
         if limit <= 0:
             return []
         result = await conn.exec_driver_sql(
             CLAIM_SQL, self._params(region_id=region_id, limit=limit, after=after)
         )
-        rows: list[Any] = list(result.all())
-        claimed = []
+        return list(result.all())
+
+    def keep(self, region_id: str, rows: Sequence[Any]) -> list[Target]:
+        """Hold the claimed `rows` of `region_id`: their tokens, slots and lapsed owners."""
+        claimed = set()
         for image_id, token, previous_owner in rows:
             target = Target(region_id, str(image_id))
             self._tokens[target] = int(token)
@@ -226,9 +237,8 @@ class Claims:
                 self.reclaimed += 1
                 if previous_owner and previous_owner != self.owner:
                     self.taken_from.add(str(previous_owner))
-            claimed.append(target)
-        claimed.sort()
-        return claimed
+            claimed.add(target)
+        return sorted(claimed)
 
     async def end_sessions_of_lapsed_owners(self, conn: AsyncConnection) -> int:
         """End the database sessions of the workers whose lapsed leases this one took over.
@@ -360,18 +370,12 @@ class ClaimFeed:
         if want <= 0 or (want < threshold and self._claims.in_flight > 0):
             return TargetPage([], exhausted=False, retry_in_s=FULL_RETRY_S)
         with translated("claim targets"):
-            async with self._engine.begin() as conn:
-                claimed = await self._claims.claim(
-                    conn, region_id, want, after=after_image_id or ""
-                )
-                if len(claimed) < want and after_image_id:  # the rest of the region, from the top
-                    more = await self._claims.claim(conn, region_id, want - len(claimed))
-                    claimed = sorted({*claimed, *more})
-                full = len(claimed) == want
-                if not full:
-                    outlook = await self._claims.outlook(conn, region_id)
+            rows, outlook = await once_more_if_lost(
+                lambda: self._claim(region_id, want, after_image_id), "claim targets"
+            )
+        claimed = self._claims.keep(region_id, rows)
         await self._end_lapsed_sessions()
-        if full:
+        if outlook is None:  # all it wanted
             return TargetPage(claimed, exhausted=False, short=False)
         if claimed:
             return TargetPage(claimed, exhausted=False, short=True, retry_in_s=POLL_S)
@@ -386,6 +390,21 @@ class ClaimFeed:
         elif outlook.claimable == 0 and outlook.next_expiry_s is not None:
             retry_s = min(POLL_S, outlook.next_expiry_s + 0.01)
         return TargetPage([], exhausted=False, short=True, retry_in_s=retry_s)
+
+    async def _claim(
+        self, region_id: str, want: int, after_image_id: str | None
+    ) -> tuple[list[Any], Outlook | None]:
+        """One claim transaction: the claimed rows, and the region's outlook if they are fewer
+        than `want` (None when full). Kept only once committed: see `Claims.claimed_rows`."""
+        async with self._engine.begin() as conn:
+            rows = await self._claims.claimed_rows(
+                conn, region_id, want, after=after_image_id or ""
+            )
+            if len(rows) < want and after_image_id:  # the rest of the region, from the top
+                rows += await self._claims.claimed_rows(conn, region_id, want - len(rows))
+            if len(rows) == want:
+                return rows, None
+            return rows, await self._claims.outlook(conn, region_id)
 
     async def _end_lapsed_sessions(self) -> None:
         if not self._claims.taken_from - self._claims.ended:

@@ -6,11 +6,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
+from sqlalchemy import create_engine, event
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import NullPool
 
-from crawler.budget import SharedHold, SharedRate
-from crawler.claims import OWN_WRITES_POLL_S, POLL_S, ClaimFeed, Claims
+from crawler.budget import READ_HOLD_SQL, SharedHold, SharedRate
+from crawler.claims import CLAIM_SQL, OWN_WRITES_POLL_S, POLL_S, ClaimFeed, Claims
 from crawler.models import Outcome, Target, TargetResult
 from crawler.store import Store
 
@@ -194,3 +198,56 @@ async def test_a_spent_minute_seen_by_one_host_holds_the_others(store: Store) ->
     finally:
         await row.close()
     assert keys and all("AK" not in key for key in keys)  # a hash, never the key
+
+
+# --- a worker whose database session the server ends under it ----------------------------------
+
+
+def end_session_at(engine: AsyncEngine, url: str, sql: str, *, before: bool) -> list[int]:
+    """Have the server end the session that runs `sql`, just before or just after it runs,
+    the first time (as a take-over's pg_terminate_backend or the idle-in-transaction timeout
+    ends a paused worker's session): the ended backends' pids, filled in as it happens."""
+    ended: list[int] = []
+    admin = create_engine(url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+
+    def end(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        if statement != sql or ended:
+            return
+        pid = conn.connection.driver_connection.info.backend_pid
+        with admin.connect() as other:  # waits (up to 10 s) until that backend is gone
+            assert other.exec_driver_sql(f"SELECT pg_terminate_backend({pid}, 10000)").scalar()
+        ended.append(pid)
+
+    moment = "before_cursor_execute" if before else "after_cursor_execute"
+    event.listen(engine.sync_engine, moment, end)
+    return ended
+
+
+async def test_a_claim_whose_session_the_server_ended_is_made_again_on_a_new_connection(
+    store: Store, postgres_url: str
+) -> None:
+    """The session is ended between the claim and the rest of its transaction: the claim was
+    rolled back with it, and the feed claims again on a new connection instead of failing (a
+    worker woken from a pause went on or died of exit 3 by where the pause had caught it)."""
+    run_id = await new_run(store, 4)
+    mine = Claims(run_id, lease_s=30)
+    feed = ClaimFeed(store.engine, mine, capacity=8)
+    ended = end_session_at(store.engine, postgres_url, CLAIM_SQL, before=False)
+    page = await feed.next_page(run_id, REGION, after_image_id=None, limit=512)
+    assert len(ended) == 1
+    assert page.targets == [Target(REGION, f"img-{n:04d}") for n in range(4)]
+    assert mine.in_flight == mine.held == 4
+    async with store.engine.connect() as conn:
+        rows = await conn.exec_driver_sql("SELECT claims, lease_owner FROM crawl_targets")
+        assert sorted(rows.all()) == [(1, mine.owner)] * 4  # the lost claim left nothing
+    assert await complete(store, run_id, mine, page.targets) == 4
+
+
+async def test_a_look_at_the_hold_whose_session_the_server_ended_is_made_again(
+    store: Store, postgres_url: str
+) -> None:
+    seen, other = SharedHold(store.engine, "AK"), SharedHold(store.engine, "AK")
+    await seen.hold(5.0)
+    ended = end_session_at(store.engine, postgres_url, READ_HOLD_SQL, before=True)
+    assert 4.0 <= await other.wait_s() <= 5.0
+    assert len(ended) == 1

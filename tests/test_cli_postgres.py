@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -22,6 +23,7 @@ from test_cli import Recorder, crawl, targets_file
 from test_store_dialects import dump
 
 from crawler.cli import main
+from crawler.store.dialects.postgresql import COORDINATOR_LOCK, LOCK_NAMESPACE
 from crawler.store.migrate import sync_url
 from tests.conftest import SimulatorFactory, crawl_environ, write_config
 
@@ -190,10 +192,13 @@ def test_three_workers_one_killed_one_paused_give_one_outcome_per_target(
         killed.send_signal(signal.SIGKILL)
         wait_until(lambda: owned_by(postgres_url, zombie.pid, live=True) > 0, "worker 3's claims")
         zombie.send_signal(signal.SIGSTOP)
-        done_before_pause = owned_by(postgres_url, zombie.pid, live=False)
         coordinator_code, coordinator_log = finish(coordinator)
         assert coordinator_code == 0, coordinator_log
         assert query(postgres_url, "SELECT status FROM crawl_runs") == [("succeeded",)]
+        # What the zombie completed before its pause, counted once the run is finished: a
+        # COMMIT it sent just before the SIGSTOP may land after it (the server runs on), but
+        # not after the run's end, which needed every row such a COMMIT holds locked.
+        done_before_pause = owned_by(postgres_url, zombie.pid, live=False)
         zombie.send_signal(signal.SIGCONT)
         zombie_code, zombie_log = finish(zombie)
         assert zombie_code == 0, zombie_log
@@ -325,6 +330,10 @@ def test_diff_history_accept_and_prune_on_postgresql(
 def test_resume_after_the_coordinator_died_finishes_the_run_once_its_leases_lapse(
     simulator: SimulatorFactory, tmp_path: Path, postgres_url: str
 ) -> None:
+    """The coordinator is SIGKILLed mid-run, and `--resume` starts before the server has ended
+    the dead coordinator's lock session (its backend is held stopped, as a loaded machine may
+    leave it for a while): the resume waits for that session to end instead of exiting 75, then
+    finishes the run once the dead worker's leases lapse."""
     server = simulator(images_per_region=150, latency_ms=20)
     targets = targets_file(tmp_path, server.sim)
     total = len(list(server.sim.targets()))
@@ -333,18 +342,59 @@ def test_resume_after_the_coordinator_died_finishes_the_run_once_its_leases_laps
         extra_crawl="lease_s = 1",
     )  # fmt: skip
     coordinator = start(config, "--targets", str(targets))
+    resumed: subprocess.Popen[str] | None = None
+    backend: int | None = None
     try:
         wait_until(lambda: results(postgres_url) >= 30, "the coordinator's first results")
+        backend = lock_backend(postgres_url, coordinator.pid)
+        os.kill(backend, signal.SIGSTOP)  # the server cannot end that session until it runs
         coordinator.send_signal(signal.SIGKILL)
-    finally:
-        coordinator.kill()
         coordinator.communicate()
-    assert query(postgres_url, "SELECT status FROM crawl_runs") == [("running",)]
-    assert 30 <= results(postgres_url) < total
-    recorder = Recorder()
-    assert crawl(config, "--resume", recorder=recorder) == 0, recorder.stderr.getvalue()
+        assert query(postgres_url, "SELECT status FROM crawl_runs") == [("running",)]
+        assert 30 <= results(postgres_url) < total
+        resumed = start(config, "--resume")
+        waiting = resumed
+        wait_until(
+            lambda: lock_waiters(postgres_url) > 0 or waiting.poll() is not None,
+            "--resume to queue for the dead coordinator's lock",
+        )
+        assert resumed.poll() is None, finish(resumed)
+        os.kill(backend, signal.SIGCONT)
+        backend = None
+        code, log = finish(resumed)
+    finally:
+        if backend is not None:
+            os.kill(backend, signal.SIGCONT)
+        for child in (coordinator, resumed):
+            if child is not None and child.poll() is None:
+                child.kill()
+            if child is not None:
+                child.communicate()
+    assert code == 0, log
+    assert "a process that is gone: waiting for the server to end its session" in log, log
     assert query(postgres_url, "SELECT status, fetched FROM crawl_runs") == [("succeeded", total)]
     assert results(postgres_url) == total
+
+
+def lock_backend(url: str, pid: int) -> int:
+    """The server process of the crawl lock's session held by crawler process `pid`."""
+    name = f"crawler crawl pid {pid} on {socket.gethostname()}"[:63]
+    rows = query(url, "SELECT pid FROM pg_stat_activity WHERE application_name = :name", name=name)
+    assert len(rows) == 1, rows
+    backend = int(rows[0][0])
+    comm = Path(f"/proc/{backend}/comm")
+    if not comm.exists() or comm.read_text().strip() != "postgres":
+        pytest.skip("the PostgreSQL server does not run on this host: its sessions cannot be held")
+    return backend
+
+
+def lock_waiters(url: str) -> int:
+    """Sessions queued for the crawl lock (pg_advisory_lock, not yet granted)."""
+    sql = (
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        " AND classid = :namespace AND objid = :key AND objsubid = 2"
+    )
+    return int(query(url, sql, namespace=LOCK_NAMESPACE, key=COORDINATOR_LOCK)[0][0])
 
 
 def test_a_second_coordinator_exits_75_and_a_joiner_with_a_wrong_secret_exits_3(

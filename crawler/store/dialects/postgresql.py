@@ -4,9 +4,10 @@
   its own for the whole crawl. Advisory locks live inside one database, so the key is the same
   for every inventory and two inventories on one server do not collide. The connection's
   `application_name` names the holder (host and pid), which the refused crawl reads back from
-  `pg_stat_activity`. The server drops the lock when the holder's session ends: at once when the
+  `pg_stat_activity`. The server drops the lock when the holder's session ends: moments after the
   process dies (its socket closes), and within about 25 s when its host dies, through the TCP
-  keepalives this session asks the server for.
+  keepalives this session asks the server for. A holder that is a process of this host which no
+  longer exists is waited for (up to `DEAD_HOLDER_WAIT_S`), not reported: its session is ending.
 - **Migrations** take a transaction advisory lock (`pg_advisory_xact_lock`, a different key) as
   the first statement of the upgrade's transaction, so two hosts starting at once queue and the
   second finds the schema at head; PostgreSQL's DDL is transactional, so a failed upgrade leaves
@@ -24,6 +25,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import socket
@@ -42,6 +44,8 @@ from sqlalchemy.sql.dml import Insert
 from crawler.errors import LockHeldError, StoreError
 from crawler.store.dialects import CrawlLock, Dialect
 
+log = logging.getLogger(__name__)
+
 # Advisory lock keys (two int4s): the crawler's namespace, then which lock.
 LOCK_NAMESPACE = 0x6A64_6331  # "jdc1"
 COORDINATOR_LOCK = 1
@@ -58,6 +62,18 @@ _SETTINGS = ("server_version", "transaction_isolation", "statement_timeout", "ap
 # The holder's session: the server probes an idle peer after 10 s, then every 5 s, 3 times.
 _KEEPALIVE_SETTINGS = ("tcp_keepalives_idle = 10", "tcp_keepalives_interval = 5")
 _KEEPALIVE_COUNT = "tcp_keepalives_count = 3"
+# A crawl that finds the lock held by a process of this host that is gone waits this long for the
+# server to end that session. The server ends it when it next runs the session's backend, which
+# sees the closed socket: moments after the process died, longer on a loaded machine. A crawl
+# started right after one was killed (cron after the OOM killer, `--resume` after kill -9) exited
+# 75 naming a dead pid.
+DEAD_HOLDER_WAIT_S = 30.0
+# pg_try_advisory_lock failed but no holder was found: the lock was freed in between; try again.
+_UNKNOWN_HOLDER_TRIES = 3
+# SQLSTATE lock_not_available: lock_timeout ran out.
+_LOCK_NOT_AVAILABLE = "55P03"
+# The holder's application_name, as `_application_name("crawler crawl")` writes it.
+_HOLDER_NAME = re.compile(r"crawler crawl pid (\d+) on (.*)")
 
 
 class PostgreSQLDialect(Dialect):
@@ -210,9 +226,9 @@ def _unnest(types: Sequence[str]) -> str:
     return f"unnest({arrays}) AS {_ROWS}({columns})"
 
 
-def _application_name(role: str) -> str:
+def _application_name(role: str, *, pid: int | None = None) -> str:
     # PostgreSQL keeps 63 bytes of it; host names are the part that can be long.
-    return f"{role} pid {os.getpid()} on {socket.gethostname()}"[:63]
+    return f"{role} pid {os.getpid() if pid is None else pid} on {socket.gethostname()}"[:63]
 
 
 def _take_migration_lock(connection: Connection) -> None:
@@ -268,25 +284,70 @@ class AdvisoryLock(CrawlLock):
         try:
             connection = engine.connect()
             try:
-                taken = self._try(connection)
+                holder = self._take(connection)
             except BaseException:
                 connection.close()
                 raise
         except SQLAlchemyError as exc:
             engine.dispose()
             raise StoreError(f"cannot take the crawl lock on database {name}: {exc}") from exc
-        if not taken:
-            holder = _holder(connection)
+        if holder is not None:
             connection.close()
             engine.dispose()
             raise LockHeldError(f"another crawl holds the lock on database {name}: {holder}")
         self._engine, self._connection = engine, connection
 
+    def _take(self, connection: Connection) -> str | None:
+        """Take the lock; None once taken, else who holds it. A holder whose process on this
+        host is gone is waited for in the server's queue (its session is ending), up to
+        `DEAD_HOLDER_WAIT_S`."""
+        self._configure(connection)
+        for _ in range(_UNKNOWN_HOLDER_TRIES):
+            if self._try(connection):
+                return None
+            row = _holder_row(connection)
+            if row is not None:
+                break
+        else:  # released each time between the two statements
+            return "holder unknown (it may just have finished)"
+        holder = _describe_holder(row)
+        if not _gone_from_this_host(row[0]):
+            return holder
+        log.info(
+            "the crawl lock is held by %s, a process that is gone: waiting for the server to"
+            " end its session", row[0],
+        )  # fmt: skip
+        if self._wait(connection):
+            return None
+        gone = f"that process is gone, its session did not end in {DEAD_HOLDER_WAIT_S:g} s"
+        return f"{holder}; {gone}"
+
     @staticmethod
-    def _try(connection: Connection) -> bool:
+    def _wait(connection: Connection) -> bool:
+        """Queue for the lock for up to DEAD_HOLDER_WAIT_S; whether it was taken."""
+        # SET LOCAL: the timeout ends with this transaction, whichever way it ends.
+        connection.exec_driver_sql(f"SET LOCAL lock_timeout = {int(DEAD_HOLDER_WAIT_S * 1000)}")
+        try:
+            connection.exec_driver_sql(
+                "SELECT pg_advisory_lock(%s, %s)", (LOCK_NAMESPACE, COORDINATOR_LOCK)
+            )
+        except DBAPIError as exc:
+            connection.rollback()
+            if getattr(exc.orig, "sqlstate", None) != _LOCK_NOT_AVAILABLE:
+                raise
+            return False
+        connection.commit()
+        return True
+
+    @staticmethod
+    def _configure(connection: Connection) -> None:
         # Session settings: let the server notice a dead host's silent socket and end the session.
         for setting in (*_KEEPALIVE_SETTINGS, _KEEPALIVE_COUNT):
             connection.exec_driver_sql(f"SET {setting}")
+        connection.commit()
+
+    @staticmethod
+    def _try(connection: Connection) -> bool:
         taken = connection.exec_driver_sql(
             "SELECT pg_try_advisory_lock(%s, %s)", (LOCK_NAMESPACE, COORDINATOR_LOCK)
         ).scalar()
@@ -311,7 +372,8 @@ class AdvisoryLock(CrawlLock):
             self._engine = None
 
 
-def _holder(connection: Connection) -> str:
+def _holder_row(connection: Connection) -> Any:
+    """The lock holder's application_name, client address and session start; None if none."""
     try:
         row = connection.exec_driver_sql(
             "SELECT a.application_name, a.client_addr, a.backend_start"
@@ -322,12 +384,40 @@ def _holder(connection: Connection) -> str:
             (LOCK_NAMESPACE, COORDINATOR_LOCK),
         ).first()
     except SQLAlchemyError:
-        return "holder unknown"
-    if row is None:
-        return "holder unknown (it may just have finished)"
+        connection.rollback()
+        return ("holder unknown", None, None)
+    connection.commit()
+    return row
+
+
+def _describe_holder(row: Any) -> str:
     name, address, since = row
+    if since is None:
+        return str(name)
     where = f" from {address}" if address is not None else ""
     return f"{name}{where}, since {since:%Y-%m-%d %H:%M:%S %Z}".rstrip()
+
+
+def _gone_from_this_host(application_name: str | None) -> bool:
+    """Whether the lock's holder names a process of this host that no longer exists.
+
+    Only this host's processes can be looked at; a holder elsewhere (or a pid that another
+    process has taken since) counts as alive, so the answer errs towards exit 75, never towards
+    two coordinators: waiting for the lock is all that is done with it.
+    """
+    match = _HOLDER_NAME.fullmatch(application_name or "")
+    if match is None:
+        return False
+    pid = int(match[1])
+    if _application_name("crawler crawl", pid=pid) != application_name:
+        return False  # another host (or a name cut at 63 bytes that is not this host's)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, another user's
+    return False
 
 
 DIALECT = PostgreSQLDialect()
