@@ -381,8 +381,7 @@ class ClaimFeed:
 
     A region's claim is made once at least half of its share is free, so a busy worker claims in
     batches rather than one target per round trip (claims of a quarter of the concurrency left
-    workers waiting on the feeder: 641 against 1,119 requests/s at 20 ms and 64 in flight). A
-    region with nothing in hand takes whatever fits at once.
+    workers waiting on the feeder: 641 against 1,119 requests/s at 20 ms and 64 in flight).
     """
 
     def __init__(
@@ -405,11 +404,16 @@ class ClaimFeed:
         """How many targets of `region_id` to claim now: what fits in this worker's free slots
         and the region's free share, in whole batches; 0 to wait for more to free up."""
         claims = self._claims
-        in_region = claims.in_flight_in(region_id)
-        free = min(self._capacity - claims.in_flight, self._region_capacity - in_region)
+        free = min(
+            self._capacity - claims.in_flight,
+            self._region_capacity - claims.in_flight_in(region_id),
+        )
         want = min(limit, free) // self._batch_size * self._batch_size
         threshold = max(self._batch_size, self._region_capacity // 2)
-        if want <= 0 or (want < threshold and in_region > 0):
+        # Not under the threshold while anything is in hand, in any region: with 4 regions a
+        # region with nothing in hand claimed every slot freed elsewhere, one or two targets at a
+        # time (861 claims per 10,000 targets instead of ~60).
+        if want <= 0 or (want < threshold and claims.in_flight > 0):
             return 0
         return want
 
