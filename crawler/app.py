@@ -527,7 +527,7 @@ class _FencedStore:
         # A target answered 401/403 failed because of this worker's credentials, not its own:
         # it goes back to the pool with the rest of the claims (the run goes on without us).
         kept = [result for result in results if result.http_status not in _REJECTED]
-        written = await self._store.write_results(run_id, kept, fence=self._claims.fence_for(kept))
+        written = await self._store.write_results(run_id, kept, fence=self._claims.fence_results)
         self._claims.settle(kept, written)
         # No pause before the next write, as on SQLite. A 0.1 s pause made batches of ~500 (20
         # transactions per 10,000 results, fewer fixed ~5 ms of server work each), and each one

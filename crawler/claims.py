@@ -35,7 +35,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,9 +47,6 @@ from crawler.models import Target, TargetPage, TargetResult
 from crawler.reconnect import once_more_if_lost
 
 log = logging.getLogger(__name__)
-
-# A write transaction and a batch of results to the results that may be written (`Store`'s).
-Fence = Callable[[AsyncConnection, Sequence[TargetResult]], Awaitable[Sequence[TargetResult]]]
 
 # How often, as a fraction of the lease, a worker with work in flight renews its leases: three
 # renewals may fail or be late before a lease lapses.
@@ -306,29 +303,19 @@ class Claims:
 
         A result for a target this worker never claimed is refused as well.
         """
-        return list(await self.fence_for(results)(conn, results))
-
-    def fence_for(self, results: Sequence[TargetResult]) -> Fence:
-        """`fence_results` for `results`, with their tokens taken now: the fence itself may then
-        run on another thread (the PostgreSQL writer's) while this one claims and settles."""
         known = [result for result in results if result.target in self._tokens]
         self._fenced = {result.target: self._tokens[result.target] for result in known}
-        params = self._params(
-            regions=[result.target.region_id for result in known],
-            images=[result.target.image_id for result in known],
-            tokens=list(self._fenced.values()),
-        )
-
-        async def fence(
-            conn: AsyncConnection, results: Sequence[TargetResult]
-        ) -> list[TargetResult]:
-            accepted: set[tuple[str, str]] = set()
-            if known:
-                rows: list[Any] = list((await conn.exec_driver_sql(FENCE_SQL, params)).all())
-                accepted = {(str(region), str(image)) for region, image in rows}
-            return [r for r in results if (r.target.region_id, r.target.image_id) in accepted]
-
-        return fence
+        accepted: set[tuple[str, str]] = set()
+        if known:
+            params = self._params(
+                regions=[result.target.region_id for result in known],
+                images=[result.target.image_id for result in known],
+                tokens=[self._tokens[result.target] for result in known],
+            )
+            rows: list[Any] = list((await conn.exec_driver_sql(FENCE_SQL, params)).all())
+            accepted = {(str(region), str(image)) for region, image in rows}
+        kept = [r for r in results if (r.target.region_id, r.target.image_id) in accepted]
+        return kept
 
     def settle(self, results: Sequence[TargetResult], accepted: int) -> None:
         """After the completion's transaction committed: forget the tokens, count refusals.

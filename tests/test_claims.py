@@ -4,7 +4,6 @@ crawler.budget), driven directly: two `Claims` on one run stand for two worker p
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -193,36 +192,6 @@ async def test_a_claim_takes_one_regions_share_and_leaves_the_rest_to_the_others
     page = await feed.next_page(run_id, regions[0], after_image_id=cursor, limit=512)
     assert [target.image_id for target in page.targets] == ["img-0004", "img-0005"]
     assert mine.in_flight == 8 and mine.in_flight_in(regions[0]) == 4
-
-
-async def test_a_batch_write_runs_off_the_event_loop_and_its_thread_ends_with_the_store(
-    postgres_url: str,
-) -> None:
-    """On PostgreSQL the batch writes run on a thread of their own (the client's side of a
-    write held the crawl's loop ~50 ms per batch): while the fence is inside the transaction,
-    blocking its thread, the loop goes on, and here that is what lets the write finish."""
-    store = await Store.open(postgres_url)
-    try:
-        run_id = await new_run(store, 2)
-        claims = Claims(run_id, lease_s=30)
-        results = [failed(target) for target in await claim(store, claims, 2)]
-        loop_ran = threading.Event()
-        fenced = claims.fence_for(results)
-        threads: list[threading.Thread] = []
-
-        async def fence(conn: Any, batch: Any) -> Any:
-            threads.append(threading.current_thread())
-            assert loop_ran.wait(timeout=20)  # set by the loop, which must not be waiting here
-            return await fenced(conn, batch)
-
-        asyncio.get_running_loop().call_later(0.05, loop_ran.set)
-        assert await store.write_results(run_id, results, fence=fence) == 2
-        claims.settle(results, 2)
-        assert threads[0] is not threading.main_thread() and threads[0].is_alive()
-        assert (await store.pending_counts(run_id)) == {}
-    finally:
-        await store.close()
-    assert not threads[0].is_alive()
 
 
 class GatedApi:

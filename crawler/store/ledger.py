@@ -66,7 +66,6 @@ class Store:
         self._engine = engine
         self._dialect = dialect
         self._writer = dialect.writer(engine)
-        self._batch_writes = dialect.batch_writes(engine)
         self._name = name
         self._clock = clock
         self._statements = _WriteStatements.compile(dialect, engine.dialect)
@@ -113,10 +112,7 @@ class Store:
     async def close(self) -> None:
         """Close every connection (on SQLite the WAL is checkpointed as the last one closes)."""
         with _translated(self._name, "close the store"):
-            try:
-                await self._batch_writes.close()
-            finally:
-                await self._engine.dispose()
+            await self._engine.dispose()
 
     async def create_run(self, targets: Iterable[Target], *, strategy: str) -> int:
         """Record a new run and its targets, streamed in chunks, in one transaction.
@@ -326,16 +322,12 @@ class Store:
     async def _write(
         self, run_id: int, results: Sequence[TargetResult], fence: Fence | None
     ) -> int:
-        async def write(engine: AsyncEngine) -> int:
-            kept = results
-            async with engine.begin() as conn:
-                if fence is not None:
-                    kept = await fence(conn, kept)
-                await _Batch.build(self._statements, run_id, kept).write(conn)
-            return len(kept)
-
         with _translated(self._name, f"write {len(results)} results of run {run_id}"):
-            return await self._batch_writes.run(write)
+            async with self._writer.begin() as conn:
+                if fence is not None:
+                    results = await fence(conn, results)
+                await _Batch.build(self._statements, run_id, results).write(conn)
+        return len(results)
 
     async def finish_run(
         self,

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Self
 
 from sqlalchemy import Table
 from sqlalchemy.engine import URL, Engine
@@ -57,27 +57,6 @@ class CrawlLock(ABC):
         self.release()
 
 
-T = TypeVar("T")
-# The work of one batch write, given the engine to write with.
-WriteWork = Callable[[AsyncEngine], Awaitable[T]]
-
-
-class BatchWrites:
-    """Where the store's batch writes (`Store.write_results`) run: by default on the caller's
-    event loop, with the store's write engine (SQLite's statements already run in aiosqlite's
-    thread)."""
-
-    def __init__(self, engine: AsyncEngine) -> None:
-        self._engine = engine
-
-    async def run(self, work: WriteWork[T]) -> T:
-        """Do `work` with the engine the batch writes use, and return what it returns."""
-        return await work(self._engine)
-
-    async def close(self) -> None:
-        """Release what `run` opened of its own (the store's engine is the store's to close)."""
-
-
 class Dialect(ABC):
     """One database's own behaviour, as the store uses it."""
 
@@ -93,10 +72,6 @@ class Dialect(ABC):
     @abstractmethod
     def writer(self, engine: AsyncEngine) -> AsyncEngine:
         """`engine` as the store's write transactions use it (e.g. taking the write lock early)."""
-
-    def batch_writes(self, engine: AsyncEngine) -> BatchWrites:
-        """Where the store's batch writes run (default: here, with `writer(engine)`)."""
-        return BatchWrites(self.writer(engine))
 
     @abstractmethod
     async def settings(self, conn: AsyncConnection) -> dict[str, Any]:

@@ -24,14 +24,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
 import re
 import socket
-import threading
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +42,7 @@ from sqlalchemy.pool import NullPool
 from sqlalchemy.sql.dml import Insert
 
 from crawler.errors import LockHeldError, StoreError
-from crawler.store.dialects import BatchWrites, CrawlLock, Dialect, T, WriteWork
+from crawler.store.dialects import CrawlLock, Dialect
 
 log = logging.getLogger(__name__)
 
@@ -97,9 +95,6 @@ class PostgreSQLDialect(Dialect):
     def writer(self, engine: AsyncEngine) -> AsyncEngine:
         return engine  # READ COMMITTED; row locks and the fenced completion do the rest
 
-    def batch_writes(self, engine: AsyncEngine) -> BatchWrites:
-        return WriterThread(lambda: self.create_engine(engine.url))
-
     async def settings(self, conn: AsyncConnection) -> dict[str, Any]:
         values: dict[str, Any] = {}
         for name in _SETTINGS:
@@ -149,57 +144,6 @@ class PostgreSQLDialect(Dialect):
 
     def backup(self, path: Path, target: Path) -> None:
         raise StoreError("PostgreSQL databases are not files; back them up with pg_dump")
-
-
-class WriterThread(BatchWrites):
-    """The batch writes on a thread of their own, with an event loop and an engine of its own,
-    as aiosqlite runs SQLite's statements in its thread.
-
-    A batch write's client side is Python: building the rows, adapting ~10 parameters of arrays,
-    psycopg's protocol work. On the crawl's event loop it held the loop ~50 ms per batch of ~500
-    (1.03 s per 10,000 targets against SQLite's 0.47 s), during which no answer was read and
-    slots sat idle: a PostgreSQL crawl ran 0.89x SQLite at 20 ms / 64 in flight. Here the loop
-    goes on answering between the thread's GIL turns (every 5 ms at most, and whenever libpq
-    waits on the server). The thread starts with the first write; the fence and the rows still
-    commit in one transaction, the thread's.
-    """
-
-    def __init__(self, create_engine: Callable[[], AsyncEngine]) -> None:
-        self._create_engine = create_engine
-        self._own: AsyncEngine | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-
-    async def run(self, work: WriteWork[T]) -> T:
-        if self._loop is None:
-            self._loop = asyncio.new_event_loop()
-            self._thread = threading.Thread(
-                target=self._loop.run_forever, name="postgresql-writer", daemon=True
-            )
-            self._thread.start()
-        # Cancelling the caller cancels the work in the thread (its transaction rolls back).
-        return await asyncio.wrap_future(
-            asyncio.run_coroutine_threadsafe(self._in_thread(work), self._loop)
-        )
-
-    async def _in_thread(self, work: WriteWork[T]) -> T:
-        if self._own is None:  # made here: its connections belong to this thread's loop
-            self._own = self._create_engine()
-        return await work(self._own)
-
-    async def close(self) -> None:
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-        try:
-            if self._own is not None:
-                engine = self._own
-                await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(engine.dispose(), loop))
-        finally:
-            loop.call_soon_threadsafe(loop.stop)
-            await asyncio.to_thread(thread.join)
-            loop.close()
-            self._loop = self._thread = self._own = None
 
 
 # --- the write path: one statement per batch --------------------------------------------------
