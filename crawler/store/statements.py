@@ -103,8 +103,7 @@ class _Statement:
             else:
                 await self.store_dialect.execute_many(conn, self.sql, params)
         else:  # the rows turned into columns: one array per parameter
-            assert self.store_dialect is not None  # a bulk form is the store dialect's
-            await conn.exec_driver_sql(self.bulk, self.store_dialect.bulk_params(params))
+            await conn.exec_driver_sql(self.bulk, tuple(map(list, zip(*params, strict=True))))
 
 
 def _key_match(table: Any, names: Sequence[str]) -> Any:

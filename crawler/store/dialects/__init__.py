@@ -113,10 +113,6 @@ class Dialect(ABC):
         transaction; a failure raises SQLAlchemy's `DBAPIError`, as `exec_driver_sql` does."""
         await conn.exec_driver_sql(sql, params)
 
-    def bulk_params(self, rows: Sequence[tuple[Any, ...]]) -> tuple[Any, ...]:
-        """The parameters of a `bulk_sql` statement for `rows`: one list per column (default)."""
-        return tuple(map(list, zip(*rows, strict=True)))
-
     def bulk_sql(self, sql: str, types: Sequence[str] = ()) -> str | None:
         """`sql`, a compiled write statement with one positional parameter per value (`types`:
         each parameter's SQL type, in order), rewritten to take one array per parameter and run

@@ -33,7 +33,6 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import orjson
 from sqlalchemy import Table, create_engine, event
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import URL, Connection, Engine
@@ -134,9 +133,6 @@ class PostgreSQLDialect(Dialect):
     def bulk_sql(self, sql: str, types: Sequence[str] = ()) -> str | None:
         return _bulk_sql(_with_casts(sql, types))
 
-    def bulk_params(self, rows: Sequence[tuple[Any, ...]]) -> tuple[Any, ...]:
-        return _bulk_params(rows)
-
     def sync_url(self, url: URL) -> URL:
         return url  # psycopg 3 is both the async and the sync driver
 
@@ -225,26 +221,9 @@ def _column(number: int, kind: str) -> str:
 
 def _unnest(types: Sequence[str]) -> str:
     kinds = ("TEXT" if kind in _PARSED_TYPES else kind for kind in types)
-    arrays = ", ".join(f"{_JSON_ARRAY}::{kind}[]" for kind in kinds)
+    arrays = ", ".join(f"%b::{kind}[]" for kind in kinds)
     columns = ", ".join(f"p{number}" for number in range(1, len(types) + 1))
     return f"unnest({arrays}) AS {_ROWS}({columns})"
-
-
-# Each column of a batch goes as one JSON array (text), made a typed array by the server.
-_JSON_ARRAY = "ARRAY(SELECT json_array_elements_text(%s::json))"
-
-
-def _json_value(value: object) -> str:
-    """What orjson cannot write itself: bytes, as bytea's text form (hex)."""
-    if isinstance(value, bytes | bytearray | memoryview):
-        return "\\x" + bytes(value).hex()
-    raise TypeError(f"cannot send a {type(value).__name__} in a batch")
-
-
-def _bulk_params(rows: Sequence[tuple[Any, ...]]) -> tuple[str, ...]:
-    return tuple(
-        orjson.dumps(column, default=_json_value).decode() for column in zip(*rows, strict=True)
-    )
 
 
 def _application_name(role: str, *, pid: int | None = None) -> str:
