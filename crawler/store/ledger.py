@@ -326,8 +326,7 @@ class Store:
             async with self._writer.begin() as conn:
                 if fence is not None:
                     results = await fence(conn, results)
-                for part in _slices(results, self._dialect.write_slice):
-                    await _Batch.build(self._statements, run_id, part).write(conn)
+                await _Batch.build(self._statements, run_id, results).write(conn)
         return len(results)
 
     async def finish_run(
@@ -458,16 +457,6 @@ class Store:
         with _translated(self._name, f"read run {run_id}"):
             async with self._engine.connect() as conn:
                 return await _read_run(conn, self._name, run_id)
-
-
-def _slices(results: Sequence[TargetResult], size: int | None) -> Iterable[Sequence[TargetResult]]:
-    """The batch in slices of at most `size` results (`Dialect.write_slice`), each target in one
-    slice only, with its last result (as `_Batch.build` keeps it): slice after slice in one
-    transaction, they write the same rows as the whole batch at once."""
-    if size is None or len(results) <= size:
-        return (results,)
-    last = list({result.target: result for result in results}.values())
-    return (last[start : start + size] for start in range(0, len(last), size))
 
 
 def _no_result() -> ColumnElement[bool]:

@@ -62,9 +62,6 @@ class Dialect(ABC):
 
     #: The SQLAlchemy backend name, as in `URL.get_backend_name()`.
     name: str
-    #: At most this many results go into one round of the write path's statements; a larger
-    #: batch is written slice after slice in its one transaction. None: the whole batch at once.
-    write_slice: int | None = None
 
     # --- connections
 

@@ -72,8 +72,6 @@ DEAD_HOLDER_WAIT_S = 30.0
 _UNKNOWN_HOLDER_TRIES = 3
 # SQLSTATE lock_not_available: lock_timeout ran out.
 _LOCK_NOT_AVAILABLE = "55P03"
-# Results per round of the write path's statements within a batch's transaction (`write_slice`).
-WRITE_SLICE = 64
 # The holder's application_name, as `_application_name("crawler crawl")` writes it.
 _HOLDER_NAME = re.compile(r"crawler crawl pid (\d+) on (.*)")
 
@@ -82,13 +80,6 @@ class PostgreSQLDialect(Dialect):
     """PostgreSQL through psycopg 3, async for the store and sync for migrations and the lock."""
 
     name = "postgresql"
-    # psycopg adapts a statement's parameters on the event loop (the binary array dumper is
-    # Python per element), and the rows are built there too: a batch of ~500 results held the
-    # loop ~50 ms at a time, longer than a 20 ms answer takes, so every slot drained while the
-    # crawl sent nothing. In slices each stretch is a fraction of that, and the loop takes the
-    # answers that came in while the server runs each slice's statements. (SQLite's statements
-    # run in aiosqlite's thread: the loop is free meanwhile, and its batches stay whole.)
-    write_slice = WRITE_SLICE
 
     def create_engine(self, url: URL) -> AsyncEngine:
         return create_async_engine(
