@@ -74,6 +74,18 @@ def main(argv: list[str]) -> int:
                 f" {ratio:.0%})"
             )
         print(f"# {build}: " + "; ".join(cells))
+    # Each round's ratio to the base's figure of the same round (run next to it): the pairing
+    # that the medians above lose.
+    for build in args.builds[1:]:
+        cells = []
+        for phase in PHASES:
+            ratios = [
+                mine[phase] / theirs[phase]
+                for mine, theirs in zip(rates[build], rates[base], strict=True)
+            ]
+            each = ", ".join(f"{ratio:.2f}" for ratio in ratios)
+            cells.append(f"{phase} {statistics.median(ratios):.0%} ({each})")
+        print(f"# {build} / {base}, paired per round: " + "; ".join(cells))
     return 0
 
 
