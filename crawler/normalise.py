@@ -24,7 +24,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 from types import MappingProxyType
 from typing import Any
 
@@ -48,6 +48,10 @@ _TIME_TEXT = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?"
     r"(Z|[+-][0-9]{2}(:?[0-9]{2})?)?"
 )
+
+# Offsets of a whole number of hours, and the hours as written (`parse_api_time`).
+_WHOLE_HOURS = {timedelta(hours=hours): hours for hours in range(-23, 24)}
+_HOUR_TEXT = tuple(f"{hour:02d}" for hour in range(24))
 
 DISK_KEY_COLUMNS = ("region_id", "image_id", "slot", "position")
 # Part of every `raw_digest`: raise it whenever the same `raw` would give different rows (a new
@@ -148,6 +152,12 @@ def parse_api_time(value: Any, naive_tz: tzinfo) -> str | None:
         offset = at.utcoffset() if at.tzinfo is not None else naive_tz.utcoffset(at)
         if offset is None:  # a tzinfo that does not know its offset: let astimezone decide
             return at.replace(tzinfo=naive_tz).astimezone(UTC).isoformat(" ", "seconds")[:19]
+        # The usual time, to the second in a whole-hour zone (Beijing's, or Z): its UTC text is
+        # the written one with only the hour moved, unless that changes the day. isoformat costs
+        # ~0.3 us, three times this, and an image has about four times.
+        hours = _WHOLE_HOURS.get(offset)
+        if hours is not None and value[16:17] == ":" and 0 <= (hour := at.hour - hours) < 24:
+            return f"{value[:10]} {_HOUR_TEXT[hour]}{value[13:19]}"
         # isoformat pads the year to 4 digits, so the first 19 characters drop any "+00:00".
         return (at - offset).isoformat(" ", "seconds")[:19]
     except (ValueError, OverflowError):  # 2021-02-30, 24:00, or beyond year 1..9999 in UTC
