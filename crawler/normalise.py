@@ -271,7 +271,7 @@ TAG_COLUMNS: tuple[str, ...] = (*DISK_KEY_COLUMNS, "key", "value")
 # Each source object's fields by API name, with their column and converter (a time's converter is
 # `parse_api_time`, which takes the zone too). `_fill` walks the fields an object has rather than
 # every field it could have: the API leaves most out (a cloud disk in the documentation's example
-# has 5 of its 14), and the row starts with every column NULL (`_TEMPLATES`).
+# has 5 of its 14), and the row starts with every column NULL (`_IMAGE_TEMPLATE` and the others).
 FieldMap = dict[str, tuple[str, Callable[..., Any]]]
 
 
@@ -331,7 +331,7 @@ def _sized(
     category: Any, local: Mapping[str, Any] | None, cloud: Mapping[str, Any] | None
 ) -> Mapping[str, Any] | None:
     """The disk object holding type and size: the one present; with both, the one the mapping's
-    diskCategory names (cloud unless it says local)."""
+    diskCategory names (cloud unless it says local); None with neither."""
     if local is not None and (cloud is None or category == "local"):
         return local
     return cloud
