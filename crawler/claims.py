@@ -118,10 +118,11 @@ UPDATE crawl_targets SET lease_expires_at = '-infinity'
 # with a snapshot that sees those rows as locked, ends their leases by ctid. As one UPDATE ...
 # FROM unnest(...) the planner, on the run's new rows without statistics, hash-joined the batch
 # with a bitmap scan of all this worker's entries in `ix_crawl_targets_leased` and of the run's
-# in the primary key, dead row versions included (every claim and fence adds one): 6.6 ms per
-# fence of 150 and growing with the run, the costliest statement of a crawl (582 of 2,072 ms of
-# the server's statement time per 10,000 targets, pg_stat_statements); by key, ~1.4 ms. (FOR
-# UPDATE also keeps the planner from flattening the LATERAL lookup into that join.)
+# in the primary key, dead row versions included (every claim and fence adds one): ~7 ms per
+# fence of 150 over a run of 10,000 and ~11 ms over 40,000, the costliest statement of a crawl
+# (582 of 2,072 ms of the server's statement time per 10,000 targets, pg_stat_statements); by
+# key, 2.2-2.9 ms at either size. (FOR UPDATE also keeps the planner from flattening the LATERAL
+# lookup into that join.)
 FENCE_LOCK_SQL = """
 SELECT k.ctid::text
   FROM unnest(%(regions)s::text[], %(images)s::text[], %(tokens)s::int[])
