@@ -65,32 +65,49 @@ def _decode(item: tuple[Any, ...]) -> tuple[TargetResult, int]:
 class WriterProcess:
     """The parent's end: one child, one batch at a time."""
 
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self._proc = proc
+    def __init__(self, process: Any, reader: Any, writer: Any) -> None:
+        self._process = process
+        self._reader = reader
+        self._writer = writer
 
     @classmethod
     async def start(cls, url: str) -> WriterProcess:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "crawler.writer_process",
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        writer = cls(proc)
-        await writer._send({"url": url})
-        return writer
+        import multiprocessing
+        import os
+
+        to_child_r, to_child_w = os.pipe()
+        from_child_r, from_child_w = os.pipe()
+        context = multiprocessing.get_context("fork")
+        process = context.Process(
+            target=_child_main, args=(to_child_r, from_child_w, to_child_w, from_child_r),
+            daemon=True,
+        )
+        process.start()
+        os.close(to_child_r)
+        os.close(from_child_w)
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(from_child_r, "rb", 0)
+        )
+        transport, protocol = await loop.connect_write_pipe(
+            asyncio.streams.FlowControlMixin, os.fdopen(to_child_w, "wb", 0)
+        )
+        writer = asyncio.StreamWriter(transport, protocol, None, loop)
+        self = cls(process, reader, writer)
+        await self._send({"url": url})
+        return self
 
     async def _send(self, value: object) -> None:
-        assert self._proc.stdin is not None
-        self._proc.stdin.write(_frame(value))
-        await self._proc.stdin.drain()
+        self._writer.write(_frame(value))
+        await self._writer.drain()
 
     async def _receive(self) -> Any:
-        assert self._proc.stdout is not None
         try:
-            header = await self._proc.stdout.readexactly(_HEADER.size)
-            data = await self._proc.stdout.readexactly(_HEADER.unpack(header)[0])
+            header = await self._reader.readexactly(_HEADER.size)
+            data = await self._reader.readexactly(_HEADER.unpack(header)[0])
         except asyncio.IncompleteReadError:
-            code = await self._proc.wait()
-            raise StoreError(f"the writer process ended (exit status {code})") from None
+            raise StoreError("the writer process ended") from None
         return pickle.loads(data)
 
     async def write(
@@ -103,9 +120,8 @@ class WriterProcess:
         return int(reply[1])
 
     async def close(self) -> None:
-        if self._proc.stdin is not None:
-            self._proc.stdin.close()
-        await self._proc.wait()
+        self._writer.close()
+        await asyncio.to_thread(self._process.join)
 
 
 def _read_frame(stream: Any) -> Any:
@@ -116,14 +132,25 @@ def _read_frame(stream: Any) -> Any:
     return pickle.loads(stream.read(size))
 
 
-async def _serve() -> None:
+def _child_main(read_fd: int, write_fd: int, *parent_fds: int) -> None:
+    import os
+
+    for fd in parent_fds:
+        os.close(fd)
+    stdin = os.fdopen(read_fd, "rb")
+    stdout = os.fdopen(write_fd, "wb")
+    asyncio.run(_serve(stdin, stdout))
+
+
+async def _serve(stdin: Any = None, stdout: Any = None) -> None:
     from crawler.claims import FENCE_SQL
     from crawler.store.database import _parse_url, database_name
     from crawler.store.dialects import dialect_for
     from crawler.store.ledger import Store
     from crawler.store.timestamps import utc_now
 
-    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    if stdin is None:
+        stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     hello = _read_frame(stdin)
     if hello is None:
         return
