@@ -156,7 +156,21 @@ async def _serve(stdin: Any = None, stdout: Any = None) -> None:
         return
     parsed = _parse_url(hello["url"])
     dialect = dialect_for(parsed)
-    engine = dialect.create_engine(parsed)
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from crawler.store.dialects.postgresql import IDLE_IN_TRANSACTION_MS
+
+    # PROTOTYPE: one connection runs every statement, so psycopg prepares each after 5 runs
+    # and the server may switch it to a generic plan; keep custom plans, as main's rotating
+    # pool mostly gets.
+    engine = create_async_engine(
+        parsed, paramstyle="format", pool_pre_ping=True,
+        connect_args={
+            "application_name": "crawler writer",
+            "options": f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}"
+            " -c plan_cache_mode=force_custom_plan",
+        },
+    )  # fmt: skip
     store = Store(engine, dialect, database_name(parsed), utc_now)
     try:
         while True:
