@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mappin
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, TextIO
 from zoneinfo import ZoneInfo
 
 from crawler.client import ApiClient, open_session
@@ -280,14 +280,11 @@ class CrawlJob:
         hold = SharedHold(store.engine, access_key, clock=self._pacing.clock)
         pending = await store.pending_counts(run_id)
         renewer = asyncio.create_task(keep_renewed(store.engine, claims), name="lease-renewer")
-        from crawler.writer_process import WriterProcess
-
-        writer_process = await WriterProcess.start(config.database.url)
         try:
             _log_route(route)
             async with _api_client(config, route) as api:
                 self.scheduler = Scheduler(
-                    _scheduler_config(config), api, _FencedStore(store, claims, writer_process),
+                    _scheduler_config(config), api, _FencedStore(store, claims),
                     _normaliser(config), pacing=self._pacing, feed=feed, rate=rate,
                     key_hold=hold,
                 )  # fmt: skip
@@ -299,7 +296,6 @@ class CrawlJob:
         finally:
             renewer.cancel()
             await asyncio.gather(renewer, return_exceptions=True)
-            await writer_process.close()
         if self.stopped_by is not None:
             await release_claims(store.engine, claims)
         summary, finished = await store.leave_shared_run(
@@ -516,10 +512,9 @@ _REJECTED = (401, 403)  # credentials refused: the whole worker stops (AuthError
 class _FencedStore:
     """The store as one worker of a shared run writes to it: only results it still holds."""
 
-    def __init__(self, store: Store, claims: Claims, process: Any = None) -> None:
+    def __init__(self, store: Store, claims: Claims) -> None:
         self._store = store
         self._claims = claims
-        self._process = process
 
     async def pending_targets(
         self, run_id: int, region_id: str, *, after_image_id: str | None, limit: int
@@ -532,14 +527,6 @@ class _FencedStore:
         # A target answered 401/403 failed because of this worker's credentials, not its own:
         # it goes back to the pool with the rest of the claims (the run goes on without us).
         kept = [result for result in results if result.http_status not in _REJECTED]
-        if self._process is not None:
-            tokens = self._claims._tokens
-            known = [result for result in kept if result.target in tokens]
-            used = [tokens[result.target] for result in known]
-            self._claims._fenced = {r.target: t for r, t in zip(known, used)}
-            written = await self._process.write(run_id, self._claims.owner, known, used)
-            self._claims.settle(kept, written)
-            return written
         written = await self._store.write_results(run_id, kept, fence=self._claims.fence_results)
         self._claims.settle(kept, written)
         # No pause before the next write, as on SQLite. A 0.1 s pause made batches of ~500 (20
