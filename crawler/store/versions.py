@@ -274,4 +274,11 @@ async def apply_missing(conn: AsyncConnection, run_id: int, recorded_at: str) ->
         .where(images.c.missing_since.is_(None), _key(images).in_(opened_here))
         .values(missing_since=found_at)
     )
+    # The answer its rows were made from is no longer the image's state: the same answer back
+    # must open a present version, so it takes the whole path (`crawler.store.writer`).
+    await conn.execute(
+        update(images)
+        .where(images.c.answer_digest.is_not(None), _key(images).in_(opened_here))
+        .values(answer_digest=None)
+    )
     return int(marked)
