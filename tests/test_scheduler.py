@@ -167,8 +167,8 @@ async def test_a_slow_region_does_not_starve_a_fast_one() -> None:
 
     class SlowNorth(FakeApi):
         async def describe_image(
-        self, region_id: str, image_id: str, *, known_digest: bytes | None = None
-    ) -> ImageResponse:
+            self, region_id: str, image_id: str, *, known_digest: bytes | None = None
+        ) -> ImageResponse:
             if region_id == "cn-north-1":
                 await asyncio.sleep(0.05)
             return await super().describe_image(region_id, image_id)
@@ -391,8 +391,8 @@ async def test_bulk_failures_are_summarised_in_a_warning_at_most_every_30_s(
 
     class SlowFailures(FakeApi):
         async def describe_image(
-        self, region_id: str, image_id: str, *, known_digest: bytes | None = None
-    ) -> ImageResponse:
+            self, region_id: str, image_id: str, *, known_digest: bytes | None = None
+        ) -> ImageResponse:
             now[0] += 1.0  # each answer takes a second of the fake clock
             status = "BUSY" if image_id.endswith("0") else "QUOTA_EXCEEDED"
             raise PermanentApiError("refused", http_status=429, error_status=status)
