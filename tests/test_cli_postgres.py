@@ -244,9 +244,9 @@ def test_three_workers_one_killed_one_paused_give_one_outcome_per_target(
 def test_two_hosts_with_one_key_share_one_rate_budget(
     simulator: SimulatorFactory, tmp_path: Path, postgres_url: str
 ) -> None:
-    """Two workers, each allowed 50 requests/s, together send 50/s (measured at the simulator
-    over 5 s; benchmarks/shared_rate.py measures a whole minute). Then SIGINT: both exit 130
-    and hand their claims back."""
+    """Two workers, each allowed 50 requests/s, together keep to 50/s, not 100 (counted at the
+    simulator over 5 s; `benchmarks/postgres_crawl.py rate` measures the 50 +- 5 % over a whole
+    minute). Then SIGINT: both exit 130 and hand their claims back."""
     server = simulator(images_per_region=500, latency_ms=5)
     targets = targets_file(tmp_path, server.sim)
     config = write_config(
@@ -273,7 +273,11 @@ def test_two_hosts_with_one_key_share_one_rate_budget(
             if child is not None:
                 child.communicate()
     rate = sent / elapsed_s
-    assert 45 <= rate <= 55, f"{rate:.1f} requests/s"
+    # The ceiling is what sharing the budget means (two budgets of their own would send ~100/s),
+    # and a busy machine can only lower the rate, never raise it. The floor only catches a budget
+    # that starves the workers: how close to 50/s they get is the benchmark's figure, not a test's,
+    # since a loaded CI machine may fall short of it without anything being wrong.
+    assert 25 <= rate <= 55, f"{rate:.1f} requests/s"
     assert codes == [130, 130]
     assert query(postgres_url, "SELECT status FROM crawl_runs") == [("interrupted",)]
     # Their unfinished claims went back to the pool at once (not after lease_s).
