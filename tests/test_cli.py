@@ -32,7 +32,7 @@ from tests.conftest import (
 
 REPO = Path(__file__).parents[1]
 INVENTORY_TABLES = ("images", "disks", "attachments", "tags")
-# When an image was crawled, and from which call (answer_digest: describeImage only), not what it is.
+# When an image was crawled and from which call (answer_digest: describeImage only), not what.
 NOT_INVENTORY = {"first_seen_at", "last_seen_at", "last_run_id", "missing_since", "answer_digest"}
 
 
