@@ -256,6 +256,10 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--targets", type=int, default=10_000)
     parser.add_argument("--latency-ms", type=float, default=20.0)
     parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument(
+        "--per-region-concurrency", dest="per_region", type=int, metavar="N",
+        help="[crawl] per_region_concurrency (default: the concurrency)",
+    )  # fmt: skip
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--build", metavar="DIR", help="the build to probe (default installed)")
     args = parser.parse_args(argv)
@@ -273,7 +277,9 @@ def main(argv: Sequence[str]) -> int:
             "--access-key", ACCESS_KEY,
         ]  # fmt: skip
         with SimulatorProcess(sim_args, env, start_timeout_s=120, python=python) as sim:
-            config = write_config(workdir / "crawler.toml", sim.url, args.concurrency)
+            config = write_config(
+                workdir / "crawler.toml", sim.url, args.concurrency, per_region=args.per_region
+            )
             for repeat in range(args.repeat):
                 for database in ("sqlite", "postgresql"):
                     if database == "sqlite":

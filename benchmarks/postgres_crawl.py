@@ -2,9 +2,11 @@
 
 `crawl` (default): one simulator process (`--latency-ms`, 20 by default) and, `--repeat` times,
 interleaved, `crawler crawl --concurrency C` into a fresh SQLite file and into a fresh PostgreSQL
-database, as a user runs it. Reports each run's working time (`crawl_runs.started_at` to
-`finished_at`), requests/s, the crawler's own CPU and (for a server on this host whose files can
-be read) the server's CPU meanwhile; then the medians side by side and the ratio of each pair.
+database, as a user runs it; `per_region_concurrency` is C unless `--per-region-concurrency N`
+(the crawler's default is 32: 4 regions then need claims in two or more regions at once).
+Reports each run's working time (`crawl_runs.started_at` to `finished_at`), requests/s, the
+crawler's own CPU and (for a server on this host whose files can be read) the server's CPU;
+then the medians side by side and the ratio of each pair.
 
 `--baseline DIR` (a directory holding another build's `crawler` package, migrations inside it,
 as for `paired_crawl.py`) adds a PostgreSQL crawl with that build to every round, the two
@@ -102,10 +104,14 @@ def run_row(url: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def write_config(path: Path, endpoint: str, concurrency: int, extra: str = "") -> Path:
+def write_config(
+    path: Path, endpoint: str, concurrency: int, extra: str = "", *, per_region: int | None = None
+) -> Path:
+    """A crawler config; `per_region_concurrency` is the concurrency unless `per_region` says."""
+    per_region = concurrency if per_region is None else per_region
     path.write_text(
         f'[api]\nendpoint = "{endpoint}"\n[crawl]\nconcurrency = {concurrency}\n'
-        f"per_region_concurrency = {concurrency}\n{extra}",
+        f"per_region_concurrency = {per_region}\n{extra}",
         encoding="utf-8",
     )
     return path
@@ -192,7 +198,9 @@ def compare_crawls(args: argparse.Namespace, workdir: Path) -> list[dict[str, An
     figures = []
     server = ServerCpu(args.postgres)
     with SimulatorProcess(sim_args, env, start_timeout_s=120, python=python) as sim:
-        config = write_config(workdir / "crawler.toml", sim.url, args.concurrency)
+        config = write_config(
+            workdir / "crawler.toml", sim.url, args.concurrency, per_region=args.per_region
+        )
         for repeat in range(args.repeat):
             order = ["sqlite", "postgresql"]
             if args.baseline is not None:
@@ -236,6 +244,7 @@ def compare_crawls(args: argparse.Namespace, workdir: Path) -> list[dict[str, An
             "kind": "summary", "database": database, "build": variant,
             "latency_ms": args.latency_ms,
             "concurrency": args.concurrency, "targets": args.targets,
+            "per_region_concurrency": args.per_region or args.concurrency,
             "median_work_s": median([f["work_s"] for f in runs]),
             "median_requests_per_s": median([f["requests_per_s"] for f in runs]),
             "min_requests_per_s": min(f["requests_per_s"] for f in runs),
@@ -328,6 +337,11 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--targets", type=int, default=20_000)
     parser.add_argument("--latency-ms", type=float, default=20.0)
     parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument(
+        "--per-region-concurrency", dest="per_region", type=int, metavar="N",
+        help="[crawl] per_region_concurrency (default: the concurrency; the crawler's own"
+        " default is 32)",
+    )  # fmt: skip
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--rate", type=float, default=50.0)
     parser.add_argument("--seconds", type=float, default=60.0)

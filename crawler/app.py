@@ -264,11 +264,11 @@ class CrawlJob:
         assert run_id is not None
         batch_size = BATCH_MAX_IDS if config.crawl.strategy == "batch" else 1
         claims = Claims(run_id, lease_s=config.crawl.lease_s)
+        ahead = (CLAIM_AHEAD if batch_size == 1 else CLAIM_AHEAD_BATCHES) * batch_size
+        per_region = min(config.crawl.per_region_concurrency, config.crawl.concurrency)
         feed = ClaimFeed(
-            store.engine, claims,
-            capacity=(CLAIM_AHEAD if batch_size == 1 else CLAIM_AHEAD_BATCHES)
-            * config.crawl.concurrency * batch_size,
-            batch_size=batch_size,
+            store.engine, claims, capacity=ahead * config.crawl.concurrency,
+            batch_size=batch_size, region_capacity=ahead * per_region,
         )  # fmt: skip
         rate = None
         if config.crawl.rate_limit_per_s > 0:

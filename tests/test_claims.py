@@ -15,7 +15,9 @@ from sqlalchemy.pool import NullPool
 
 from crawler.budget import READ_HOLD_SQL, SharedHold, SharedRate
 from crawler.claims import CLAIM_SQL, OWN_WRITES_POLL_S, POLL_S, ClaimFeed, Claims
+from crawler.errors import ImageNotFoundError
 from crawler.models import Outcome, Target, TargetResult
+from crawler.scheduler import Scheduler, SchedulerConfig
 from crawler.store import Store
 
 REGION = "cn-north-1"
@@ -163,6 +165,91 @@ async def test_a_region_left_with_only_this_workers_writes_is_looked_at_again_so
     await complete(store, run_id, mine, page.targets)
     done = await feed.next_page(run_id, REGION, after_image_id=last, limit=512)
     assert done.targets == [] and done.exhausted
+
+
+async def test_a_claim_takes_one_regions_share_and_leaves_the_rest_to_the_others(
+    store: Store,
+) -> None:
+    """With `per_region_concurrency` under the concurrency one region cannot use every slot: the
+    first region's claim takes its share only, and the next region gets the rest at once (the
+    first region took the whole capacity, so one region at a time was crawled)."""
+    regions = ("cn-east-1", "cn-north-1")
+    run_id = await store.create_run(
+        [Target(region, f"img-{n:04d}") for region in regions for n in range(10)],
+        strategy="single",
+    )
+    mine = Claims(run_id, lease_s=30)
+    feed = ClaimFeed(store.engine, mine, capacity=8, region_capacity=4)
+    east = await feed.next_page(run_id, regions[0], after_image_id=None, limit=512)
+    north = await feed.next_page(run_id, regions[1], after_image_id=None, limit=512)
+    assert [len(east.targets), len(north.targets)] == [4, 4]
+    assert mine.in_flight_in(regions[0]) == mine.in_flight_in(regions[1]) == 4
+    cursor = east.targets[-1].image_id
+    feed.crawled(failed(east.targets[0]))  # 1 of the region's 4 free: under half, no claim
+    page = await feed.next_page(run_id, regions[0], after_image_id=cursor, limit=512)
+    assert page.targets == [] and page.retry_in_s is not None
+    feed.crawled(failed(east.targets[1]))  # half its share free: claimed again
+    page = await feed.next_page(run_id, regions[0], after_image_id=cursor, limit=512)
+    assert [target.image_id for target in page.targets] == ["img-0004", "img-0005"]
+    assert mine.in_flight == 8 and mine.in_flight_in(regions[0]) == 4
+
+
+class GatedApi:
+    """describeImage that answers only once `slots` requests are in flight at once (after the
+    run's first request, which goes alone): a worker that cannot fill its slots times out."""
+
+    def __init__(self, slots: int) -> None:
+        self.slots = slots
+        self.in_flight = 0
+        self.first = True
+        self.gate = asyncio.Event()
+        self.regions_at_gate: set[str] = set()
+
+    async def describe_image(self, region_id: str, image_id: str) -> Any:
+        self.in_flight += 1
+        try:
+            if not self.first and not self.gate.is_set():
+                self.regions_at_gate.add(region_id)
+                if self.in_flight >= self.slots:
+                    self.gate.set()
+                await asyncio.wait_for(self.gate.wait(), timeout=20)
+            self.first = False
+            raise ImageNotFoundError("no such image", http_status=404, error_status="NOT_FOUND")
+        finally:
+            self.in_flight -= 1
+
+    async def describe_images(self, region_id: str, *, ids: Any, page_size: int) -> Any:
+        raise AssertionError("the single strategy only")
+
+
+async def test_a_worker_fills_its_slots_from_several_regions_at_once(store: Store) -> None:
+    """Concurrency 4, two regions, `per_region_concurrency` 2, claims 8 ahead as `crawl` makes
+    them: 4 requests are in flight at once, 2 per region (before the per-region share it was
+    at most 2, one region at a time, and this test waited out the API's 20 s gate)."""
+    regions = ("cn-east-1", "cn-north-1")
+    run_id = await store.create_run(
+        [Target(region, f"img-{n:04d}") for region in regions for n in range(60)],
+        strategy="single",
+    )
+    claims = Claims(run_id, lease_s=30)
+    feed = ClaimFeed(store.engine, claims, capacity=8 * 4, region_capacity=8 * 2)
+
+    class Fenced:
+        async def pending_targets(self, *args: Any, **kwargs: Any) -> list[Target]:
+            raise AssertionError("a shared run's targets come from claims")
+
+        async def write_results(self, run_id: int, results: Any) -> int:
+            written = await store.write_results(run_id, results, fence=claims.fence_results)
+            claims.settle(results, written)
+            return written
+
+    api = GatedApi(slots=4)
+    config = SchedulerConfig(concurrency=4, per_region_concurrency=2)
+    scheduler = Scheduler(config, api, Fenced(), lambda *_: None, feed=feed)  # type: ignore[arg-type]
+    stats = await asyncio.wait_for(scheduler.run(run_id, dict.fromkeys(regions, 60)), 60)
+    assert api.gate.is_set() and api.regions_at_gate == set(regions)
+    assert stats.missing == 120 and stats.failed == 0
+    assert (await store.pending_counts(run_id)) == {}
 
 
 async def test_hosts_sharing_a_key_are_spaced_by_one_schedule(store: Store) -> None:
