@@ -527,10 +527,15 @@ class Scheduler:
         return results
 
     async def _attempt(self, lane: Lane, target: Target) -> ImageResponse | KnownAnswer:
+        digest = target.answer_digest
+        if digest is None:  # nothing stored to recognise (and an API without digests works)
+            return await self._send(
+                lane, lambda: self._api.describe_image(target.region_id, target.image_id)
+            )
         return await self._send(
             lane,
             lambda: self._api.describe_image(
-                target.region_id, target.image_id, known_digest=target.answer_digest
+                target.region_id, target.image_id, known_digest=digest
             ),
         )
 
