@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import copy
 import json
+import random
 import sqlite3
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 
+from crawler import normalise as normaliser
 from crawler import schema
 from crawler.errors import NormaliseError
 from crawler.models import ImageRows
@@ -22,7 +25,9 @@ from crawler.normalise import (
     TAG_COLUMNS,
     normalise_image,
     parse_api_time,
+    to_flag,
 )
+from crawler.simulator.inventory import build_inventory
 
 BEIJING = ZoneInfo("Asia/Shanghai")
 NEW_YORK = ZoneInfo("America/New_York")
@@ -695,3 +700,138 @@ def test_lone_surrogates_become_u_fffd_in_columns_and_stay_escaped_in_raw() -> N
     assert "\\ud800" in raw and "\\udfff" in raw
     assert json.loads(raw) == json.loads(body)  # nothing lost
     assert strict_json_valid(raw)
+
+
+# --- the fast forms agree with the plain ones -------------------------------------------------
+
+
+def isoformat_time(value: Any, tz: ZoneInfo) -> str | None:
+    """`parse_api_time` as it was before its shortcuts: every time checked by the full pattern
+    and written by isoformat."""
+    if not isinstance(value, str) or not normaliser._TIME_TEXT.fullmatch(value := value.strip()):
+        return None
+    try:
+        at = datetime.fromisoformat(value)
+        offset = at.utcoffset() if at.tzinfo is not None else tz.utcoffset(at)
+        assert offset is not None
+        return (at - offset).isoformat(" ", "seconds")[:19]
+    except (ValueError, OverflowError):
+        return None
+
+
+def test_the_time_shortcuts_give_what_the_pattern_and_isoformat_gave() -> None:
+    rng = random.Random(7)
+    zones = [BEIJING, NEW_YORK, UTC_ZONE, ZoneInfo("Asia/Kolkata"), ZoneInfo("Pacific/Kiritimati")]
+    suffixes = ["", "", "Z", "+08:00", "-05:00", "+0530", "+14", "-23:59", "+00:00", " "]
+    parsed = 0
+    for _ in range(20_000):
+        year = rng.choice([1, 1900, 1969, 2021, 9999, rng.randint(1, 9999)])
+        text = f"{year:04d}-{rng.randint(0, 13):02d}-{rng.randint(0, 32):02d}"
+        text += f"{rng.choice('T ')}{rng.randint(0, 25):02d}:{rng.randint(0, 60):02d}"
+        if rng.random() < 0.85:
+            text += f":{rng.randint(0, 61):02d}"
+        if rng.random() < 0.2:
+            text += "." + "123456"[: rng.randint(1, 6)]
+        text += rng.choice(suffixes)
+        if rng.random() < 0.3:  # one character of it something else (the shapes' near misses)
+            spot = rng.randrange(len(text))
+            text = text[:spot] + rng.choice("+- ,.:TZW\u0663x0") + text[spot + 1 :]
+        zone = rng.choice(zones)
+        assert parse_api_time(text, zone) == isoformat_time(text, zone), (text, zone)
+        parsed += isoformat_time(text, zone) is not None
+    assert parsed > 8_000  # most are valid times, across days, offsets and years 1 and 9999
+    for text in (
+        "2021-01-28",
+        "2021-W04-4 16:49:05",
+        "20210128T164905",
+        "2021-01-28 16:49:05,5",
+        "2021-01-28x16:49:05",
+        "2021-01-28 16:49:05+08:00:00",
+        "2021-01-28 16:49:05+08",
+    ):
+        assert parse_api_time(text, BEIJING) == isoformat_time(text, BEIJING), text  # fmt: skip
+
+
+def field_by_field(image: dict[str, Any]) -> ImageRows:
+    """The rows as the normaliser built them before it walked each object's own fields: every
+    column read by name from its object (`dict.get`), the flags' documented name first."""
+
+    def fill(row: dict[str, Any], source: Any, fields: Any, times: Any = ()) -> None:
+        for column, field, convert in fields:
+            row[column] = convert(source.get(field))
+        for column, field in times:
+            row[column] = parse_api_time(source.get(field), BEIJING)
+
+    def obj(value: Any) -> Any:
+        return value if isinstance(value, dict) else None
+
+    image_id = image["imageId"]
+    row: dict[str, Any] = {"region_id": REGION, "image_id": image_id}
+    fill(row, image, normaliser._IMAGE_FIELDS, normaliser._IMAGE_TIMES)
+    row["raw"] = normalise_image(REGION, image, naive_tz=BEIJING).image["raw"]
+    rows = ImageRows(image=row)
+    mappings = [("system", 0, obj(image.get("systemDisk")))]
+    data = image.get("dataDisks")
+    mappings += [("data", i, obj(m)) for i, m in enumerate(data if isinstance(data, list) else [])]
+    for slot, position, mapping in mappings:
+        if mapping is None:
+            continue
+        key = {"region_id": REGION, "image_id": image_id, "slot": slot, "position": position}
+        local, cloud = obj(mapping.get("localDisk")), obj(mapping.get("cloudDisk"))
+        local_sized = local is not None and (
+            cloud is None or mapping.get("diskCategory") == "local"
+        )
+        sized = local if local_sized else cloud
+        disk = dict(key)
+        fill(disk, mapping, normaliser._MAPPING_FIELDS)
+        fill(disk, sized or {}, normaliser._SIZE_FIELDS)
+        cloud = cloud or {}
+        fill(disk, cloud, normaliser._CLOUD_FIELDS, normaliser._CLOUD_TIMES)
+        charge = obj(cloud.get("charge")) or {}
+        fill(disk, charge, normaliser._CHARGE_FIELDS, normaliser._CHARGE_TIMES)
+        for column, names in normaliser._CLOUD_FLAGS:
+            flags = [to_flag(cloud.get(name)) for name in names]
+            disk[column] = next((flag for flag in flags if flag is not None), None)
+        rows.disks.append(disk)
+        entries = cloud.get("attachments")
+        for seq, entry in enumerate(entries if isinstance(entries, list) else []):
+            if isinstance(entry, dict):
+                attachment = {**key, "seq": seq}
+                fill(attachment, entry, normaliser._ATTACHMENT_FIELDS, normaliser._ATTACHMENT_TIMES)
+                rows.attachments.append(attachment)
+    rows.tags.extend(normalise_image(REGION, image, naive_tz=BEIJING).tags)  # built as before
+    return rows
+
+
+def scrambled(image: dict[str, Any], rng: random.Random) -> dict[str, Any]:
+    """`image` with fields dropped, set to null or to values of other types, at every level."""
+    odd = [None, "", "abc", "40", 40, 40.5, True, False, "true", [], {}, "2021-01-28 16:49:05"]
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, dict):
+            out = {}
+            for key, item in value.items():
+                if rng.random() < 0.15:
+                    continue
+                out[key] = rng.choice(odd) if rng.random() < 0.2 else walk(item)
+            if rng.random() < 0.3:  # the other spellings of the flags, and a local disk
+                out[rng.choice(["encrypt", "enable", "encrypted", "localDisk"])] = rng.choice(
+                    [True, "0", None, {"diskType": "local", "diskSizeGB": "80"}]
+                )
+            return out
+        if isinstance(value, list):
+            return [walk(item) for item in value]
+        return value
+
+    out = walk(copy.deepcopy(image))
+    out["imageId"] = image["imageId"]
+    return out
+
+
+def test_rows_are_what_reading_every_field_by_name_gives() -> None:
+    inventory = build_inventory(("cn-north-1",), 150, seed=11, missing_rate=0.0)
+    images = [*inventory.images["cn-north-1"], *docs_images()]
+    rng = random.Random(3)
+    images += [scrambled(image, rng) for image in images for _ in range(3)]
+    for image in images:
+        assert normalise_image(REGION, image, naive_tz=BEIJING) == field_by_field(image), image

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import operator
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -121,15 +122,59 @@ def canonical(content: Mapping[str, Any]) -> Canonical:
     # hashes of earlier releases' versions still match (tests/test_json_text.py compares the two).
     # Anything it refuses goes through `_ENCODER`, as before.
     try:
-        text = orjson.dumps(content, option=orjson.OPT_SORT_KEYS).decode()
+        encoded = orjson.dumps(content, option=orjson.OPT_SORT_KEYS)
     except orjson.JSONEncodeError:
         text = _ENCODER.encode(content)
-    return Canonical(text, hashlib.sha256(text.encode()).hexdigest())
+        return Canonical(text, hashlib.sha256(text.encode()).hexdigest())
+    # The hash is of the UTF-8 bytes orjson wrote: the text's own encoding, without encoding it.
+    return Canonical(encoded.decode(), hashlib.sha256(encoded).hexdigest())
+
+
+# The content positions of a normalised row, read in C. Every row `normalise_image` builds has
+# every column; a row built elsewhere may lack some and takes `content_of`'s path.
+_IMAGE_VALUES = operator.itemgetter(*IMAGE_COLUMNS)
+_DISK_VALUES = operator.itemgetter(*DISK_COLUMNS)
+_ATTACHMENT_VALUES = operator.itemgetter(*ATTACHMENT_COLUMNS)
+
+
+def _trimmed(values: tuple[Any, ...]) -> tuple[Any, ...]:
+    """`values` without its trailing NULLs (a tuple encodes as the same array as a list)."""
+    if values[-1] is not None:
+        return values
+    end = len(values) - 1
+    while end and values[end - 1] is None:
+        end -= 1
+    return values[:end]
+
+
+def _normalised_content(rows: ImageRows) -> JsonContent:
+    """`content_of` for rows that have every column (KeyError otherwise), ~2.5 us an image
+    faster: it runs for every image a first crawl writes."""
+    content: JsonContent = {"image": _trimmed(_IMAGE_VALUES(rows.image))}
+    if rows.disks:
+        content["disks"] = {
+            f"{row['slot']}:{row['position']}": _trimmed(_DISK_VALUES(row)) for row in rows.disks
+        }
+    if rows.attachments:
+        content["attachments"] = {
+            f"{row['slot']}:{row['position']}:{row['seq']}": _trimmed(_ATTACHMENT_VALUES(row))
+            for row in rows.attachments
+        }
+    if rows.tags:
+        tag_map: dict[str, dict[str, Any]] = {}
+        for row in rows.tags:
+            tag_map.setdefault(f"{row['slot']}:{row['position']}", {})[row["key"]] = row["value"]
+        content["tags"] = tag_map
+    return content
 
 
 def canonical_rows(rows: ImageRows) -> Canonical:
     """The canonical content of a normalised image."""
-    return canonical(content_of(rows.image, rows.disks, rows.attachments, rows.tags))
+    try:
+        content = _normalised_content(rows)
+    except KeyError:  # rows built by hand, without every column: a column lacking is NULL
+        content = content_of(rows.image, rows.disks, rows.attachments, rows.tags)
+    return canonical(content)
 
 
 # --- comparing two contents ---------------------------------------------------------------------

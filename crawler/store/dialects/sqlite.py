@@ -131,16 +131,15 @@ class SQLiteDialect(Dialect):
             raise StoreError(f"cannot back up database {path} to {target}: {exc}") from exc
 
 
-def _null(_value: None) -> None:
-    return None
-
-
 # The sqlite3 module binds None through its adapter protocol, the slow path (a tuple built, a
 # registry miss, two attribute lookups): ~210 ns a parameter against ~30 for an int, and a first
 # write binds ~30 NULLs an image (~5 us of SQLite's CPU). An adapter registered for None is found
 # at the first step and still binds NULL. It is the sqlite3 module's process-wide registry, and
-# changes nothing but that cost for any other user of the module in this process.
-sqlite3.register_adapter(type(None), _null)
+# changes nothing but that cost for any other user of the module in this process. The adapter is
+# an empty dict's `get` (None for None), a C call: a Python function returning None cost ~2.5 us
+# more of a first write's image (benchmarks/store_paired.py, replayed statements).
+_NULL_ADAPTER: dict[None, None] = {}
+sqlite3.register_adapter(type(None), _NULL_ADAPTER.get)
 
 
 # --- the store's connections --------------------------------------------------------------------
