@@ -13,6 +13,11 @@ repository root once the package is installed:
 
     .venv/bin/python benchmarks/recrawl_cpu.py --targets 20000 --repeat 3
     .venv/bin/python benchmarks/recrawl_cpu.py --targets 20000 --repeat 3 --strategy batch
+
+`--compare DIR` measures another build too (the crawler package in DIR, e.g. main from `git
+archive`), against the same simulator: in each repeat both builds make their first crawl and
+re-crawl, one build after the other, the order alternating, so that the two ratios of a repeat
+share the machine's state of those minutes.
 """
 
 from __future__ import annotations
@@ -66,6 +71,25 @@ def crawl_once(
     }
 
 
+def first_and_again(
+    sim: SimulatorProcess,
+    env: dict[str, str],
+    config: Path,
+    targets: Path,
+    db: Path,
+    args: Any,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One build's first crawl and unchanged re-crawl into a new file `db` (removed after)."""
+    # The schema first, unmeasured: both crawls then do the same fixed work.
+    migrate = [sys.executable, "-m", "crawler", "migrate", "--db", str(db)]
+    cwd = env.get("PYTHONPATH")
+    run_child(migrate, env, timeout_s=args.timeout_s, cwd=Path(cwd) if cwd else None)
+    first = crawl_once(sim, env, config, targets, db, args)
+    again = crawl_once(sim, env, config, targets, db, args)
+    remove_database(db)
+    return first, again
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     parser.add_argument("--targets", type=int, default=20_000)
@@ -74,6 +98,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--strategy", choices=("single", "batch"), default="single")
     parser.add_argument("--timeout-s", type=float, default=900.0)
     parser.add_argument(
+        "--compare", type=Path, metavar="DIR",
+        help="also measure the first crawl and the re-crawl of the crawler package in DIR,"
+        " interleaved with this one's, repeat by repeat",
+    )  # fmt: skip
+    parser.add_argument(
         "--baseline", type=Path, metavar="DIR",
         help="also time a first crawl by the crawler package in DIR (an older release, e.g. from"
         " `git archive`), in the same repeat, for a side-by-side figure",
@@ -81,7 +110,13 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     print(machine_note())
     env = credentials_env(new_secret())
-    ratios, first_cpu, again_cpu, baseline_cpu = [], [], [], []
+    baseline_cpu: list[float] = []
+    builds: list[tuple[str, dict[str, str]]] = [("this", env)]
+    if args.compare is not None:
+        builds.append(("compare", {**env, "PYTHONPATH": str(args.compare.resolve())}))
+    figures_of: dict[str, dict[str, list[float]]] = {
+        name: {"first": [], "again": [], "ratio": []} for name, _ in builds
+    }
     with tempfile.TemporaryDirectory(prefix="recrawl-") as tmp:
         workdir = Path(tmp)
         targets = workdir / "targets.csv"
@@ -93,13 +128,14 @@ def main(argv: list[str]) -> int:
             count = count_lines(targets)
             for repeat in range(args.repeat):
                 db = workdir / f"recrawl-{repeat}.db"
-                # The schema first, unmeasured: both crawls then do the same fixed work.
-                migrate = [sys.executable, "-m", "crawler", "migrate", "--db", str(db)]
-                run_child(migrate, env, timeout_s=args.timeout_s)
-                first = crawl_once(sim, env, config, targets, db, args)
-                again = crawl_once(sim, env, config, targets, db, args)
-                remove_database(db)
-                measured = [("first", first), ("unchanged", again)]
+                measured = []
+                for build, build_env in builds if repeat % 2 == 0 else builds[::-1]:
+                    first, again = first_and_again(sim, build_env, config, targets, db, args)
+                    figures_of[build]["first"].append(first["cpu_s"])
+                    figures_of[build]["again"].append(again["cpu_s"])
+                    figures_of[build]["ratio"].append(again["cpu_s"] / first["cpu_s"])
+                    prefix = "" if build == "this" else "compare_"
+                    measured += [(f"{prefix}first", first), (f"{prefix}unchanged", again)]
                 if args.baseline is not None:
                     old_env = {**env, "PYTHONPATH": str(args.baseline.resolve())}
                     old = crawl_once(sim, old_env, config, targets, db, args)
@@ -111,9 +147,8 @@ def main(argv: list[str]) -> int:
                     line |= {"targets": count, **figures}
                     line["cpu_s_per_1k"] = round(1000 * figures["cpu_s"] / count, 3)
                     print(json.dumps(line), flush=True)
-                first_cpu.append(first["cpu_s"])
-                again_cpu.append(again["cpu_s"])
-                ratios.append(again["cpu_s"] / first["cpu_s"])
+    first_cpu, again_cpu = figures_of["this"]["first"], figures_of["this"]["again"]
+    ratios = figures_of["this"]["ratio"]
     per_1k = 1000 / count
     print(
         f"# {count:,} targets, strategy {args.strategy}, {args.repeat} repeats: first crawl "
@@ -121,6 +156,16 @@ def main(argv: list[str]) -> int:
         f"{median(again_cpu) * per_1k:.3f}; re-crawl / first = {median(ratios):.0%} (median of "
         f"{', '.join(f'{ratio:.0%}' for ratio in ratios)})"
     )
+    if args.compare is not None:
+        other = figures_of["compare"]
+        paired = [mine / theirs for mine, theirs in zip(ratios, other["ratio"], strict=True)]
+        print(
+            f"# compared ({args.compare}): first crawl {median(other['first']) * per_1k:.3f} CPU s"
+            f" per 1k images, unchanged re-crawl {median(other['again']) * per_1k:.3f};"
+            f" re-crawl / first = {median(other['ratio']):.0%} (median of"
+            f" {', '.join(f'{ratio:.0%}' for ratio in other['ratio'])}); this ratio / that,"
+            f" paired by repeat: {', '.join(f'{ratio:.2f}' for ratio in paired)}"
+        )
     if baseline_cpu:
         print(
             f"# baseline ({args.baseline}) first crawl {median(baseline_cpu) * per_1k:.3f} CPU s"

@@ -35,7 +35,7 @@ from crawler.errors import (
 )
 from crawler.models import JsonObject, RunStatus, Target, TargetResult
 from crawler.network import Proxy, choose_proxy, route_tls
-from crawler.normalise import prepare_image, scrub_text
+from crawler.normalise import NORMALISER_VERSION, prepare_image, scrub_text
 from crawler.retry import Retrier, RetryPolicy
 from crawler.scheduler import (
     BATCH_MAX_IDS,
@@ -574,6 +574,7 @@ async def _api_client(config: Config, route: ApiRoute) -> AsyncIterator[ApiClien
             timeout_s=config.api.timeout_s,
             max_response_bytes=config.api.max_response_bytes,
             proxy=route.proxy,
+            answer_salt=_answer_salt(config),
         )
 
 
@@ -641,6 +642,12 @@ def _scheduler_config(config: Config) -> SchedulerConfig:
 def _normaliser(config: Config) -> Normaliser:
     # Rows are built by the store, and only for an image whose raw_digest is new.
     return partial(prepare_image, naive_tz=ZoneInfo(config.api.naive_time_zone))
+
+
+def _answer_salt(config: Config) -> bytes:
+    # What besides an answer decides its rows (as in `raw_digest`): a new normaliser or another
+    # zone for times without an offset makes every stored answer digest a stranger.
+    return f"crawler-answer {NORMALISER_VERSION} {config.api.naive_time_zone}\n".encode()
 
 
 def _count(number: int, noun: str) -> str:

@@ -14,10 +14,15 @@ Row = dict[str, Any]
 
 @dataclass(frozen=True, slots=True, order=True)
 class Target:
-    """One (region, image) pair to crawl."""
+    """One (region, image) pair to crawl.
+
+    `answer_digest` is the store's `images.answer_digest` for the pair when the run's targets
+    were read, if any: not part of the target's identity (equality, order and hash ignore it).
+    """
 
     region_id: str
     image_id: str
+    answer_digest: bytes | None = field(default=None, compare=False, repr=False)
 
 
 class Outcome(enum.StrEnum):
@@ -64,6 +69,22 @@ class ImageResponse:
     request_id: str | None
     http_status: int = 200
     remaining_minute: int | None = None
+    # `images.answer_digest` of this answer (None: its body was not of the expected shape).
+    answer_digest: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KnownAnswer:
+    """A successful describeImage whose answer digest is the one the caller said is stored: the
+    same bytes as the answer the image's rows were made from, but for the requestId. Not parsed;
+    `parse` gives its `image` object should it be needed after all."""
+
+    request_id: str
+    http_status: int
+    remaining_minute: int | None
+    digest: bytes
+    body: bytes
+    parse: Callable[[bytes], JsonObject]
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +137,29 @@ class FetchedImage:
 
 
 @dataclass(frozen=True, slots=True)
+class UnchangedAnswer:
+    """The rows of a target whose answer is a `KnownAnswer`: none, since they are stored already.
+
+    The store only moves the image's `last_seen_at` and `last_run_id`, and only where its
+    `answer_digest` is still `digest` (checked in the same statement). Should it not be (the
+    image was written or marked missing since the targets were read), `build` makes the rows
+    from the answer after all, as a fetch would have: the answer was checked once already, so
+    that cannot fail for the answer's sake.
+    """
+
+    region_id: str
+    image_id: str
+    digest: bytes
+    body: bytes
+    parse: Callable[[bytes], JsonObject]
+    normalise: Callable[[str, JsonObject], ImageRows | FetchedImage]
+
+    def build(self) -> ImageRows | FetchedImage:
+        """The rows of the answer, parsed and normalised."""
+        return self.normalise(self.region_id, self.parse(self.body))
+
+
+@dataclass(frozen=True, slots=True)
 class TargetResult:
     """The outcome of one target in one run, with the rows to write when fetched (built, or
     to be built by the store if it needs them)."""
@@ -128,7 +172,9 @@ class TargetResult:
     error_status: str | None = None
     error_message: str | None = None
     request_id: str | None = None
-    rows: ImageRows | FetchedImage | None = None
+    rows: ImageRows | FetchedImage | UnchangedAnswer | None = None
+    # The digest of the describeImage answer `rows` were made from, stored with them.
+    answer_digest: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)

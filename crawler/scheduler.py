@@ -51,10 +51,12 @@ from crawler.models import (
     ImageRows,
     ImagesPage,
     JsonObject,
+    KnownAnswer,
     Outcome,
     Target,
     TargetPage,
     TargetResult,
+    UnchangedAnswer,
 )
 from crawler.normalise import scrub_text
 from crawler.pacing import AdaptiveLimit, MinuteBudget, TokenBucket, Waiters
@@ -93,7 +95,9 @@ class _UnusableBatch(PermanentApiError):
 class ImageApi(Protocol):
     """What the scheduler needs of the API client."""
 
-    async def describe_image(self, region_id: str, image_id: str) -> ImageResponse: ...
+    async def describe_image(
+        self, region_id: str, image_id: str, *, known_digest: bytes | None = None
+    ) -> ImageResponse | KnownAnswer: ...
 
     async def describe_images(
         self, region_id: str, *, ids: Sequence[str], page_size: int
@@ -475,8 +479,12 @@ class Scheduler:
         attempted = await self._retrier.call(lambda: self._attempt(lane, target))
         attempts = earlier_attempts + attempted.attempts
         response = attempted.value
+        if isinstance(response, KnownAnswer):
+            return self._unchanged(target, response, attempts)
         if response is not None:
-            return self._fetched(target, response.image, attempts, response.request_id)
+            return self._fetched(
+                target, response.image, attempts, response.request_id, response.answer_digest
+            )
         assert attempted.error is not None
         return self._unfetched(target, attempted.error, attempts)
 
@@ -518,9 +526,17 @@ class Scheduler:
             results.append(await self._crawl_safely(lane, target, earlier_attempts=attempts))
         return results
 
-    async def _attempt(self, lane: Lane, target: Target) -> ImageResponse:
+    async def _attempt(self, lane: Lane, target: Target) -> ImageResponse | KnownAnswer:
+        digest = target.answer_digest
+        if digest is None:  # nothing stored to recognise (and an API without digests works)
+            return await self._send(
+                lane, lambda: self._api.describe_image(target.region_id, target.image_id)
+            )
         return await self._send(
-            lane, lambda: self._api.describe_image(target.region_id, target.image_id)
+            lane,
+            lambda: self._api.describe_image(
+                target.region_id, target.image_id, known_digest=digest
+            ),
         )
 
     async def _attempt_batch(self, lane: Lane, ids: list[str]) -> ImagesPage:
@@ -607,8 +623,24 @@ class Scheduler:
             await self._first_answer.wait()
         self._first_sent = True
 
+    def _unchanged(self, target: Target, answer: KnownAnswer, attempts: int) -> TargetResult:
+        """The answer is the one the image's stored rows were made from: nothing to check."""
+        rows = UnchangedAnswer(
+            target.region_id, target.image_id, answer.digest, answer.body, answer.parse,
+            self._normalise,
+        )  # fmt: skip
+        return TargetResult(
+            target, Outcome.FETCHED, attempts, self._pacing.utc_now(), http_status=200,
+            request_id=answer.request_id, rows=rows, answer_digest=answer.digest,
+        )  # fmt: skip
+
     def _fetched(
-        self, target: Target, image: JsonObject, attempts: int, request_id: str | None
+        self,
+        target: Target,
+        image: JsonObject,
+        attempts: int,
+        request_id: str | None,
+        answer_digest: bytes | None = None,
     ) -> TargetResult:
         now = self._pacing.utc_now()
         answered_id = image.get("imageId")
@@ -636,7 +668,7 @@ class Scheduler:
             return self._internal_error(target, exc, attempts)
         return TargetResult(
             target, Outcome.FETCHED, attempts, now, http_status=200, request_id=request_id,
-            rows=rows,
+            rows=rows, answer_digest=answer_digest,
         )  # fmt: skip
 
     def _unfetched(self, target: Target, error: ApiError, attempts: int) -> TargetResult:

@@ -168,6 +168,9 @@ images = Table(
     Column("raw", JSON_TEXT, nullable=False),
     # What the rows were made from (`crawler.normalise.raw_digest`): the re-crawl's fast path.
     Column("raw_digest", LargeBinary),
+    # The describeImage answer they were made from, its requestId cut out
+    # (`crawler.client.answer_digest`): an unchanged re-crawl's answer is then not even parsed.
+    Column("answer_digest", LargeBinary),
     PrimaryKeyConstraint("region_id", "image_id", name="pk_images"),
 )
 Index("ix_images_image_id", images.c.image_id)

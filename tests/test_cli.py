@@ -32,6 +32,8 @@ from tests.conftest import (
 
 REPO = Path(__file__).parents[1]
 INVENTORY_TABLES = ("images", "disks", "attachments", "tags")
+# When an image was crawled and from which call (answer_digest: describeImage only), not what.
+NOT_INVENTORY = {"first_seen_at", "last_seen_at", "last_run_id", "missing_since", "answer_digest"}
 
 
 class Recorder:
@@ -75,7 +77,7 @@ def inventory_without_timestamps(db: Path) -> dict[str, list[tuple[object, ...]]
             columns = [
                 name
                 for _, name, *_ in connection.execute(f"PRAGMA table_info({table})")
-                if name not in {"first_seen_at", "last_seen_at", "last_run_id", "missing_since"}
+                if name not in NOT_INVENTORY
             ]
             query = f"SELECT {', '.join(columns)} FROM {table} ORDER BY {', '.join(columns[:5])}"
             dump[table] = connection.execute(query).fetchall()

@@ -45,7 +45,10 @@ from tests.test_cli import REPO, Recorder, crawl, targets_file
 from tests.test_store_dialects import cookbook_pairs
 
 # The crawler's own columns: `raw` and `raw_digest` are what the rows came from, not the rows.
-BOOKKEEPING = {"first_seen_at", "last_seen_at", "last_run_id", "missing_since", "raw", "raw_digest"}
+BOOKKEEPING = {
+    "first_seen_at", "last_seen_at", "last_run_id", "missing_since", "raw", "raw_digest",
+    "answer_digest",
+}  # fmt: skip
 KEYS = {
     "images": (),
     "disks": ("slot", "position"),

@@ -576,8 +576,10 @@ def test_rows_always_have_exactly_the_declared_columns() -> None:
 
 
 def test_declared_columns_are_the_tables_columns() -> None:
-    # The store's: raw_digest comes with the rows (FetchedImage.digest), not in them.
+    # The store's: raw_digest comes with the rows (FetchedImage.digest), answer_digest with the
+    # result (TargetResult.answer_digest), not in them.
     bookkeeping = {"first_seen_at", "last_seen_at", "last_run_id", "missing_since", "raw_digest"}
+    bookkeeping.add("answer_digest")
     assert set(IMAGE_COLUMNS) == set(schema.images.c.keys()) - bookkeeping
     assert len(IMAGE_COLUMNS) == len(set(IMAGE_COLUMNS))
     assert sorted(DISK_COLUMNS) == sorted(schema.disks.c.keys())

@@ -94,7 +94,9 @@ class FakeApi:
         self.in_flight: Counter[str] = Counter()
         self.peak: Counter[str] = Counter()
 
-    async def describe_image(self, region_id: str, image_id: str) -> ImageResponse:
+    async def describe_image(
+        self, region_id: str, image_id: str, *, known_digest: bytes | None = None
+    ) -> ImageResponse:
         self.calls.append(Target(region_id, image_id))
         self.in_flight[region_id] += 1
         self.peak[region_id] = max(self.peak[region_id], self.in_flight[region_id])
@@ -164,7 +166,9 @@ async def test_a_slow_region_does_not_starve_a_fast_one() -> None:
     store = MemoryStore(targets({"cn-north-1": 40, "cn-east-1": 400}))
 
     class SlowNorth(FakeApi):
-        async def describe_image(self, region_id: str, image_id: str) -> ImageResponse:
+        async def describe_image(
+            self, region_id: str, image_id: str, *, known_digest: bytes | None = None
+        ) -> ImageResponse:
             if region_id == "cn-north-1":
                 await asyncio.sleep(0.05)
             return await super().describe_image(region_id, image_id)
@@ -303,7 +307,9 @@ async def test_an_exception_in_one_target_stays_with_that_target() -> None:
 class MismatchingApi(FakeApi):
     """describeImage answers for another image; describeImages adds entries nobody asked for."""
 
-    async def describe_image(self, region_id: str, image_id: str) -> ImageResponse:
+    async def describe_image(
+        self, region_id: str, image_id: str, *, known_digest: bytes | None = None
+    ) -> ImageResponse:
         return ImageResponse({"imageId": "img-someoneelse"}, request_id=None)
 
     async def describe_images(
@@ -384,7 +390,9 @@ async def test_bulk_failures_are_summarised_in_a_warning_at_most_every_30_s(
     now = [0.0]
 
     class SlowFailures(FakeApi):
-        async def describe_image(self, region_id: str, image_id: str) -> ImageResponse:
+        async def describe_image(
+            self, region_id: str, image_id: str, *, known_digest: bytes | None = None
+        ) -> ImageResponse:
             now[0] += 1.0  # each answer takes a second of the fake clock
             status = "BUSY" if image_id.endswith("0") else "QUOTA_EXCEEDED"
             raise PermanentApiError("refused", http_status=429, error_status=status)

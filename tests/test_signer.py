@@ -319,6 +319,32 @@ def test_the_signing_key_is_cached_per_day_and_region() -> None:
     assert signer.signing_key("20240103", "cn-north-1") != key
 
 
+def test_one_signer_signs_each_request_as_a_new_one_would() -> None:
+    # The signer keeps the last second's date, the last host's header line and each key's
+    # scope: a second, a host, a zone or a region that changes must each be seen.
+    kept = Signer("TESTAK", "TESTSK")
+    start = datetime(2024, 1, 2, 23, 59, 59, 100000, tzinfo=UTC)
+    shanghai = timezone(timedelta(hours=8))
+    requests = [
+        ("vm.jdcloud-api.com", "cn-north-1", start),
+        ("vm.jdcloud-api.com", "cn-north-1", start + timedelta(microseconds=800000)),
+        ("vm.jdcloud-api.com", "cn-north-1", start + timedelta(seconds=1)),  # the next UTC day
+        ("vm.jdcloud-api.com", "cn-east-2", start + timedelta(seconds=1)),
+        ("127.0.0.1:8080", "cn-east-2", start + timedelta(seconds=1)),
+        ("127.0.0.1:8080", "cn-east-2", (start + timedelta(seconds=1)).astimezone(shanghai)),
+        ("vm.jdcloud-api.com", "cn-north-1", start),  # back to the first
+    ]
+    dates = []
+    for host, region, at in requests:
+        kwargs: dict[str, Any] = {"method": "GET", "host": host, "path": IMAGE_PATH, "query": "",
+                                  "region": region, "at": at, "nonce": NONCE}  # fmt: skip
+        headers = kept.sign(**kwargs)
+        assert headers == Signer("TESTAK", "TESTSK").sign(**kwargs), (host, region, at)
+        dates.append(headers["x-jdcloud-date"])
+    assert dates[:3] == ["20240102T235959Z", "20240102T235959Z", "20240103T000000Z"]
+    assert dates[5] == "20240103T000000Z"
+
+
 def test_authorization_refuses_a_date_header_that_is_not_the_signing_date() -> None:
     with pytest.raises(ValueError, match="x-jdcloud-date"):
         Signer("TESTAK", "TESTSK").authorization(

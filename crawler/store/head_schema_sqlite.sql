@@ -1,4 +1,4 @@
--- The crawler's SQLite schema at migration 0006: what the migrations leave in an empty
+-- The crawler's SQLite schema at migration 0007: what the migrations leave in an empty
 -- database. GENERATED from migrations/versions/ by `make schema` (crawler.store.schema_dump);
 -- do not edit. A crawl creates a brand-new database from it in one transaction.
 CREATE TABLE alembic_version (
@@ -37,6 +37,7 @@ CREATE TABLE images (
 	missing_since TEXT, 
 	raw TEXT NOT NULL, 
 	raw_digest BLOB, 
+	answer_digest BLOB, 
 	CONSTRAINT pk_images PRIMARY KEY (region_id, image_id)
 );
 CREATE INDEX ix_images_image_id ON images (image_id);
@@ -248,5 +249,5 @@ CREATE VIEW image_changes AS SELECT v.region_id, v.image_id, v.version, v.valid_
 CREATE VIEW versioned_images AS SELECT v.region_id, v.image_id, v.version, v.valid_from_run, v.valid_to_run, v.status AS version_status, json_extract(v.content, '$.image[0]') AS name, json_extract(v.content, '$.image[1]') AS description, json_extract(v.content, '$.image[2]') AS architecture, json_extract(v.content, '$.image[3]') AS os_type, json_extract(v.content, '$.image[4]') AS platform, json_extract(v.content, '$.image[5]') AS os_version, json_extract(v.content, '$.image[6]') AS image_source, json_extract(v.content, '$.image[7]') AS status, json_extract(v.content, '$.image[8]') AS progress, json_extract(v.content, '$.image[9]') AS root_device_type, json_extract(v.content, '$.image[10]') AS size_mb, json_extract(v.content, '$.image[11]') AS system_disk_size_gb, json_extract(v.content, '$.image[12]') AS snapshot_id, json_extract(v.content, '$.image[13]') AS created_at, json_extract(v.content, '$.image[14]') AS launch_permission, json_extract(v.content, '$.image[15]') AS owner_pin, json_extract(v.content, '$.image[16]') AS login_name, json_extract(v.content, '$.image[17]') AS offline, json_extract(v.content, '$.image[18]') AS uefi_support, json_extract(v.content, '$.image[19]') AS imported, json_extract(v.content, '$.image[20]') AS boot_mode, json_extract(v.content, '$.image[21]') AS instance_id, json_extract(v.content, '$.image[22]') AS expired_at FROM image_versions AS v;
 CREATE VIEW versioned_disks AS SELECT v.region_id, v.image_id, v.version, v.valid_from_run, v.valid_to_run, v.status AS version_status, c.key AS disk, json_extract(c.value, '$[0]') AS device_name, json_extract(c.value, '$[1]') AS disk_category, json_extract(c.value, '$[2]') AS auto_delete, json_extract(c.value, '$[3]') AS mapping_status, json_extract(c.value, '$[4]') AS disk_type, json_extract(c.value, '$[5]') AS disk_size_gb, json_extract(c.value, '$[6]') AS disk_id, json_extract(c.value, '$[7]') AS az, json_extract(c.value, '$[8]') AS name, json_extract(c.value, '$[9]') AS description, json_extract(c.value, '$[10]') AS status, json_extract(c.value, '$[11]') AS snapshot_id, json_extract(c.value, '$[12]') AS multi_attachable, json_extract(c.value, '$[13]') AS encrypted, json_extract(c.value, '$[14]') AS enabled, json_extract(c.value, '$[15]') AS iops, json_extract(c.value, '$[16]') AS throughput, json_extract(c.value, '$[17]') AS created_at, json_extract(c.value, '$[18]') AS charge_mode, json_extract(c.value, '$[19]') AS charge_status, json_extract(c.value, '$[20]') AS charge_start_at, json_extract(c.value, '$[21]') AS charge_expired_at, json_extract(c.value, '$[22]') AS charge_retire_at FROM image_versions AS v JOIN json_each(v.content, '$.disks') AS c;
 CREATE VIEW versioned_attachments AS SELECT v.region_id, v.image_id, v.version, v.valid_from_run, v.valid_to_run, v.status AS version_status, c.key AS attachment, json_extract(c.value, '$[0]') AS attachment_id, json_extract(c.value, '$[1]') AS disk_id, json_extract(c.value, '$[2]') AS instance_id, json_extract(c.value, '$[3]') AS instance_type, json_extract(c.value, '$[4]') AS status, json_extract(c.value, '$[5]') AS attached_at FROM image_versions AS v JOIN json_each(v.content, '$.attachments') AS c;
-INSERT INTO "alembic_version" VALUES ('0006');
+INSERT INTO "alembic_version" VALUES ('0007');
 INSERT INTO "sqlite_sequence" VALUES ('crawl_runs', 0);

@@ -20,6 +20,7 @@ from sqlalchemy import (
     Executable,
     Select,
     Update,
+    and_,
     exists,
     func,
     insert,
@@ -271,9 +272,15 @@ class Store:
             after_image_id: the last image id of the previous page, None for the first page.
             limit: the page size.
         """
-        targets = schema.crawl_targets
+        targets, images = schema.crawl_targets, schema.images
+        # With each target the digest of the answer its image's rows were made from, so that
+        # the same answer again needs no parsing (`crawler.client.answer_digest`).
+        stored = and_(
+            images.c.region_id == targets.c.region_id, images.c.image_id == targets.c.image_id
+        )
         statement = (
-            select(targets.c.image_id)
+            select(targets.c.image_id, images.c.answer_digest)
+            .select_from(targets.outerjoin(images, stored))
             .where(
                 targets.c.run_id == run_id,
                 targets.c.region_id == region_id,
@@ -286,7 +293,10 @@ class Store:
         with _translated(self._name, f"read pending targets of run {run_id}"):
             async with self._engine.connect() as conn:
                 rows = await _fetch(conn, statement)
-        return [Target(region_id, str(image_id)) for (image_id,) in rows]
+        return [
+            Target(region_id, str(image_id), None if digest is None else bytes(digest))
+            for image_id, digest in rows
+        ]
 
     async def write_results(
         self, run_id: int, results: Sequence[TargetResult], *, fence: Fence | None = None

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ClauseElement, bindparam, delete, insert, update
+from sqlalchemy import ClauseElement, bindparam, delete, func, insert, update
 from sqlalchemy.engine import Dialect as SADialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -45,6 +45,7 @@ CHILD_KEYS: dict[str, tuple[str, ...]] = {
 # The images upsert ends with the store's own columns and raw; the normaliser's columns before.
 IMAGE_TAIL_PARAMS = (
     "first_seen_at", "last_seen_at", "last_run_id", "missing_since", "raw", "raw_digest",
+    "answer_digest",
 )  # fmt: skip
 
 
@@ -130,11 +131,35 @@ def _child_delete(kind: str) -> ClauseElement:
 
 
 def _image_touch() -> ClauseElement:
-    # An unchanged image: only its bookkeeping moves, its children are left as they are.
+    # An unchanged image: only its bookkeeping moves, its children are left as they are. The
+    # answer's digest replaces the stored one when it has one (the same rows, from an answer
+    # whose bytes differ: the next one like it then needs no parsing).
     images = schema.images
+    digest = bindparam("k_answer_digest", type_=images.c.answer_digest.type)
     return (
         update(images)
         .where(*_key_match(images, _IMAGE_KEY))
+        .values(
+            last_seen_at=bindparam("k_at"),
+            last_run_id=bindparam("k_run_id"),
+            answer_digest=func.coalesce(digest, images.c.answer_digest),
+        )
+    )
+
+
+def _image_touch_known() -> ClauseElement:
+    # An image whose answer is the one its rows were made from (`UnchangedAnswer`): touched
+    # only while it still has that answer's digest and is not missing, checked here rather than
+    # read first; the writer counts the rows touched.
+    images = schema.images
+    digest = bindparam("k_answer_digest", type_=images.c.answer_digest.type)
+    return (
+        update(images)
+        .where(
+            *_key_match(images, _IMAGE_KEY),
+            images.c.answer_digest == digest,
+            images.c.missing_since.is_(None),
+        )
         .values(last_seen_at=bindparam("k_at"), last_run_id=bindparam("k_run_id"))
     )
 
@@ -151,6 +176,7 @@ def _image_refresh() -> ClauseElement:
             last_run_id=bindparam("k_run_id"),
             raw=bindparam("k_raw", type_=images.c.raw.type),
             raw_digest=bindparam("k_raw_digest", type_=images.c.raw_digest.type),
+            answer_digest=bindparam("k_answer_digest", type_=images.c.answer_digest.type),
         )
     )
 
@@ -181,6 +207,7 @@ class _WriteStatements:
     attachment_delete: _Statement
     tag_delete: _Statement
     image_touch: _Statement
+    image_touch_known: _Statement
     image_refresh: _Statement
     version_insert: _Statement
     version_close: _Statement
@@ -226,6 +253,7 @@ class _WriteStatements:
             attachment_delete=build(_child_delete("attachments")),
             tag_delete=build(_child_delete("tags")),
             image_touch=build(_image_touch()),
+            image_touch_known=build(_image_touch_known()),
             image_refresh=build(_image_refresh()),
             version_insert=build(insert(versions)),
             version_close=build(_version_close()),
@@ -247,15 +275,16 @@ class _WriteStatements:
         )
         # These two take plain key tuples rather than rows: the order must be as written here.
         assert statements.target_insert.names == ("run_id", "region_id", "image_id")
-        assert statements.image_touch.names == ("k_at", "k_run_id", "k_region_id", "k_image_id")
+        assert statements.image_touch.names == (
+            "k_at", "k_run_id", "k_answer_digest", "k_region_id", "k_image_id",
+        )  # fmt: skip
+        assert statements.image_touch_known.names == (
+            "k_at", "k_run_id", "k_region_id", "k_image_id", "k_answer_digest",
+        )  # fmt: skip
         assert statements.image_refresh.names == (
-            "k_at",
-            "k_run_id",
-            "k_raw",
-            "k_raw_digest",
-            "k_region_id",
+            "k_at", "k_run_id", "k_raw", "k_raw_digest", "k_answer_digest", "k_region_id",
             "k_image_id",
-        )
+        )  # fmt: skip
         assert statements.version_close.names == (
             "k_run_id",
             "k_region_id",

@@ -179,7 +179,11 @@ class MissingGuard:
 
 @dataclass(frozen=True, slots=True)
 class MissingCounts:
-    """A run's targets that were present before it, and how many of those it found missing."""
+    """A run's targets that were present before it, and how many of those it found missing.
+
+    `present_before` is counted only when `newly_missing` is not 0 (else it is 0): with nothing
+    newly missing the guard has nothing to weigh, and the count reads every result of the run.
+    """
 
     present_before: int
     newly_missing: int
@@ -228,10 +232,10 @@ async def missing_counts(conn: AsyncConnection, run_id: int) -> MissingCounts:
         .where(results.c.run_id == run_id, _key(results).in_(present))
     )
     newly = select(func.count()).select_from(_newly_missing(run_id).subquery())
-    return MissingCounts(
-        int((await conn.execute(present_before)).scalar_one()),
-        int((await conn.execute(newly)).scalar_one()),
-    )
+    newly_missing = int((await conn.execute(newly)).scalar_one())
+    if newly_missing == 0:
+        return MissingCounts(0, 0)
+    return MissingCounts(int((await conn.execute(present_before)).scalar_one()), newly_missing)
 
 
 async def apply_missing(conn: AsyncConnection, run_id: int, recorded_at: str) -> int:
@@ -248,6 +252,8 @@ async def apply_missing(conn: AsyncConnection, run_id: int, recorded_at: str) ->
     # unless asked to keep it.
     opening = insert(versions).from_select(columns, opened)
     marked = (await conn.execute(opening.execution_options(preserve_rowcount=True))).rowcount
+    if not marked:  # the usual night: the statements below would each read a whole table
+        return 0
     # Close the present versions just succeeded by a missing one opened in this run. The keys
     # come from one uncorrelated subquery: a correlated EXISTS lets SQLite's planner pick the
     # valid_from_run index, which every version of this run shares (a scan per row).
@@ -273,5 +279,12 @@ async def apply_missing(conn: AsyncConnection, run_id: int, recorded_at: str) ->
         update(images)
         .where(images.c.missing_since.is_(None), _key(images).in_(opened_here))
         .values(missing_since=found_at)
+    )
+    # The answer its rows were made from is no longer the image's state: the same answer back
+    # must open a present version, so it takes the whole path (`crawler.store.writer`).
+    await conn.execute(
+        update(images)
+        .where(images.c.answer_digest.is_not(None), _key(images).in_(opened_here))
+        .values(answer_digest=None)
     )
     return int(marked)

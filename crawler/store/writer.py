@@ -10,6 +10,14 @@ rows (`FetchedImage`). When its `raw_digest` equals the one stored with the imag
 current version is `present`, it would give the same rows again, so none are built: the image is
 touched and that is all. Otherwise its rows are built here and compared by content as before; an
 unchanged content from a different `raw` (keys in another order) stores the new `raw` and digest.
+
+Shorter still, the unchanged path of a describeImage answer: when its `answer_digest` (the body
+without its requestId) equals the one read with the run's targets, it arrives unparsed
+(`UnchangedAnswer`) and is touched by one statement that also checks, row by row, that the image
+still has that digest and is not missing: no lookup, no rows. An image the statement did not
+touch (written or marked missing since the targets were read) has its answer parsed and
+normalised here and takes the path above. Every write of an image's rows stores the digest of
+the answer they came from, or NULL; `crawler.store.versions.apply_missing` clears it.
 """
 
 from __future__ import annotations
@@ -17,15 +25,22 @@ from __future__ import annotations
 import dataclasses
 import logging
 import operator
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from crawler import schema
-from crawler.models import FetchedImage, ImageRows, Outcome, TargetResult, VersionStatus
+from crawler.models import (
+    FetchedImage,
+    ImageRows,
+    Outcome,
+    TargetResult,
+    UnchangedAnswer,
+    VersionStatus,
+)
 from crawler.store.statements import CHILD_KEYS, _Statement, _WriteStatements
 from crawler.store.timestamps import format_utc
 from crawler.store.versions import ImageKey, current_versions, plan_versions
@@ -33,6 +48,7 @@ from crawler.store.versions import ImageKey, current_versions, plan_versions
 log = logging.getLogger(__name__)
 _PRESENT = str(VersionStatus.PRESENT)
 _MESSAGE_MAX_CHARS = 300
+RowsT = TypeVar("RowsT", ImageRows, ImageRows | FetchedImage)
 
 
 @dataclass(slots=True)
@@ -49,6 +65,10 @@ class _Batch:
     fetched: dict[ImageKey, ImageRows | FetchedImage] = field(default_factory=dict)
     seen_at: dict[ImageKey, str] = field(default_factory=dict)
     digests: dict[ImageKey, bytes] = field(default_factory=dict)
+    # The answer digests to store with the fetched images' rows (absent: NULL).
+    answers: dict[ImageKey, bytes] = field(default_factory=dict)
+    # The images whose answer is the one stored (`UnchangedAnswer`): touched, if still so.
+    known: dict[ImageKey, UnchangedAnswer] = field(default_factory=dict)
     # By target: a result replaced (rows that could not be built) replaces its tuple.
     results: dict[ImageKey, tuple[Any, ...]] = field(default_factory=dict)
     # The results of the images whose rows are not built yet, by the images' key.
@@ -73,22 +93,37 @@ class _Batch:
         target = result.target
         if result.outcome is Outcome.FETCHED:
             rows = _rows_of(result)
-            if isinstance(rows, FetchedImage):
+            if isinstance(rows, UnchangedAnswer):
                 key = (rows.region_id, rows.image_id)
-                self.digests[key] = rows.digest
+                self.known[key] = rows
                 self.outcomes[key] = result
+                self.fetched.pop(key, None)  # a target twice: the later result wins
             else:
-                key = (rows.image["region_id"], rows.image["image_id"])
-            self.fetched[key] = rows
+                key = self.queue(rows, result)
+                self.known.pop(key, None)
+                if result.answer_digest is not None:
+                    self.answers[key] = result.answer_digest
             self.seen_at[key] = at
         self.results[(target.region_id, target.image_id)] = _result_params(
             self.run_id, result, self.statements.result_time(result.finished_at)
         )
 
+    def queue(self, rows: ImageRows | FetchedImage, result: TargetResult) -> ImageKey:
+        """Queue a fetched image's rows (built or not yet) under their own key."""
+        if isinstance(rows, FetchedImage):
+            key = (rows.region_id, rows.image_id)
+            self.digests[key] = rows.digest
+            self.outcomes[key] = result
+        else:
+            key = (rows.image["region_id"], rows.image["image_id"])
+        self.fetched[key] = rows
+        return key
+
     def image_params(self) -> list[tuple[Any, ...]]:
         """The images rows, with the store's bookkeeping columns."""
         statements, run_id, digests = self.statements, self.run_id, self.digests
         head, names, seen = statements.image_head_values, statements.image_head, self.seen_at
+        answers = self.answers
         params = []
         for key, rows in self.fetched.items():
             assert isinstance(rows, ImageRows)  # record_versions built every one still here
@@ -98,9 +133,10 @@ class _Batch:
             except KeyError:  # rows from elsewhere than `normalise_image`: a column lacking is NULL
                 values = tuple(map(image.get, names))
             # first_seen_at is written only by an insert: the upsert keeps an existing value.
-            # In IMAGE_TAIL_PARAMS' order: first and last seen, run, missing_since, raw, digest.
+            # In IMAGE_TAIL_PARAMS' order: first and last seen, run, missing_since, raw, digests.
             at = seen[key]
-            params.append((*values, at, at, run_id, None, image["raw"], digests.get(key)))
+            raw, digest, answer = image["raw"], digests.get(key), answers.get(key)
+            params.append((*values, at, at, run_id, None, raw, digest, answer))
         return params
 
     def children(self, statement: _Statement, kind: str) -> list[tuple[Any, ...]]:
@@ -115,6 +151,8 @@ class _Batch:
     async def write(self, conn: AsyncConnection) -> None:
         """Parents before children; a changed image's children are rewritten in place."""
         statements = self.statements
+        if self.known:
+            await self.touch_known(conn)
         await self.record_versions(conn)
         await statements.image_upsert.run_many(conn, self.image_params())
         if self.stored:
@@ -148,6 +186,25 @@ class _Batch:
             await delete.run_many(conn, [key for key in was if key not in kept])
             await upsert.run_many(conn, upsert.rows(rows))
 
+    async def touch_known(self, conn: AsyncConnection) -> None:
+        """Touch the images whose answer is the one stored, in one statement that checks each
+        still has that answer's digest and is not missing. Should any not have been touched,
+        their answers' rows are built and queued with the other fetched images."""
+        run_id, seen, known = self.run_id, self.seen_at, self.known
+        params = [(seen[key], run_id, *key, answer.digest) for key, answer in known.items()]
+        touched = await _run_counted(conn, self.statements.image_touch_known, params)
+        if touched == len(params):
+            return
+        still = await _stored_answer_digests(conn, list(known))
+        for key, answer in known.items():
+            if still.get(key) == answer.digest:
+                continue  # touched
+            log.info("%s/%s changed in the database since its run began", *key)
+            rows = self.rows_of(key, answer.build)
+            if rows is not None:
+                self.queue(rows, self.outcomes[key])
+                self.answers[key] = answer.digest
+
     async def record_versions(self, conn: AsyncConnection) -> None:
         """Open the fetched images' new versions; touch the unchanged ones and drop them from
         `fetched`, so that their rows are not rewritten."""
@@ -161,19 +218,20 @@ class _Batch:
                 continue
             was = current.get(key)
             if was is not None and was.status == _PRESENT and was.raw_digest == rows.digest:
-                touched.append((seen[key], run_id, *key))  # the fast path: nothing is built
+                # the fast path: nothing is built
+                touched.append((seen[key], run_id, self.answers.get(key), *key))
                 continue
-            made = self.rows_of(key, rows)
+            made = self.rows_of(key, rows.build)
             if made is not None:
                 built[key] = made
         plan = plan_versions(statements, run_id, built, seen, current)
         for key in plan.unchanged:
             rows = built.pop(key)
-            digest = self.digests.get(key)
+            digest, answer = self.digests.get(key), self.answers.get(key)
             if digest is not None and digest != current[key].raw_digest:
-                refreshed.append((seen[key], run_id, rows.image["raw"], digest, *key))
+                refreshed.append((seen[key], run_id, rows.image["raw"], digest, answer, *key))
             else:
-                touched.append((seen[key], run_id, *key))
+                touched.append((seen[key], run_id, answer, *key))
         self.fetched = dict(built)
         # An image without a current version was never written (its images row, children and
         # first version are written together, and 0002 gave every older image one), so it has
@@ -185,11 +243,12 @@ class _Batch:
         await statements.version_close.run_many(conn, plan.closes)
         await statements.version_insert.run_many(conn, plan.inserts)
 
-    def rows_of(self, key: ImageKey, fetched: FetchedImage) -> ImageRows | None:
-        """The image's rows; a bug that keeps them from being built fails that target only, as
-        it would have where the image was fetched: its result says so and nothing else moves."""
+    def rows_of(self, key: ImageKey, build: Callable[[], RowsT]) -> RowsT | None:
+        """The image's rows, from `build`; a bug that keeps them from being built fails that
+        target only, as it would have where the image was fetched: its result says so and
+        nothing else moves."""
         try:
-            return fetched.build()
+            return build()
         except Exception as exc:
             result = self.outcomes[key]
             what = f"{key[0]}/{key[1]}"
@@ -204,6 +263,7 @@ class _Batch:
                 self.run_id, failed, self.statements.result_time(result.finished_at)
             )
             self.digests.pop(key, None)
+            self.answers.pop(key, None)
             return None
 
 
@@ -226,7 +286,39 @@ async def _stored_child_keys(
     return found
 
 
-def _rows_of(result: TargetResult) -> ImageRows | FetchedImage:
+async def _run_counted(
+    conn: AsyncConnection, statement: _Statement, params: list[tuple[Any, ...]]
+) -> int:
+    """Run a write statement for every tuple of `params`; returns how many rows it changed (the
+    DB-API's rowcount of an executemany is the sum over its rows, as is the batch form's)."""
+    if statement.bulk is not None:
+        arrays = tuple(map(list, zip(*params, strict=True)))
+        return int((await conn.exec_driver_sql(statement.bulk, arrays)).rowcount)
+    return int((await conn.exec_driver_sql(statement.sql, params)).rowcount)
+
+
+async def _stored_answer_digests(
+    conn: AsyncConnection, images: Sequence[ImageKey]
+) -> dict[ImageKey, bytes]:
+    """The `answer_digest` of each of `images` that has one and is not missing."""
+    table = schema.images
+    by_region: dict[str, list[str]] = {}
+    for region_id, image_id in images:
+        by_region.setdefault(region_id, []).append(image_id)
+    found: dict[ImageKey, bytes] = {}
+    for region_id, image_ids in by_region.items():
+        query = select(table.c.image_id, table.c.answer_digest).where(
+            table.c.region_id == region_id,
+            table.c.image_id.in_(image_ids),
+            table.c.answer_digest.is_not(None),
+            table.c.missing_since.is_(None),
+        )
+        for image_id, digest in await conn.execute(query):
+            found[(region_id, image_id)] = bytes(digest)
+    return found
+
+
+def _rows_of(result: TargetResult) -> ImageRows | FetchedImage | UnchangedAnswer:
     if result.rows is None:
         target = result.target
         raise ValueError(f"{target.region_id}/{target.image_id}: fetched without rows")
