@@ -9,7 +9,10 @@ compare the two databases here, and take throughput from `postgres_crawl.py`). P
   fence, versions, upserts, commit), and how many there were;
 - `rps_in` / `rps_out`: answers per second taken in by the workers inside and outside them;
 - `blocked_in_s` / `blocked_out_s`: how long the loop was held up, in total, beyond 2 ms at a
-  time (a task sleeping 1 ms and measuring how late it woke), inside and outside;
+  time (a task sleeping 1 ms and measuring how late it woke), inside and outside; `hold_max_ms` /
+  `hold_max_in_ms` the longest single hold (anywhere, inside), `hold_p90_in_ms` the 90th
+  percentile of the `holds_in` holds inside, and `holds_over_10ms` / `holds_over_20ms` how many
+  were longer (an answer of 20 ms waits out a hold longer than that: every slot drains);
 - `build_s`: the writer's CPU on the loop for rows (`_Batch.build`, rows built by
   `record_versions`, the version plan, the images parameters); `sql_s`: time in the store's
   statements (`_Statement.run_many`, current versions, the fence: the client adapting the
@@ -129,6 +132,8 @@ class Probe:
         answers_in = sum(1 for at in self.answers if inside(at))
         blocked_in = sum(late for at, late in self.late if inside(at - late / 2))
         blocked_out = sum(late for _, late in self.late) - blocked_in
+        holds_in = sorted((late for at, late in self.late if inside(at - late / 2)), reverse=True)
+        holds = sorted((late for _, late in self.late), reverse=True)
         lat_in = [seconds for at, seconds in self.latencies if inside(at)]
         lat_out = [seconds for at, seconds in self.latencies if not inside(at)]
         build = sum(self.timers.get(name, 0.0) for name in _BUILD)
@@ -150,6 +155,12 @@ class Probe:
             "latency_out_ms": round(median(lat_out) * 1000, 1) if lat_out else 0.0,
             "blocked_in_s": round(blocked_in, 3),
             "blocked_out_s": round(blocked_out, 3),
+            "hold_max_ms": round(holds[0] * 1000, 1) if holds else 0.0,
+            "hold_max_in_ms": round(holds_in[0] * 1000, 1) if holds_in else 0.0,
+            "hold_p90_in_ms": round(holds_in[len(holds_in) // 10] * 1000, 1) if holds_in else 0.0,
+            "holds_in": len(holds_in),
+            "holds_over_10ms": sum(1 for late in holds if late > 0.010),
+            "holds_over_20ms": sum(1 for late in holds if late > 0.020),
             "build_s": round(build, 3),
             "sql_s": round(sql, 3),
             "results_queue_max": self.queue_max,
@@ -304,8 +315,9 @@ def main(argv: Sequence[str]) -> int:
         keys = (
             "requests_per_s", "work_s", "crawl_s", "first_answer_s", "after_last_s", "write_share",
             "rps_in", "rps_out", "busy_in", "busy_out", "latency_in_ms", "latency_out_ms",
-            "blocked_in_s", "blocked_out_s", "build_s", "sql_s", "claims_s", "results_queue_max",
-            "parked_mean", "parked_share", "queued_min",
+            "blocked_in_s", "blocked_out_s", "hold_max_ms", "hold_max_in_ms", "hold_p90_in_ms",
+            "holds_in", "holds_over_10ms", "holds_over_20ms", "build_s", "sql_s", "claims_s",
+            "results_queue_max", "parked_mean", "parked_share", "queued_min",
         )  # fmt: skip
         medians = {key: median([f[key] for f in runs]) for key in keys}
         print(json.dumps({"kind": "median", "database": database, **medians}))

@@ -132,6 +132,46 @@ async def test_renewal_skips_what_the_writer_is_completing_instead_of_waiting(
         assert await asyncio.wait_for(renew(), timeout=10) == 1
 
 
+async def test_a_fence_behind_a_renewal_accepts_the_renewed_lease(store: Store) -> None:
+    """A renewal holds the row locks of this worker's leases (uncommitted) while the writer
+    fences them: the fence waits, then ends the leases as the renewal left them (the rows'
+    newer versions), refusing none of them."""
+    run_id = await new_run(store, 3)
+    holder = Claims(run_id, lease_s=30)
+    taken = await claim(store, holder, 3)
+    results = [failed(target) for target in taken]
+    async with store.engine.begin() as renewal:
+        assert await holder.renew(renewal) == 3  # rows locked and updated, not committed
+
+        async def fence() -> int:
+            written = await store.write_results(run_id, results, fence=holder.fence_results)
+            holder.settle(results, written)
+            return written
+
+        fencing = asyncio.create_task(fence())
+        await asyncio.sleep(0.5)
+        assert not fencing.done()  # waiting for the renewal's row locks
+    assert await asyncio.wait_for(fencing, timeout=10) == 3
+    assert holder.refused == 0 and holder.held == 0
+    assert (await store.pending_counts(run_id)) == {}
+
+
+async def test_a_fence_accepts_only_current_leases_of_its_own(store: Store) -> None:
+    """Of one batch: a target claimed by this worker (accepted), one of another worker, one
+    whose result this worker wrote already, one it never claimed; only the first is written."""
+    run_id = await new_run(store, 4)
+    mine, other = Claims(run_id, lease_s=30), Claims(run_id, lease_s=30)
+    first, done = await claim(store, mine, 2)
+    (theirs,) = await claim(store, other, 1)
+    assert await complete(store, run_id, mine, [done]) == 1
+    mine._tokens[done] = 1  # as if still held: its lease has ended all the same
+    mine._tokens[theirs] = 1  # the same token as the other worker's claim
+    stranger = Target(REGION, "img-0003")  # never claimed
+    assert await complete(store, run_id, mine, [first, theirs, done, stranger]) == 1
+    assert mine.refused == 3
+    assert await complete(store, run_id, other, [theirs]) == 1
+
+
 async def test_the_feed_waits_for_other_workers_leases_then_reports_the_region_done(
     store: Store,
 ) -> None:
