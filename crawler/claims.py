@@ -77,7 +77,13 @@ UPDATE crawl_targets AS t
        lease_expires_at = clock_timestamp() + make_interval(secs => %(lease_s)s)
   FROM picked AS p
  WHERE t.run_id = p.run_id AND t.region_id = p.region_id AND t.image_id = p.image_id
-RETURNING t.image_id, t.claims, p.lapsed_owner
+RETURNING t.image_id, t.claims, p.lapsed_owner,
+          -- the digest of the answer the image's rows were made from, so that the same answer
+          -- again is not parsed (as the store's pages read it: `crawler.client.answer_digest`).
+          -- One probe of images' primary key per claimed row, made only for the rows claimed;
+          -- with images empty (a first crawl) each probe ends at an empty index's root page.
+          (SELECT i.answer_digest FROM images AS i
+            WHERE i.region_id = t.region_id AND i.image_id = t.image_id) AS answer_digest
 """
 
 # The database sessions of a worker whose lease lapsed, by the application_name the PostgreSQL
@@ -256,10 +262,11 @@ class Claims:
         return list(result.all())
 
     def keep(self, region_id: str, rows: Sequence[Any]) -> list[Target]:
-        """Hold the claimed `rows` of `region_id`: their tokens, slots and lapsed owners."""
+        """Hold the claimed `rows` of `region_id`: their tokens, slots and lapsed owners; each
+        target carries its image's stored answer digest, as a page of the store's does."""
         claimed = set()
-        for image_id, token, previous_owner in rows:
-            target = Target(region_id, str(image_id))
+        for image_id, token, previous_owner, digest in rows:
+            target = Target(region_id, str(image_id), None if digest is None else bytes(digest))
             self._tokens[target] = int(token)
             if target not in self._in_hand:
                 self._in_hand.add(target)

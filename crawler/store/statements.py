@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ClauseElement, bindparam, delete, func, insert, update
+from sqlalchemy import ClauseElement, and_, bindparam, delete, func, insert, true, update
 from sqlalchemy.engine import Dialect as SADialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -150,15 +150,20 @@ def _image_touch() -> ClauseElement:
 def _image_touch_known() -> ClauseElement:
     # An image whose answer is the one its rows were made from (`UnchangedAnswer`): touched
     # only while it still has that answer's digest and is not missing, checked here rather than
-    # read first; the writer counts the rows touched.
+    # read first; the writer counts the rows touched. The check is one `(...) IS true` term so
+    # that only the key can lead the plan: as plain terms, PostgreSQL, with the images table's
+    # statistics young (`missing_since IS NULL` then estimated at 0.5 % of its rows), hash-joined
+    # each batch with a bitmap scan of every present image through `ix_images_missing_since`:
+    # ~5-7 ms per batch of 90 at 10,000 images and growing with the table, against ~2 ms by
+    # the primary key (EXPLAIN ANALYZE; 841 against 350 ms of statement time per 10,000-image
+    # re-crawl, pg_stat_statements).
     images = schema.images
     digest = bindparam("k_answer_digest", type_=images.c.answer_digest.type)
     return (
         update(images)
         .where(
             *_key_match(images, _IMAGE_KEY),
-            images.c.answer_digest == digest,
-            images.c.missing_since.is_(None),
+            and_(images.c.answer_digest == digest, images.c.missing_since.is_(None)).is_(true()),
         )
         .values(last_seen_at=bindparam("k_at"), last_run_id=bindparam("k_run_id"))
     )
