@@ -2,8 +2,8 @@
 
 `Store.open` migrates the database and opens it; the store records runs and their targets, hands
 out pending targets page by page, has each batch of outcomes written by `crawler.store.writer` in
-a single transaction, and closes runs with their counts. All of it is SQLAlchemy Core; what is one
-database's own comes from its `crawler.store.dialects` module.
+a single transaction, and closes runs (`crawler.store.closing`). All of it is SQLAlchemy Core;
+what is one database's own comes from its `crawler.store.dialects` module.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from sqlalchemy import (
     exists,
     func,
     insert,
-    or_,
     select,
     update,
 )
@@ -32,23 +31,23 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from crawler import schema
-from crawler.errors import CrawlerError, RunNotFoundError, StoreError
-from crawler.models import Change, Outcome, RunStatus, Target, TargetResult
+from crawler.errors import RunNotFoundError, StoreError
+from crawler.models import Change, RunStatus, Target, TargetResult
+from crawler.store.closing import accept_held_run, close_run, close_shared_run, read_run
 from crawler.store.database import _parse_url, _translated, database_name
 from crawler.store.dialects import Dialect, dialect_for
 from crawler.store.history import change_counts
 from crawler.store.migrate import upgrade
-from crawler.store.retention import Pruned, forget_targets, prune_runs
+from crawler.store.retention import Pruned, prune_runs
 from crawler.store.statements import _WriteStatements
 from crawler.store.summaries import RunSummary
 from crawler.store.timestamps import format_utc, utc_now
-from crawler.store.versions import MissingGuard, apply_missing, missing_counts
+from crawler.store.versions import MissingGuard
 from crawler.store.writer import _Batch
 
 # Targets inserted per executemany by create_run: bounded memory for any number of targets.
 TARGETS_CHUNK = 10_000
 # A run that ends with one of these marks its missing images (or is held by the guard).
-_MARKING_STATUSES = (RunStatus.SUCCEEDED, RunStatus.PARTIAL)
 _DEFAULT_GUARD = MissingGuard()
 
 log = logging.getLogger(__name__)
@@ -199,38 +198,12 @@ class Store:
         Returns:
             The run's row afterwards, and whether this call finished the run.
         """
-        runs = schema.crawl_runs
         with _translated(self._name, f"finish run {run_id}"):
             async with self._writer.begin() as conn:
-                locked = select(runs.c.status).where(runs.c.run_id == run_id).with_for_update()
-                status = (await conn.execute(locked)).scalar()
-                if status is None:
-                    raise StoreError(f"database {self._name} has no run {run_id} to finish")
-                totals = {
-                    "requests": runs.c.requests + requests,
-                    "retries": runs.c.retries + retries,
-                }
-                values: dict[str, Any] = dict(totals)
-                finishing = (
-                    may_finish
-                    and status == RunStatus.RUNNING
-                    and not await _has_open_target(conn, run_id)
-                )
-                if finishing:
-                    counts = await _outcome_counts(conn, run_id)
-                    final = RunStatus.PARTIAL if counts.get(Outcome.FAILED) else RunStatus.SUCCEEDED
-                    final, message = await self._mark_missing(conn, run_id, guard, final, None)
-                    # The run's crawl_targets stay (unlike finish_run's): they hold who claimed
-                    # and completed each target, and how often it was taken over; a late worker's
-                    # fenced completion finds its token gone either way. Retention drops them.
-                    values |= {
-                        "status": str(final),
-                        "finished_at": format_utc(self._clock()),
-                        **{str(outcome): counts.get(outcome, 0) for outcome in Outcome},
-                        "message": message,
-                    }
-                await conn.execute(update(runs).where(runs.c.run_id == run_id).values(values))
-                return await _read_run(conn, self._name, run_id), finishing
+                return await close_shared_run(
+                    conn, self._name, run_id, now=self._clock, requests=requests,
+                    retries=retries, may_finish=may_finish, guard=guard,
+                )  # fmt: skip
 
     async def reopen_run(self, run_id: int) -> None:
         """Set a run back to `running` for `--resume`, clearing its finish time and message.
@@ -366,42 +339,12 @@ class Store:
         Raises:
             StoreError: there is no such run, or it cannot be written.
         """
-        runs = schema.crawl_runs
         with _translated(self._name, f"finish run {run_id}"):
             async with self._writer.begin() as conn:
-                if status in _MARKING_STATUSES:
-                    status, message = await self._mark_missing(conn, run_id, guard, status, message)
-                    await forget_targets(conn, run_id)
-                counts = await _outcome_counts(conn, run_id)
-                values = {
-                    "status": str(status),
-                    "finished_at": format_utc(self._clock()),
-                    **{str(outcome): counts.get(outcome, 0) for outcome in Outcome},
-                    # A resumed run adds this session's work to the earlier sessions'.
-                    "requests": runs.c.requests + requests,
-                    "retries": runs.c.retries + retries,
-                    "message": message,
-                }
-                statement = update(runs).where(runs.c.run_id == run_id).values(values)
-                result = await conn.execute(statement)
-                if result.rowcount == 0:
-                    raise StoreError(f"database {self._name} has no run {run_id} to finish")
-                return await _read_run(conn, self._name, run_id)
-
-    async def _mark_missing(
-        self,
-        conn: AsyncConnection,
-        run_id: int,
-        guard: MissingGuard,
-        status: RunStatus,
-        message: str | None,
-    ) -> tuple[RunStatus, str | None]:
-        counts = await missing_counts(conn, run_id)
-        if guard.holds(counts.newly_missing, counts.present_before):
-            held = guard.held_message(run_id, counts)
-            return RunStatus.HELD, held if message is None else f"{message}; {held}"
-        await apply_missing(conn, run_id, format_utc(self._clock()))
-        return status, message
+                return await close_run(
+                    conn, self._name, run_id, status, now=self._clock, requests=requests,
+                    retries=retries, message=message, guard=guard,
+                )  # fmt: skip
 
     async def accept_run(self, run_id: int) -> tuple[RunSummary, int]:
         """Apply the missing marks the guard held back for a `held` run, which then ends
@@ -415,20 +358,9 @@ class Store:
             CrawlerError: the run is not `held`.
             StoreError: there is no such run, or it cannot be written.
         """
-        runs = schema.crawl_runs
         with _translated(self._name, f"accept run {run_id}"):
             async with self._writer.begin() as conn:
-                before = await _read_run(conn, self._name, run_id)
-                if before.status is not RunStatus.HELD:
-                    raise CrawlerError(
-                        f"run {run_id} is {before.status}, not held: it has no missing marks"
-                        " to accept"
-                    )
-                marked = await apply_missing(conn, run_id, format_utc(self._clock()))
-                status = RunStatus.PARTIAL if before.failed else RunStatus.SUCCEEDED
-                values = {"status": str(status), "message": f"accepted: {marked:,} marked missing"}
-                await conn.execute(update(runs).where(runs.c.run_id == run_id).values(values))
-                return await _read_run(conn, self._name, run_id), marked
+                return await accept_held_run(conn, self._name, run_id, now=self._clock)
 
     async def prune(self, keep_runs: int, *, vacuum: bool = False) -> Pruned:
         """Delete the `crawl_targets` and `crawl_results` of all but the newest `keep_runs`
@@ -466,7 +398,7 @@ class Store:
         """
         with _translated(self._name, f"read run {run_id}"):
             async with self._engine.connect() as conn:
-                return await _read_run(conn, self._name, run_id)
+                return await read_run(conn, self._name, run_id)
 
 
 def _no_result() -> ColumnElement[bool]:
@@ -481,27 +413,6 @@ def _no_result() -> ColumnElement[bool]:
 def _disconnected(exc: StoreError) -> bool:
     cause = exc.__cause__
     return isinstance(cause, DBAPIError) and bool(cause.connection_invalidated)
-
-
-async def _has_open_target(conn: AsyncConnection, run_id: int) -> bool:
-    """Whether a target of the shared run `run_id` is still open: never claimed, or leased.
-
-    A shared run's results are written only by fenced completions, which close the target's
-    lease in the same transaction (`crawler.claims`), so "open" is "no result yet". Asked this
-    way the partial index `ix_crawl_targets_open` (migration 0003) answers it; the anti-join
-    with crawl_results was planned, on a table whose statistics were younger than the run, as a
-    scan of the results per target: 1.75 s of a 7 s crawl of 10,000 targets.
-    """
-    targets = schema.crawl_targets
-    statement = (
-        select(targets.c.image_id)
-        .where(
-            targets.c.run_id == run_id,
-            or_(targets.c.claims == 0, targets.c.lease_expires_at.is_not(None)),
-        )
-        .limit(1)
-    )
-    return (await conn.execute(statement)).first() is not None
 
 
 def _count_targets(run_id: int) -> Update:
@@ -519,22 +430,3 @@ def _latest_unfinished() -> Select[tuple[Any]]:
 async def _fetch(conn: AsyncConnection, statement: Executable) -> list[tuple[Any, ...]]:
     result = await conn.execute(statement)
     return [tuple(row) for row in result]
-
-
-async def _outcome_counts(conn: AsyncConnection, run_id: int) -> dict[str, int]:
-    results = schema.crawl_results
-    statement = (
-        select(results.c.outcome, func.count())
-        .where(results.c.run_id == run_id)
-        .group_by(results.c.outcome)
-    )
-    return {str(outcome): int(count) for outcome, count in await _fetch(conn, statement)}
-
-
-async def _read_run(conn: AsyncConnection, database: str, run_id: int) -> RunSummary:
-    runs = schema.crawl_runs
-    result = await conn.execute(runs.select().where(runs.c.run_id == run_id))
-    row = result.mappings().first()
-    if row is None:
-        raise RunNotFoundError(f"database {database} has no run {run_id}")
-    return RunSummary.from_row(row)
