@@ -49,7 +49,6 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import (
-    ACCESS_KEY,
     SimulatorProcess,
     credentials_env,
     machine_note,
@@ -57,7 +56,13 @@ from harness import (
     new_secret,
     project_python,
 )
-from postgres_crawl import REGIONS, drop_database, new_database, run_row, write_config
+from postgres_crawl import (
+    drop_database,
+    new_database,
+    run_row,
+    simulator_args,
+    write_config,
+)
 
 LATE_S = 0.002  # a wake-up this late counts as the loop held up
 TICK_S = 0.001
@@ -282,11 +287,7 @@ def main(argv: Sequence[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="loop-waits-") as directory:
         workdir = Path(directory)
         targets = workdir / "targets.csv"
-        sim_args = [
-            "--regions", REGIONS, "--images-per-region", str(args.targets // 4),
-            "--latency-ms", str(args.latency_ms), "--write-targets", str(targets),
-            "--access-key", ACCESS_KEY,
-        ]  # fmt: skip
+        sim_args = simulator_args(args.targets, args.latency_ms, targets)
         with SimulatorProcess(sim_args, env, start_timeout_s=120, python=python) as sim:
             config = write_config(
                 workdir / "crawler.toml", sim.url, args.concurrency, per_region=args.per_region

@@ -183,15 +183,21 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def simulator_args(targets: int, latency_ms: float, targets_file: Path) -> list[str]:
+    """The simulator of a PostgreSQL benchmark: `targets` images over REGIONS regions, answering
+    after `latency_ms`, writing its targets file and accepting ACCESS_KEY."""
+    return [
+        "--regions", REGIONS, "--images-per-region", str(targets // len(REGIONS.split(","))),
+        "--latency-ms", str(latency_ms), "--write-targets", str(targets_file),
+        "--access-key", ACCESS_KEY,
+    ]  # fmt: skip
+
+
 def compare_crawls(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
     python, secret = project_python(), new_secret()
     env = {**os.environ, **credentials_env(secret)}
     targets = workdir / "targets.csv"
-    sim_args = [
-        "--regions", REGIONS, "--images-per-region", str(args.targets // 4),
-        "--latency-ms", str(args.latency_ms), "--write-targets", str(targets),
-        "--access-key", ACCESS_KEY,
-    ]  # fmt: skip
+    sim_args = simulator_args(args.targets, args.latency_ms, targets)
     for build in (args.build, args.baseline):
         if build is not None:  # bytecode written once, not by the first crawl of each build
             compile_package(python, {**env, "PYTHONPATH": str(Path(build).resolve())})

@@ -23,7 +23,6 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import (
-    ACCESS_KEY,
     SimulatorProcess,
     compile_package,
     credentials_env,
@@ -32,12 +31,12 @@ from harness import (
     project_python,
 )
 from postgres_crawl import (
-    REGIONS,
     ServerCpu,
     crawl_once,
     drop_database,
     new_database,
     run_row,
+    simulator_args,
     write_config,
 )
 
@@ -52,15 +51,15 @@ def main() -> int:
     parser.add_argument("--build", required=True, metavar="DIR", help="the build to measure")
     parser.add_argument("--baseline", required=True, metavar="DIR", help="the build beside it")
     args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="postgres-recrawl-") as directory:
+        return measure(args, Path(directory))
+
+
+def measure(args: argparse.Namespace, workdir: Path) -> int:
     python, secret = project_python(), new_secret()
     env = {**os.environ, **credentials_env(secret)}
-    workdir = Path(tempfile.mkdtemp(prefix="postgres-recrawl-"))
     targets = workdir / "targets.csv"
-    sim_args = [
-        "--regions", REGIONS, "--images-per-region", str(args.targets // 4),
-        "--latency-ms", str(args.latency_ms), "--write-targets", str(targets),
-        "--access-key", ACCESS_KEY,
-    ]  # fmt: skip
+    sim_args = simulator_args(args.targets, args.latency_ms, targets)
     builds = {"this": args.build, "baseline": args.baseline}
     for build in builds.values():
         compile_package(python, {**env, "PYTHONPATH": str(Path(build).resolve())})
