@@ -14,6 +14,13 @@ PostgreSQL crawls' order alternating, and reports this build / baseline per roun
 measures that directory's package instead of the checkout's (a snapshot, so that the checkout
 can be edited meanwhile).
 
+Each crawl also reports the crawler's main thread, the event loop, as the kernel accounted it
+(`main_cpu_s`, and `main_wait_s` ready but waiting for a core): on SQLite the statements run on
+aiosqlite's thread, and the process's other CPU is that thread's. Two diagnostics, not a fair
+setting, say which process's share of the cores holds a crawl back: `--nice-simulator N` runs
+the simulator at niceness N (negative puts it ahead of the rest; needs root), `--nice-server N`
+the server's new backends (a server on this host; its owner or root).
+
 `rate`: two `crawler crawl` processes with one access key and `rate_limit_per_s` R (50) on one
 PostgreSQL database (the second with `--join`), for `--seconds` (60) after both are working;
 the rate is counted at the simulator (`/_simulator/stats`), so it is what the API saw.
@@ -27,6 +34,7 @@ the rate is counted at the simulator (`/_simulator/stats`), so it is what the AP
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -36,7 +44,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -119,10 +127,16 @@ def write_config(
 
 def crawl_once(
     python: str, env: dict[str, str], config: Path, targets: Path, url: str, *extra: str,
-    build: str | None = None,
+    build: str | None = None, main_thread: dict[str, float] | None = None,
 ) -> float:  # fmt: skip
     """Run one crawl (with the package in directory `build`, else the installed one); returns
-    the crawler process's own CPU seconds (user + system)."""
+    the crawler process's own CPU seconds (user + system).
+
+    `main_thread`, if given, receives the crawler's main thread (its event loop) as the kernel
+    accounted it (`/proc/PID/task/PID/schedstat`, read every 50 ms until the process ends, so
+    its last 50 ms at most are missing): `main_cpu_s`, the CPU it used, and `main_wait_s`, how
+    long it was ready to run but waiting for a core. The rest of the process's CPU is its other
+    threads': on SQLite, aiosqlite's thread running the statements outside the GIL."""
     if build is not None:
         env = {**env, "PYTHONPATH": str(Path(build).resolve())}
     # From the config's directory: `python -m` puts the current directory first on the path,
@@ -132,7 +146,16 @@ def crawl_once(
          "--db", url, "--no-progress", *extra],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=config.parent,
     )  # fmt: skip
-    _, status, usage = os.wait4(child.pid, 0)
+    schedstat = Path(f"/proc/{child.pid}/task/{child.pid}/schedstat")
+    while True:  # wait4, not poll(): reaping the child must also give its resource usage
+        pid, status, usage = os.wait4(child.pid, 0 if main_thread is None else os.WNOHANG)
+        if pid:
+            break
+        assert main_thread is not None
+        with contextlib.suppress(OSError, ValueError):
+            run_ns, wait_ns, _ = map(int, schedstat.read_text().split())
+            main_thread.update(main_cpu_s=run_ns / 1e9, main_wait_s=wait_ns / 1e9)
+        time.sleep(0.05)
     child.returncode = os.waitstatus_to_exitcode(status)
     if child.returncode != 0:
         raise subprocess.CalledProcessError(child.returncode, child.args)
@@ -183,6 +206,21 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+@contextlib.contextmanager
+def reniced(pid: int | None, niceness: int | None) -> Iterator[None]:
+    """The process `pid` (the server's postmaster: the backends it starts inherit its
+    niceness) at `niceness` meanwhile, then back; nothing if either is None."""
+    if pid is None or niceness is None:
+        yield
+        return
+    before = os.getpriority(os.PRIO_PROCESS, pid)
+    os.setpriority(os.PRIO_PROCESS, pid, niceness)
+    try:
+        yield
+    finally:
+        os.setpriority(os.PRIO_PROCESS, pid, before)
+
+
 def simulator_args(targets: int, latency_ms: float, targets_file: Path) -> list[str]:
     """The simulator of a PostgreSQL benchmark: `targets` images over REGIONS regions, answering
     after `latency_ms`, writing its targets file and accepting ACCESS_KEY."""
@@ -203,7 +241,12 @@ def compare_crawls(args: argparse.Namespace, workdir: Path) -> list[dict[str, An
             compile_package(python, {**env, "PYTHONPATH": str(Path(build).resolve())})
     figures = []
     server = ServerCpu(args.postgres)
-    with SimulatorProcess(sim_args, env, start_timeout_s=120, python=python) as sim:
+    with (
+        SimulatorProcess(sim_args, env, start_timeout_s=120, python=python) as sim,
+        reniced(server.postmaster, args.nice_server),
+    ):
+        if args.nice_simulator is not None:
+            os.setpriority(os.PRIO_PROCESS, sim.proc.pid, args.nice_simulator)
         config = write_config(
             workdir / "crawler.toml", sim.url, args.concurrency, per_region=args.per_region
         )
@@ -223,7 +266,10 @@ def compare_crawls(args: argparse.Namespace, workdir: Path) -> list[dict[str, An
                 try:
                     before = server.seconds() if database == "postgresql" else None
                     sim_before = process_cpu_s(sim.proc.pid)
-                    client_cpu_s = crawl_once(python, env, config, targets, url, build=build)
+                    main: dict[str, float] = {}
+                    client_cpu_s = crawl_once(
+                        python, env, config, targets, url, build=build, main_thread=main
+                    )
                     sim_cpu_s = process_cpu_s(sim.proc.pid) - sim_before
                     after = server.seconds() if database == "postgresql" else None
                     row = run_row(url)
@@ -234,6 +280,7 @@ def compare_crawls(args: argparse.Namespace, workdir: Path) -> list[dict[str, An
                 # working time says how busy the machine was.
                 cpu = {
                     "client_cpu_s": round(client_cpu_s, 2),
+                    **{name: round(value, 2) for name, value in main.items()},
                     "simulator_cpu_s": round(sim_cpu_s, 2),
                 }
                 if before is not None and after is not None:
@@ -256,6 +303,8 @@ def compare_crawls(args: argparse.Namespace, workdir: Path) -> list[dict[str, An
             "min_requests_per_s": min(f["requests_per_s"] for f in runs),
             "max_requests_per_s": max(f["requests_per_s"] for f in runs),
             "median_client_cpu_s": median([f["client_cpu_s"] for f in runs]),
+            "median_main_cpu_s": median([f.get("main_cpu_s", 0.0) for f in runs]),
+            "median_main_wait_s": median([f.get("main_wait_s", 0.0) for f in runs]),
             "median_server_cpu_s": median([f.get("server_cpu_s", 0.0) for f in runs]),
             "median_simulator_cpu_s": median([f["simulator_cpu_s"] for f in runs]),
         })  # fmt: skip
@@ -353,6 +402,15 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--baseline", metavar="DIR", help="another build, crawled on PostgreSQL")
     parser.add_argument("--build", metavar="DIR", help="the build to measure (default installed)")
+    # Diagnostics, not a fair setting: which process's share of the two cores holds the crawl.
+    parser.add_argument(
+        "--nice-simulator", type=int, metavar="N",
+        help="run the simulator at niceness N (negative: ahead of the rest; needs root)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--nice-server", type=int, metavar="N",
+        help="run the server's new backends at niceness N (a server on this host; owner or root)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="pg-bench-") as directory:
         work = compare_crawls if args.mode == "crawl" else shared_rate
