@@ -134,9 +134,10 @@ def crawl_once(
 
     `main_thread`, if given, receives the crawler's main thread (its event loop) as the kernel
     accounted it (`/proc/PID/task/PID/schedstat`, read every 50 ms until the process ends, so
-    its last 50 ms at most are missing): `main_cpu_s`, the CPU it used, and `main_wait_s`, how
-    long it was ready to run but waiting for a core. The rest of the process's CPU is its other
-    threads': on SQLite, aiosqlite's thread running the statements outside the GIL."""
+    its last 50 ms at most are missing; start-up included): `main_cpu_s`, the CPU it used, and
+    `main_wait_s`, how long it was ready to run but waiting for a core. The rest of the
+    process's CPU is its other threads': on SQLite, aiosqlite's thread running the statements
+    outside the GIL."""
     if build is not None:
         env = {**env, "PYTHONPATH": str(Path(build).resolve())}
     # From the config's directory: `python -m` puts the current directory first on the path,
@@ -209,10 +210,12 @@ def process_cpu_s(pid: int) -> float:
 @contextlib.contextmanager
 def reniced(pid: int | None, niceness: int | None) -> Iterator[None]:
     """The process `pid` (the server's postmaster: the backends it starts inherit its
-    niceness) at `niceness` meanwhile, then back; nothing if either is None."""
-    if pid is None or niceness is None:
+    niceness) at `niceness` meanwhile, then back; nothing if `niceness` is None."""
+    if niceness is None:
         yield
         return
+    if pid is None:
+        raise SystemExit("--nice-server: no server of this host whose postmaster can be read")
     before = os.getpriority(os.PRIO_PROCESS, pid)
     os.setpriority(os.PRIO_PROCESS, pid, niceness)
     try:
