@@ -19,7 +19,10 @@ Each crawl also reports the crawler's main thread, the event loop, as the kernel
 aiosqlite's thread, and the process's other CPU is that thread's. Two diagnostics, not a fair
 setting, say which process's share of the cores holds a crawl back: `--nice-simulator N` runs
 the simulator at niceness N (negative puts it ahead of the rest; needs root), `--nice-server N`
-the server's new backends (a server on this host; its owner or root).
+the server's new backends (a server on this host; its owner or root). `--pin` puts each crawl
+on the first CPU and the simulator and the server (every process of it) on the others, as if the
+API and the database were other machines': the crawler then has a core of its own, as on a
+crawl host; its SQLite statements stay with it, on aiosqlite's thread.
 
 `rate`: two `crawler crawl` processes with one access key and `rate_limit_per_s` R (50) on one
 PostgreSQL database (the second with `--join`), for `--seconds` (60) after both are working;
@@ -45,6 +48,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +132,7 @@ def write_config(
 def crawl_once(
     python: str, env: dict[str, str], config: Path, targets: Path, url: str, *extra: str,
     build: str | None = None, main_thread: dict[str, float] | None = None,
+    cpus: set[int] | None = None,
 ) -> float:  # fmt: skip
     """Run one crawl (with the package in directory `build`, else the installed one); returns
     the crawler process's own CPU seconds (user + system).
@@ -137,7 +142,7 @@ def crawl_once(
     its last 50 ms at most are missing; start-up included): `main_cpu_s`, the CPU it used, and
     `main_wait_s`, how long it was ready to run but waiting for a core. The rest of the
     process's CPU is its other threads': on SQLite, aiosqlite's thread running the statements
-    outside the GIL."""
+    outside the GIL. `cpus`: the CPUs the crawler may run on (default: all)."""
     if build is not None:
         env = {**env, "PYTHONPATH": str(Path(build).resolve())}
     # From the config's directory: `python -m` puts the current directory first on the path,
@@ -146,6 +151,7 @@ def crawl_once(
         [python, "-m", "crawler", "crawl", "--config", str(config), "--targets", str(targets),
          "--db", url, "--no-progress", *extra],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=config.parent,
+        preexec_fn=None if cpus is None else partial(os.sched_setaffinity, 0, cpus),
     )  # fmt: skip
     schedstat = Path(f"/proc/{child.pid}/task/{child.pid}/schedstat")
     while True:  # wait4, not poll(): reaping the child must also give its resource usage
@@ -180,6 +186,12 @@ class ServerCpu:
         except (OSError, ValueError, IndexError, SQLAlchemyError):
             self.postmaster = None
 
+    def processes(self) -> list[int]:
+        """The postmaster and its children (the backends it starts later inherit from it)."""
+        if self.postmaster is None:
+            return []
+        return [self.postmaster, *_children(self.postmaster)]
+
     def seconds(self) -> float | None:
         if self.postmaster is None:
             return None
@@ -198,6 +210,18 @@ class ServerCpu:
             elif parent == self.postmaster:
                 total += (times[0] + times[1]) / tick
         return total
+
+
+def split_cpus(pin: bool, postmaster: int | None) -> tuple[set[int] | None, set[int]]:
+    """`--pin`: the crawler's CPU and the others' (simulator, server); else (None, empty)."""
+    if not pin:
+        return None, set()
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise SystemExit("--pin: needs two CPUs or more")
+    if postmaster is None:
+        raise SystemExit("--pin: no server of this host whose postmaster can be read")
+    return {cpus[0]}, set(cpus[1:])
 
 
 def process_cpu_s(pid: int) -> float:
@@ -224,6 +248,43 @@ def reniced(pid: int | None, niceness: int | None) -> Iterator[None]:
         os.setpriority(os.PRIO_PROCESS, pid, before)
 
 
+def _tasks(pid: int) -> list[int]:
+    """The threads of process `pid` (an affinity is a thread's, not a process's)."""
+    return [int(task.name) for task in Path(f"/proc/{pid}/task").iterdir()]
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                stat = (entry / "stat").read_text()
+                if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
+                    found.append(int(entry.name))
+    return found
+
+
+@contextlib.contextmanager
+def pinned(pids: Sequence[int], cpus: set[int]) -> Iterator[None]:
+    """Every thread of `pids` on `cpus` meanwhile (the processes they start inherit it), then
+    back where each was; nothing for no `cpus`."""
+    if not cpus:
+        yield
+        return
+    before: dict[int, set[int]] = {}
+    try:
+        for pid in pids:
+            for task in _tasks(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    before[task] = os.sched_getaffinity(task)
+                    os.sched_setaffinity(task, cpus)
+        yield
+    finally:
+        for task, cpus_before in before.items():
+            with contextlib.suppress(ProcessLookupError):
+                os.sched_setaffinity(task, cpus_before)
+
+
 def simulator_args(targets: int, latency_ms: float, targets_file: Path) -> list[str]:
     """The simulator of a PostgreSQL benchmark: `targets` images over REGIONS regions, answering
     after `latency_ms`, writing its targets file and accepting ACCESS_KEY."""
@@ -244,9 +305,11 @@ def compare_crawls(args: argparse.Namespace, workdir: Path) -> list[dict[str, An
             compile_package(python, {**env, "PYTHONPATH": str(Path(build).resolve())})
     figures = []
     server = ServerCpu(args.postgres)
+    client_cpus, other_cpus = split_cpus(args.pin, server.postmaster)
     with (
         SimulatorProcess(sim_args, env, start_timeout_s=120, python=python) as sim,
         reniced(server.postmaster, args.nice_server),
+        pinned([sim.proc.pid, *server.processes()], other_cpus),
     ):
         if args.nice_simulator is not None:
             os.setpriority(os.PRIO_PROCESS, sim.proc.pid, args.nice_simulator)
@@ -271,8 +334,9 @@ def compare_crawls(args: argparse.Namespace, workdir: Path) -> list[dict[str, An
                     sim_before = process_cpu_s(sim.proc.pid)
                     main: dict[str, float] = {}
                     client_cpu_s = crawl_once(
-                        python, env, config, targets, url, build=build, main_thread=main
-                    )
+                        python, env, config, targets, url,
+                        build=build, main_thread=main, cpus=client_cpus,
+                    )  # fmt: skip
                     sim_cpu_s = process_cpu_s(sim.proc.pid) - sim_before
                     after = server.seconds() if database == "postgresql" else None
                     row = run_row(url)
@@ -413,6 +477,10 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument(
         "--nice-server", type=int, metavar="N",
         help="run the server's new backends at niceness N (a server on this host; owner or root)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--pin", action="store_true",
+        help="the crawler on the first CPU, the simulator and the server on the others",
     )  # fmt: skip
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="pg-bench-") as directory:
