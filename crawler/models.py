@@ -186,9 +186,12 @@ class TargetPage:
         exhausted: the region has no more targets for this process, now or later.
         short: the source had fewer than were asked for right now (None: it did not look).
         retry_in_s: nothing (more) now, but maybe later: ask again after this long.
+        after_writes: all that is left is this process's own results on their way to the
+            database: ask again as soon as a write of them ends, not only after `retry_in_s`.
     """
 
     targets: list[Target]
     exhausted: bool
     short: bool | None = None
     retry_in_s: float | None = None
+    after_writes: bool = False

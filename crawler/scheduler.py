@@ -221,6 +221,7 @@ class Lane:
     cursor: str | None = None
     exhausted: bool = False
     dry: bool = False  # the feed had no more for now (a batch may then go out short)
+    after_writes: bool = False  # the feed waits for this process's writes (`TargetPage`)
 
     @property
     def finished(self) -> bool:
@@ -361,6 +362,7 @@ class Scheduler:
         )
         lane.queue.extend(page.targets)
         lane.exhausted = page.exhausted
+        lane.after_writes = page.after_writes
         if page.short is not None:
             lane.dry = page.short
         if page.targets:
@@ -723,6 +725,8 @@ class Scheduler:
             last_size = len(batch)
             if batch:
                 await self._store.write_results(run_id, batch)
+                if any(lane.after_writes for lane in self._lanes):
+                    self._feeder_wanted.set()  # a region may be done now: no need to wait
 
 
 def _requested_images(

@@ -190,7 +190,8 @@ async def test_a_region_left_with_only_this_workers_writes_is_looked_at_again_so
     store: Store,
 ) -> None:
     """The worker's own results are the last of the region, crawled and not yet written: the
-    feed asks again after OWN_WRITES_POLL_S, not POLL_S, and the region is done once they are."""
+    feed asks again as each write ends, or after OWN_WRITES_POLL_S, not POLL_S, and the region
+    is done once they are."""
     run_id = await new_run(store, 3)
     mine = Claims(run_id, lease_s=30)
     feed = ClaimFeed(store.engine, mine, capacity=3)
@@ -201,7 +202,7 @@ async def test_a_region_left_with_only_this_workers_writes_is_looked_at_again_so
     last = page.targets[-1].image_id
     waiting = await feed.next_page(run_id, REGION, after_image_id=last, limit=512)
     assert waiting.targets == [] and not waiting.exhausted
-    assert waiting.retry_in_s == OWN_WRITES_POLL_S < POLL_S
+    assert waiting.retry_in_s == OWN_WRITES_POLL_S < POLL_S and waiting.after_writes
     await complete(store, run_id, mine, page.targets)
     done = await feed.next_page(run_id, REGION, after_image_id=last, limit=512)
     assert done.targets == [] and done.exhausted

@@ -29,6 +29,7 @@ from crawler.models import (
     JsonObject,
     Outcome,
     Target,
+    TargetPage,
     TargetResult,
 )
 from crawler.retry import RetryPolicy
@@ -237,6 +238,39 @@ async def test_a_trickle_of_results_is_gathered_into_fewer_transactions() -> Non
     await scheduler(FakeApi(latency_s=0.005), store, concurrency=1).run(1, store.pending())
     assert sum(store.batches) == 60
     assert len(store.batches) < 30
+
+
+class WaitingForWritesFeed:
+    """The end of a claim feed: one page of targets; then, while their results are not all
+    written, nothing but this process's own writes left (`after_writes`) and a retry an hour
+    away; then done."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        self.store = store
+        self.pages = 0
+
+    async def next_page(
+        self, run_id: int, region_id: str, *, after_image_id: str | None, limit: int
+    ) -> TargetPage:
+        self.pages += 1
+        if self.pages == 1:
+            return TargetPage(list(self.store.targets), exhausted=False)
+        if len(self.store.results) < len(self.store.targets):
+            return TargetPage([], exhausted=False, short=True, retry_in_s=3600, after_writes=True)
+        return TargetPage([], exhausted=True, short=True)
+
+    def crawled(self, result: TargetResult) -> None:
+        pass
+
+
+async def test_a_feed_waiting_for_this_processs_writes_is_asked_again_as_one_ends() -> None:
+    store = MemoryStore(targets({"cn-north-1": 3}))
+    feed = WaitingForWritesFeed(store)
+    pacing = Pacing(sleep=no_sleep, rng=random.Random(0))
+    crawl = Scheduler(SchedulerConfig(concurrency=4), FakeApi(), store, normalise, pacing=pacing,
+                      feed=feed).run(1, store.pending())  # fmt: skip
+    await asyncio.wait_for(crawl, 20)  # asked again only after retry_in_s, it would take an hour
+    assert len(store.results) == 3 and feed.pages == 3
 
 
 async def test_batches_hold_100_ids_of_one_region_and_confirm_absent_ones() -> None:
