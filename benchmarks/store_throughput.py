@@ -9,6 +9,9 @@ times, each into a fresh SQLite file under a temporary directory:
   canonical content and the version are the store's work, so they count here);
 - rewrite: the same batches written again (an unchanged re-crawl: the same `raw_digest`, so
   nothing is built or rewritten, only `last_seen_at` and `last_run_id` move);
+- for store and rewrite, also the CPU of the calling thread, the event loop's, per image: what a
+  crawl's answers wait behind (on SQLite the statements run on aiosqlite's thread, on PostgreSQL
+  psycopg adapts and sends them on the loop);
 - both: prepare plus write, batch by batch, one after the other in one thread, exactly as a
   crawl hands its fetches over (the store builds the rows); the crawl does the same work on one
   event loop; SQLite releases the GIL only per row, so the two hardly overlap even when they
@@ -195,17 +198,20 @@ async def open_run(url_for: UrlFor, name: str, targets: Sequence[Target]) -> tup
 
 async def time_store(
     url_for: UrlFor, rows: Sequence[FetchedImage], batch: int
-) -> tuple[float, float]:
-    """Seconds for the first write of every image, then for rewriting them all."""
+) -> tuple[tuple[float, float], tuple[float, float]]:
+    """(Seconds, this thread's CPU seconds) for the first write of every image, then for
+    rewriting them all. This thread is the event loop's: on SQLite the statements themselves
+    run on aiosqlite's thread, on PostgreSQL psycopg's work is on the loop (a crawl's answers
+    wait while the loop is busy)."""
     results = fetched(rows, datetime.now(UTC))
     store, run_id = await open_run(url_for, "store.db", [r.target for r in results])
     try:
         timings = []
         for _ in range(2):
-            started = time.perf_counter()
+            started, started_cpu = time.perf_counter(), time.thread_time()
             for chunk in batches(results, batch):
                 await store.write_results(run_id, chunk)
-            timings.append(time.perf_counter() - started)
+            timings.append((time.perf_counter() - started, time.thread_time() - started_cpu))
     finally:
         await store.close()
     return timings[0], timings[1]
@@ -261,7 +267,9 @@ async def measure(args: argparse.Namespace, url_for: UrlFor, database: str) -> d
     started = time.perf_counter()
     rows = normalise_all(images)
     normalise_s = time.perf_counter() - started
-    store_s, rewrite_s = await time_store(url_for, prebuilt(images, rows), args.batch)
+    (store_s, store_loop_s), (rewrite_s, rewrite_loop_s) = await time_store(
+        url_for, prebuilt(images, rows), args.batch
+    )
     both_s = await time_both(url_for, images, args.batch)
     figures |= {
         "images": len(images),
@@ -273,6 +281,8 @@ async def measure(args: argparse.Namespace, url_for: UrlFor, database: str) -> d
         "normalise_images_per_s": rate(len(rows), normalise_s),
         "store_images_per_s": rate(len(rows), store_s),
         "rewrite_images_per_s": rate(len(rows), rewrite_s),
+        "store_loop_cpu_us_per_image": round(store_loop_s / len(rows) * 1e6, 1),
+        "rewrite_loop_cpu_us_per_image": round(rewrite_loop_s / len(rows) * 1e6, 1),
         "both_images_per_s": rate(len(rows), both_s),
     }
     return figures
@@ -285,7 +295,9 @@ def describe(figures: dict[str, Any]) -> str:
         f" each), batches of {figures['batch']}: normalise {figures['normalise_images_per_s']:,.0f}"
         f"/s, store {figures['store_images_per_s']:,.0f}/s, rewrite"
         f" {figures['rewrite_images_per_s']:,.0f}/s, normalise+store"
-        f" {figures['both_images_per_s']:,.0f} images/s"
+        f" {figures['both_images_per_s']:,.0f} images/s; the event loop's thread"
+        f" {figures['store_loop_cpu_us_per_image']} us of CPU per image written,"
+        f" {figures['rewrite_loop_cpu_us_per_image']} rewritten"
     )
     if "create_run_targets" in figures:
         line += (
