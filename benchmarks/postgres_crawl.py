@@ -196,16 +196,9 @@ class ServerCpu:
         if self.postmaster is None:
             return None
         total, tick = 0.0, os.sysconf("SC_CLK_TCK")
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            fields = stat[stat.rindex(")") + 2 :].split()
+        for pid, fields in _process_stats():
             parent, times = int(fields[1]), [int(value) for value in fields[11:15]]
-            if int(entry.name) == self.postmaster:
+            if pid == self.postmaster:
                 total += sum(times) / tick  # its own, and its ended backends' (reaped)
             elif parent == self.postmaster:
                 total += (times[0] + times[1]) / tick
@@ -226,9 +219,25 @@ def split_cpus(pin: bool, postmaster: int | None) -> tuple[set[int] | None, set[
 
 def process_cpu_s(pid: int) -> float:
     """A live process's own CPU seconds (user + system), from /proc."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
+    fields = _stat_fields(Path(f"/proc/{pid}/stat"))
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _stat_fields(path: Path) -> list[str]:
+    """The fields of a /proc/PID/stat after the command's name (which may hold spaces):
+    [0] the state, [1] the parent's pid, [11] and [12] user and system CPU ticks."""
+    stat = path.read_text()
+    return stat[stat.rindex(")") + 2 :].split()
+
+
+def _process_stats() -> Iterator[tuple[int, list[str]]]:
+    """Every live process's pid and `_stat_fields` (those gone meanwhile are left out)."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                yield int(entry.name), _stat_fields(entry / "stat")
+            except OSError:
+                continue
 
 
 @contextlib.contextmanager
@@ -254,14 +263,7 @@ def _tasks(pid: int) -> list[int]:
 
 
 def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                stat = (entry / "stat").read_text()
-                if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
-                    found.append(int(entry.name))
-    return found
+    return [child for child, fields in _process_stats() if int(fields[1]) == pid]
 
 
 @contextlib.contextmanager
